@@ -1,0 +1,1 @@
+"""Configuration: TOML file to validated, immutable values."""

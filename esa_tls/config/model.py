@@ -1,0 +1,348 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration as immutable values.
+
+Everything the gateway does is decided by these values; nothing here touches
+the network or the disk.  L{esa_tls.config.load} turns a TOML file into one
+L{GatewayConfig}, resolving policy inheritance on the way, so that a
+L{MailFlowPolicy} seen by a session is always complete: a session never has to
+ask "and if this is unset?".
+
+The TOML key names are a contract (issue 2): field names below are the key
+names, so outside tools can read one to know the other.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from ipaddress import IPv4Interface, IPv6Interface
+
+import attrs
+from attrs import field, frozen
+
+
+class ListenerType(enum.Enum):
+    """
+    ESA listener types: public listeners take mail from the Internet for the
+    domains in their RAT; private listeners take mail from known inside hosts.
+    """
+
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+class AccessRule(enum.Enum):
+    """
+    What a mail flow policy does with a connection (ESA reference section 2.3).
+    """
+
+    ACCEPT = "ACCEPT"
+    REJECT = "REJECT"
+    TCPREFUSE = "TCPREFUSE"
+    RELAY = "RELAY"
+    CONTINUE = "CONTINUE"
+
+
+class TLSMode(enum.Enum):
+    """
+    Inbound TLS setting of a mail flow policy: the seed's No / Preferred /
+    Required.
+    """
+
+    OFF = "off"
+    PREFERRED = "preferred"
+    REQUIRED = "required"
+
+    @property
+    def label(self) -> str:
+        """
+        The word the ESA shows in a listener summary (C{TLS: Required}).
+        """
+        return {"off": "No", "preferred": "Preferred", "required": "Required"}[self.value]
+
+
+class SMTPAuthMode(enum.Enum):
+    """
+    ESA "SMTP Authentication" policy switch.
+    """
+
+    DISALLOW = "disallow"
+    ALLOW = "allow"
+    REQUIRE = "require"
+
+
+class DestinationTLS(enum.Enum):
+    """
+    Outbound TLS setting of a Destination Controls row (ESA reference 6.2).
+    """
+
+    DEFAULT = "default"
+    NO = "no"
+    PREFERRED = "preferred"
+    REQUIRED = "required"
+    PREFERRED_VERIFY = "preferred-verify"
+    REQUIRED_VERIFY = "required-verify"
+    REQUIRED_VERIFY_HOSTED = "required-verify-hosted"
+
+    @property
+    def required(self) -> bool:
+        """
+        Whether mail may never leave in the clear under this setting.
+        """
+        return self in (
+            DestinationTLS.REQUIRED,
+            DestinationTLS.REQUIRED_VERIFY,
+            DestinationTLS.REQUIRED_VERIFY_HOSTED,
+        )
+
+    @property
+    def verifies(self) -> bool:
+        """
+        Whether the peer certificate is checked under this setting.
+        """
+        return self in (
+            DestinationTLS.PREFERRED_VERIFY,
+            DestinationTLS.REQUIRED_VERIFY,
+            DestinationTLS.REQUIRED_VERIFY_HOSTED,
+        )
+
+
+#: Mail flow policy parameters that the ESA has but this gateway does not
+#: implement.  They are accepted in configuration (so an ESA administrator's
+#: habits do not break the file) and reported as not implemented at start-up.
+UNIMPLEMENTED_POLICY_KEYS = frozenset(
+    {
+        "spam_check",
+        "virus_check",
+        "use_sb",
+        "dhap_limit",
+        "dkim_signing",
+        "dkim_verification",
+        "spf_verification",
+        "dmarc_verification",
+    }
+)
+
+
+@frozen
+class MailFlowPolicy:
+    """
+    A complete, resolved mail flow policy: every parameter has a value,
+    inherited from the listener's Default Policy Parameters where the file did
+    not set it.
+
+    @ivar explicit: the parameter names the configuration set on this policy
+        itself (the rest were inherited); kept so that tools can show and
+        write back only what the administrator chose.
+    """
+
+    name: str
+    rule: AccessRule = AccessRule.ACCEPT
+    banner_code: int = 220
+    banner_text: str = ""
+    reject_banner_code: int = 554
+    reject_banner_text: str = "5.7.1 Access denied"
+    override_hostname: str | None = None
+    max_msgs_per_session: int = 10
+    max_rcpts_per_msg: int = 50
+    max_message_size: int = 10485760
+    max_concurrency: int = 10
+    max_rcpts_per_hour: int = -1
+    max_rcpts_per_hour_code: int = 452
+    max_rcpts_per_hour_text: str = "4.5.3 Too many recipients received this hour"
+    tls: TLSMode = TLSMode.OFF
+    tls_mandatory_senders: tuple[str, ...] = ()
+    verify_client_certificate: bool = False
+    client_ca: str | None = None
+    smtp_auth: SMTPAuthMode = SMTPAuthMode.DISALLOW
+    smtp_auth_requires_tls: bool = False
+    unimplemented: tuple[tuple[str, object], ...] = ()
+    explicit: frozenset[str] = frozenset()
+
+
+#: The parameter names of a mail flow policy that configuration may set,
+#: besides C{rule}.
+POLICY_PARAMETER_KEYS: frozenset[str] = frozenset(a.name for a in attrs.fields(MailFlowPolicy)) - {
+    "name",
+    "rule",
+    "unimplemented",
+    "explicit",
+}
+
+
+@frozen
+class SenderGroup:
+    """
+    One row of a Host Access Table: a named list of sender entries (matched
+    with OR) and the name of the mail flow policy applied on a match.
+    """
+
+    name: str
+    policy: str
+    senders: tuple[str, ...]
+    comment: str = ""
+
+
+@frozen
+class Interface:
+    """
+    An IP interface (ESA C{interfaceconfig}): a name, an address and its
+    prefix.  Listeners bind to the address.
+    """
+
+    name: str
+    address: IPv4Interface | IPv6Interface
+
+    @property
+    def ip(self) -> str:
+        return str(self.address.ip)
+
+
+@frozen
+class Listener:
+    """
+    One ESA listener: an SMTP daemon on one interface and port, with its own
+    Host Access Table and mail flow policies.
+
+    @ivar policies: every policy this listener knows by name, resolved;
+        C{policies["default"]} holds the Default Policy Parameters.
+    @ivar hat: sender groups, evaluated top to bottom, first match wins.
+    @ivar rat: Recipient Access Table: C{example.com} (that domain),
+        C{.example.com} (its subdomains), C{user@example.com} (one address)
+        or C{user@} (that local part in any RAT domain).
+    @ivar sni: SNI host name to certificate name, for listeners that serve
+        several names.
+    """
+
+    name: str
+    type: ListenerType
+    interface: Interface
+    port: int
+    protocol: str = "SMTP"
+    default_domain: str = ""
+    max_concurrency: int = 1000
+    tcp_queue: int = 50
+    domain_map: bool = False
+    certificate: str = "Demo"
+    rat: tuple[str, ...] = ()
+    policies: Mapping[str, MailFlowPolicy] = field(factory=dict)
+    hat: tuple[SenderGroup, ...] = ()
+    sni: Mapping[str, str] = field(factory=dict)
+    tls_protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    tls_ciphers: str = ""
+    hostname: str = ""
+    proxy_protocol: bool = False
+
+    @property
+    def default_policy(self) -> MailFlowPolicy:
+        return self.policies["default"]
+
+    @property
+    def implicit_tls(self) -> bool:
+        """
+        RFC 8314 implicit TLS (C{protocol = "SMTPS"}): TLS from the first
+        byte, STARTTLS never offered.
+        """
+        return self.protocol.upper() == "SMTPS"
+
+
+@frozen
+class ListenerSettings:
+    """
+    ESA global listener settings (C{listenerconfig -> setup}), shared by all
+    listeners.
+
+    @ivar unsuccessful_timeout: seconds a connection may go on issuing
+        commands without injecting a message (ESA default 5 minutes).
+    @ivar total_time_limit: seconds a connection may last in all; the ESA
+        disconnects at 80% of it so as not to cut a message.
+    @ivar idle_timeout: seconds of silence from the client (RFC 5321
+        4.5.3.2.7 asks for at least 5 minutes).
+    @ivar bad_command_limit: unrecognised commands before 421.
+    @ivar reject_at_rcpt: REJECT policies answer at RCPT TO instead of at
+        the banner, so that the sender and recipients are logged.
+    """
+
+    unsuccessful_timeout: float = 300.0
+    total_time_limit: float = 900.0
+    idle_timeout: float = 300.0
+    bad_command_limit: int = 5
+    reject_at_rcpt: bool = False
+
+
+@frozen
+class CertificateConfig:
+    """
+    A named certificate: PEM files for the leaf, its key and its chain.
+    C{Demo} has no files: the store generates it under C{data_dir}.
+    """
+
+    name: str
+    cert: str = ""
+    key: str = ""
+    chain: str = ""
+
+
+@frozen
+class DestinationControl:
+    """
+    One row of Destination Controls (ESA C{destconfig}); the row named
+    C{default} governs every domain without its own row.
+    """
+
+    domain: str
+    tls: DestinationTLS = DestinationTLS.DEFAULT
+    max_host_concurrency: int = 500
+    max_messages_per_connection: int = 50
+    recipient_limit: int = 0
+    recipient_minutes: int = 60
+    ca_file: str = ""
+
+
+@frozen
+class AlertRecipient:
+    """
+    Someone who gets alerts of the given severities and types.
+    """
+
+    address: str
+    severities: tuple[str, ...] = ("critical", "warning", "info")
+    types: tuple[str, ...] = ("system", "hardware", "updater")
+
+
+@frozen
+class AlertSettings:
+    tls_failure_alert: bool = False
+    recipients: tuple[AlertRecipient, ...] = ()
+
+
+@frozen
+class SystemSettings:
+    """
+    C{[system]}: the gateway's own name and where it keeps its data.
+    """
+
+    hostname: str
+    data_dir: str = "var"
+    resolvers: tuple[str, ...] = ()
+
+
+@frozen
+class GatewayConfig:
+    """
+    The whole validated configuration.
+
+    @ivar source: the file it was read from (C{"<embedded default>"} for the
+        built-in one); error messages and tools name it.
+    """
+
+    system: SystemSettings
+    interfaces: Mapping[str, Interface] = field(factory=dict)
+    listeners: Mapping[str, Listener] = field(factory=dict)
+    listener_settings: ListenerSettings = ListenerSettings()
+    certificates: Mapping[str, CertificateConfig] = field(factory=dict)
+    destinations: Mapping[str, DestinationControl] = field(factory=dict)
+    smtp_routes: Mapping[str, tuple[str, ...]] = field(factory=dict)
+    alerts: AlertSettings = AlertSettings()
+    source: str = "<embedded default>"

@@ -1,0 +1,202 @@
+"""
+The contracts between esa_tls's parts.
+
+Each interface is a seam where a developer building their own MTA may plug in
+their own implementation: a different message store, a HAT backed by a
+database, a reputation service, an alert sink.  The docstrings state what an
+implementation must guarantee; the built-in implementations are tested
+against these statements with C{verifyObject}.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class StoreError(Exception):
+    """
+    A message store could not take or keep a message.
+
+    @ivar transient: C{True} when trying again later may work (a full disk,
+        an I/O error): the session answers 4xx, never 5xx, and never 250.
+    """
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class IListener(Interface):
+    """
+    A listener (ESA C{listenerconfig}): one SMTP service on one address and
+    port, with its own Host Access Table and policies.  Implemented by the
+    Twisted server factory that builds the inbound sessions.
+    """
+
+    name = Attribute("The listener's case-sensitive unique name (C{str}).")
+    config = Attribute("The L{esa_tls.config.model.Listener} it was built from.")
+    activeConnections = Attribute("How many sessions are open now (C{int}).")
+
+    def summary() -> str:
+        """
+        The listener summary exactly as the ESA CLI prints it (the seed's
+        eight lines C{Name:} ... C{TLS:}), followed by any extra lines.
+        """
+
+
+class IHostAccessTable(Interface):
+    """
+    A Host Access Table: classifies a connecting host into a sender group and
+    so a mail flow policy.
+    """
+
+    def lookup(address: str) -> object:
+        """
+        Classify the peer at C{address} (a textual IPv4 or IPv6 address).
+
+        Groups are tried top to bottom and the first group with any matching
+        entry wins; a group whose policy's rule is CONTINUE does not stop the
+        search.  Host name entries match only a forward-confirmed reverse DNS
+        name.  A DNS failure never matches an entry (it does not make a host
+        look trusted); it may make a later entry, such as C{ALL}, match.
+
+        Must never block: all DNS work is asynchronous.
+
+        @return: a L{Deferred} firing with an L{esa_tls.values.HATVerdict}.
+            It never fails: when nothing matches, the verdict carries the
+            listener's fallback policy (REJECT on the ESA's predefined tables).
+        """
+
+
+class IReputationSource(Interface):
+    """
+    A sender reputation service (the ESA's SenderBase, SBRS).  None ships;
+    HAT entries C{SBRS[...]} and C{SBO:...} consult the one configured.
+    """
+
+    def score(address: str) -> object:
+        """
+        @return: a L{Deferred} firing with a score from -10.0 to 10.0, or
+            C{None} when the address has no score.
+        """
+
+
+class ITLSPolicy(Interface):
+    """
+    The inbound TLS rules of one session, decided from its mail flow policy.
+    The session asks; the policy decides.  Pure: no I/O.
+    """
+
+    def offerStartTLS(secure: bool) -> bool:
+        """
+        Whether EHLO advertises STARTTLS.  Never true once C{secure}.
+        """
+
+    def commandRefusal(verb: bytes, secure: bool) -> tuple[int, bytes] | None:
+        """
+        C{None} if the command C{verb} (upper case) may run now, else the
+        reply (code, text) to send instead, e.g. C{530 5.7.0 Must issue a
+        STARTTLS command first} for Required before TLS.
+        """
+
+    def senderRefusal(mailFrom: str, secure: bool) -> tuple[int, bytes] | None:
+        """
+        C{None} if C{mailFrom} may send on this session, else the reply to
+        send (Preferred with C{tls_mandatory_senders} on a clear session).
+        """
+
+    def offerAuth(secure: bool) -> bool:
+        """
+        Whether AUTH may be advertised and accepted now.
+        """
+
+
+class ICertificateStore(Interface):
+    """
+    The certificates the gateway knows by name (ESA C{certconfig}).  The
+    C{Demo} certificate always exists and is always marked insecure.
+    """
+
+    def names() -> list[str]:
+        """
+        The names of all certificates, C{"Demo"} included.
+        """
+
+    def serverCreator(listener: object, clientCA: str | None = None) -> object:
+        """
+        An C{IOpenSSLServerConnectionCreator} for the listener
+        (L{esa_tls.config.model.Listener}): its certificate, SNI map, protocol
+        floor and ciphers.  Connections made with it see the certificates as
+        they are when each handshake starts, so a reload takes effect without
+        dropping sessions.
+        """
+
+    def reload() -> list[str]:
+        """
+        Re-read every certificate.  One that fails validation is not
+        installed: the old one stays in service.
+
+        @return: one message per certificate refused.
+        """
+
+
+class IIncomingMessage(Interface):
+    """
+    A message being received; created by L{IMessageStore.newMessage}.
+    """
+
+    def write(data: bytes) -> None:
+        """
+        Append message bytes: CRLF line endings, already dot-unstuffed.
+        May raise L{StoreError}; the session then answers 4xx at the end of
+        DATA.
+        """
+
+    def commit() -> object:
+        """
+        Make the message durable.  When the returned L{Deferred} fires, the
+        message and its envelope are on stable storage (written, fsync'd,
+        renamed into the queue, directory fsync'd): only then may the
+        session say 250.
+
+        @return: a L{Deferred} firing with the message ID (MID, C{int}), or
+            failing with L{StoreError}.
+        """
+
+    def abort() -> None:
+        """
+        Forget the message: nothing of it is ever delivered.
+        """
+
+
+class IMessageStore(Interface):
+    """
+    Where accepted mail goes.  The durable spool implements it; a developer
+    may plug in their own.
+    """
+
+    def newMessage(envelope: object) -> IIncomingMessage:
+        """
+        Start a message with the given L{esa_tls.values.Envelope}.
+        May raise L{StoreError}.
+        """
+
+    def hasSpace(size: int) -> bool:
+        """
+        Whether a message of C{size} bytes can be taken now (a MAIL FROM on
+        a nearly full disk is answered 452 4.3.1).
+        """
+
+
+class IAlertHook(Interface):
+    """
+    Receives alerts (ESA C{alertconfig}): TLS failures for a domain that
+    requires TLS, certificate expiry, the Demo certificate in use.
+    """
+
+    def alert(alert: object) -> object:
+        """
+        Deliver one alert.  May return a L{Deferred}.  A hook that raises or
+        hangs must never hold up mail: callers bound the time they wait and
+        log the failure.
+        """
