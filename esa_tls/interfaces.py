@@ -35,7 +35,7 @@ class IListener(Interface):
 
     name = Attribute("The listener's case-sensitive unique name (C{str}).")
     config = Attribute("The L{esa_tls.config.model.Listener} it was built from.")
-    activeConnections = Attribute("How many sessions are open now (C{int}).")
+    active_connections = Attribute("How many sessions are open now (C{int}).")
 
     def summary() -> str:
         """
@@ -87,25 +87,25 @@ class ITLSPolicy(Interface):
     The session asks; the policy decides.  Pure: no I/O.
     """
 
-    def offerStartTLS(secure: bool) -> bool:
+    def offer_starttls(secure: bool) -> bool:
         """
         Whether EHLO advertises STARTTLS.  Never true once C{secure}.
         """
 
-    def commandRefusal(verb: bytes, secure: bool) -> tuple[int, bytes] | None:
+    def command_refusal(verb: bytes, secure: bool) -> tuple[int, bytes] | None:
         """
         C{None} if the command C{verb} (upper case) may run now, else the
         reply (code, text) to send instead, e.g. C{530 5.7.0 Must issue a
         STARTTLS command first} for Required before TLS.
         """
 
-    def senderRefusal(mailFrom: str, secure: bool) -> tuple[int, bytes] | None:
+    def sender_refusal(mail_from: str, secure: bool) -> tuple[int, bytes] | None:
         """
-        C{None} if C{mailFrom} may send on this session, else the reply to
+        C{None} if C{mail_from} may send on this session, else the reply to
         send (Preferred with C{tls_mandatory_senders} on a clear session).
         """
 
-    def offerAuth(secure: bool) -> bool:
+    def offer_auth(secure: bool) -> bool:
         """
         Whether AUTH may be advertised and accepted now.
         """
@@ -122,7 +122,7 @@ class ICertificateStore(Interface):
         The names of all certificates, C{"Demo"} included.
         """
 
-    def serverCreator(listener: object, clientCA: str | None = None) -> object:
+    def server_creator(listener: object, client_ca: str | None = None) -> object:
         """
         An C{IOpenSSLServerConnectionCreator} for the listener
         (L{esa_tls.config.model.Listener}): its certificate, SNI map, protocol
@@ -142,7 +142,7 @@ class ICertificateStore(Interface):
 
 class IIncomingMessage(Interface):
     """
-    A message being received; created by L{IMessageStore.newMessage}.
+    A message being received; created by L{IMessageStore.new_message}.
     """
 
     def write(data: bytes) -> None:
@@ -175,13 +175,13 @@ class IMessageStore(Interface):
     may plug in their own.
     """
 
-    def newMessage(envelope: object) -> IIncomingMessage:
+    def new_message(envelope: object) -> IIncomingMessage:
         """
         Start a message with the given L{esa_tls.values.Envelope}.
         May raise L{StoreError}.
         """
 
-    def hasSpace(size: int) -> bool:
+    def has_space(size: int) -> bool:
         """
         Whether a message of C{size} bytes can be taken now (a MAIL FROM on
         a nearly full disk is answered 452 4.3.1).
