@@ -1,0 +1,474 @@
+# -*- test-case-name: tests.test_outbound_mx -*-
+"""
+Where to deliver mail for a domain: SMTP routes first, else the domain's MX
+hosts, each with its addresses.
+
+This replaces C{twisted.mail.relaymanager.MXCalculator}, which returns one
+host instead of the ordered list a delivery needs for failover, treats a null
+MX as a host named C{""}, falls back to the A record on NXDOMAIN, returns an IP
+address as the "MX name" (which breaks certificate name checks) and resolves
+with C{ANY} queries.  Here:
+
+  - all MX hosts come back, in preference order, shuffled among equal
+    preferences so that load spreads as RFC 5321 section 5.1 asks;
+  - addresses come from separate A and AAAA queries, never C{ANY} (RFC 8482);
+  - the implicit MX (the domain itself) is used only when the domain exists
+    and has no MX records (NOERROR with no data), never on NXDOMAIN;
+  - a null MX (RFC 7505) and NXDOMAIN are permanent failures: the message
+    bounces at once instead of sitting in the queue for days;
+  - SERVFAIL, REFUSED and timeouts are temporary: the message is deferred.
+
+An C{[smtp_routes]} entry overrides DNS MX for its domain: its hosts are
+tried in the order written, and a route host name is resolved for addresses
+only (never for MX), as the ESA C{smtproutes} command does.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.names import dns
+from twisted.names.client import Resolver
+from twisted.names.error import (
+    AuthoritativeDomainError,
+    DNSFormatError,
+    DNSNotImplementedError,
+    DNSQueryRefusedError,
+    DNSServerError,
+    DNSUnknownError,
+    DomainError,
+)
+from twisted.names.hosts import Resolver as HostsResolver
+from twisted.names.resolve import ResolverChain
+
+from esa_tls.config.model import GatewayConfig
+
+#: The query timeouts (seconds, one retry per entry) for every DNS lookup of
+#: a delivery: the default of C{twisted.names.client}.
+DEFAULT_DNS_TIMEOUT: tuple[int, ...] = (1, 3, 11, 45)
+
+#: The port of a mail exchanger when neither the route nor the caller says
+#: otherwise.
+SMTP_PORT = 25
+
+
+class HostSource(enum.Enum):
+    """
+    How a host became a delivery target; certificate name checks depend on
+    it (the ESA Verify rules accept the MX host name, Hosted Verify only an
+    SMTP route host name).
+    """
+
+    MX = "mx"
+    IMPLICIT_MX = "implicit-mx"
+    ROUTE = "smtp-route"
+
+
+@frozen
+class MailHost:
+    """
+    One host to try, with the addresses to try it at.
+
+    @ivar name: the MX exchange name, the domain itself (implicit MX) or the
+        SMTP route host as written (a name or an IP literal); lower case,
+        without a trailing dot.
+    @ivar port: the TCP port to connect to.
+    @ivar addresses: textual IPv4 and IPv6 addresses, in the order to try.
+    @ivar preference: the MX preference (0 for routes and implicit MX; for
+        routes, the position in the route list).
+    @ivar source: where the host came from.
+    """
+
+    name: str
+    port: int
+    addresses: tuple[str, ...]
+    preference: int = 0
+    source: HostSource = HostSource.MX
+
+    @property
+    def is_literal(self) -> bool:
+        """
+        Whether C{name} is an IP address: then there is no name to send as
+        SNI and none to check a certificate against.
+        """
+        return is_ip_literal(self.name)
+
+    @property
+    def server_name(self) -> str | None:
+        """
+        The SNI name to send when connecting to this host: the MX (or route)
+        host name, never an address.
+        """
+        return None if self.is_literal else self.name
+
+
+@frozen
+class MailRoute:
+    """
+    Everything needed to try a domain's hosts in order.
+
+    @ivar domain: the recipient domain, lower case.
+    @ivar hosts: hosts in the order to try; never empty.
+    @ivar via_smtp_route: whether an C{[smtp_routes]} entry chose the hosts.
+    @ivar skipped: hosts that had no usable address, with the reason, for
+        the log and for C{tlsverify}.
+    """
+
+    domain: str
+    hosts: tuple[MailHost, ...]
+    via_smtp_route: bool = False
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+class RouteError(Exception):
+    """
+    No host to deliver to.
+
+    @ivar permanent: C{True} when retrying cannot help (NXDOMAIN, null MX,
+        no address for any exchanger): the recipients bounce.  C{False} for
+        DNS trouble that may pass (SERVFAIL, timeouts): they are deferred.
+    @ivar code: an SMTP-style reply code for bounce and deferral texts.
+    @ivar status: the RFC 3463 enhanced status code.
+    """
+
+    def __init__(self, text: str, *, permanent: bool, code: int, status: str) -> None:
+        super().__init__(text)
+        self.text = text
+        self.permanent = permanent
+        self.code = code
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+
+def is_ip_literal(name: str) -> bool:
+    """
+    Whether C{name} is a textual IPv4 or IPv6 address.
+    """
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_name(name: str) -> str:
+    """
+    The comparable form of a DNS name: lower case, no trailing dot.
+    """
+    return name.strip().rstrip(".").lower()
+
+
+def parse_route_host(entry: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
+    """
+    Split an C{[smtp_routes]} host entry into host and port.
+
+    Accepted forms: C{host}, C{host:port}, C{1.2.3.4}, C{1.2.3.4:port},
+    C{[2001:db8::1]}, C{[2001:db8::1]:port} and a bare IPv6 address.
+
+    @raise ValueError: for an empty host or a port that is not 1-65535.
+    """
+    entry = entry.strip()
+    host, port_text = entry, ""
+    if entry.startswith("["):
+        close = entry.find("]")
+        if close < 0:
+            raise ValueError(f"unbalanced brackets in route host {entry!r}")
+        host, rest = entry[1:close], entry[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"unexpected text after ] in route host {entry!r}")
+            port_text = rest[1:]
+    elif entry.count(":") == 1:
+        host, port_text = entry.split(":")
+    host = normalize_name(host)
+    if not host:
+        raise ValueError(f"empty host in route {entry!r}")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port in route host {entry!r}")
+        port = int(port_text)
+    return host, port
+
+
+def find_route(routes: Mapping[str, Sequence[str]], domain: str) -> Sequence[str] | None:
+    """
+    The C{[smtp_routes]} hosts for C{domain}: an exact entry wins, then the
+    nearest C{.parent} entry (which matches subdomains only), then C{ALL}.
+    """
+    domain = normalize_name(domain)
+    table = {normalize_name(key) if key != "ALL" else key: value for key, value in routes.items()}
+    if domain in table:
+        return table[domain]
+    labels = domain.split(".")
+    for i in range(1, len(labels)):
+        parent = "." + ".".join(labels[i:])
+        if parent in table:
+            return table[parent]
+    return table.get("ALL")
+
+
+def resolver_from_config(config: GatewayConfig, reactor: IReactorTime | None = None) -> Any:
+    """
+    The resolver deliveries use: the C{[system] resolvers} servers when set
+    (C{"host"} or C{"host:port"}), else the system's C{resolv.conf} with the
+    hosts file and a cache in front.
+
+    @return: an L{twisted.internet.interfaces.IResolver} provider.
+    """
+    if not config.system.resolvers:
+        return ResolverChain(
+            [
+                HostsResolver(b"/etc/hosts"),
+                Resolver(resolv=b"/etc/resolv.conf", reactor=reactor),
+            ]
+        )
+    servers = [parse_route_host(entry, default_port=53) for entry in config.system.resolvers]
+    return ResolverChain([Resolver(servers=servers, reactor=reactor)])
+
+
+def _is_temporary(error: BaseException) -> bool:
+    """
+    Whether a lookup failure may go away: everything but "no such name"
+    (NXDOMAIN, or a local authority that knows the name does not exist).
+    """
+    if isinstance(error, DNSServerError | DNSQueryRefusedError | DNSUnknownError):
+        return True
+    if isinstance(error, DNSFormatError | DNSNotImplementedError):
+        return True
+    return not isinstance(error, DomainError | AuthoritativeDomainError)
+
+
+@frozen
+class _Addresses:
+    """
+    The outcome of the A and AAAA lookups of one host.
+    """
+
+    name: str
+    addresses: tuple[str, ...]
+    temporary_error: str | None
+    permanent_error: str | None
+
+
+class MXResolver:
+    """
+    Resolves delivery routes with an injected resolver.
+
+    @ivar resolver: an L{twisted.internet.interfaces.IResolver} provider.
+    @ivar rng: the source of the shuffle among equal MX preferences
+        (injectable so tests can pin an order).
+    @ivar prefer_ipv6: try a host's IPv6 addresses before its IPv4 ones
+        (the ESA C{ip_sort_pref}); IPv4 first by default.
+    """
+
+    def __init__(
+        self,
+        resolver: Any,
+        *,
+        rng: random.Random | None = None,
+        timeout: Sequence[int] = DEFAULT_DNS_TIMEOUT,
+        prefer_ipv6: bool = False,
+    ) -> None:
+        self.resolver = resolver
+        self.rng = rng if rng is not None else random.Random()
+        self.timeout = tuple(timeout)
+        self.prefer_ipv6 = prefer_ipv6
+
+    def resolve(
+        self,
+        domain: str,
+        routes: Mapping[str, Sequence[str]] | None = None,
+        *,
+        port: int = SMTP_PORT,
+    ) -> Deferred[MailRoute]:
+        """
+        Find the hosts to try for C{domain}.
+
+        @param routes: the C{[smtp_routes]} table; an entry for the domain
+            (or its parent, or C{ALL}) replaces the MX lookup.
+        @param port: the port of hosts found through DNS (routes carry
+            their own).
+
+        @return: a L{Deferred} firing with a L{MailRoute}, or failing with
+            L{RouteError}.
+        """
+        return Deferred.fromCoroutine(self._resolve(normalize_name(domain), routes or {}, port))
+
+    async def _resolve(
+        self, domain: str, routes: Mapping[str, Sequence[str]], port: int
+    ) -> MailRoute:
+        route = find_route(routes, domain)
+        if route is not None:
+            return await self._resolve_route(domain, route)
+        try:
+            answers, _authority, _additional = await self.resolver.lookupMailExchange(
+                domain, self.timeout
+            )
+        except Exception as e:
+            raise self._lookup_error(domain, "MX", e) from e
+        exchanges = [
+            (rr.payload.preference, normalize_name(rr.payload.name.name.decode("ascii")))
+            for rr in answers
+            if rr.type == dns.MX
+        ]
+        if not exchanges:
+            # NOERROR/NODATA: the domain exists but has no MX, so it is its
+            # own mail exchanger (RFC 5321 section 5.1).
+            found = await self._addresses(domain)
+            if not found.addresses:
+                raise self._no_address_error(domain, [found])
+            return MailRoute(
+                domain,
+                (MailHost(domain, port, found.addresses, 0, HostSource.IMPLICIT_MX),),
+            )
+        if len(exchanges) == 1 and exchanges[0][1] == "":
+            raise RouteError(
+                f"Domain {domain} does not accept mail (null MX)",
+                permanent=True,
+                code=556,
+                status="5.1.10",
+            )
+        # RFC 7505: a null MX next to real ones is an error of the domain; the
+        # real exchangers are still worth trying.
+        ordered = self._order([(pref, name) for pref, name in exchanges if name])
+        results = await gatherResults(
+            [Deferred.fromCoroutine(self._addresses(n)) for _, n in ordered]
+        )
+        hosts = tuple(
+            MailHost(name, port, found.addresses, pref, HostSource.MX)
+            for (pref, name), found in zip(ordered, results, strict=True)
+            if found.addresses
+        )
+        skipped = tuple(_skip_reason(found) for found in results if not found.addresses)
+        if not hosts:
+            raise self._no_address_error(domain, results)
+        return MailRoute(domain, hosts, False, skipped)
+
+    async def _resolve_route(self, domain: str, route: Sequence[str]) -> MailRoute:
+        targets = [parse_route_host(entry) for entry in route]
+        results = await gatherResults(
+            [Deferred.fromCoroutine(self._addresses(host)) for host, _ in targets]
+        )
+        hosts = tuple(
+            MailHost(host, port, found.addresses, position, HostSource.ROUTE)
+            for position, ((host, port), found) in enumerate(zip(targets, results, strict=True))
+            if found.addresses
+        )
+        skipped = tuple(_skip_reason(found) for found in results if not found.addresses)
+        if not hosts:
+            raise self._no_address_error(domain, results)
+        return MailRoute(domain, hosts, True, skipped)
+
+    def _order(self, exchanges: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """
+        Sort by preference, shuffling within each preference; a host listed
+        twice is kept once, at its best preference.
+        """
+        best: dict[str, int] = {}
+        for pref, name in exchanges:
+            best[name] = min(pref, best.get(name, pref))
+        keyed = [(pref, self.rng.random(), name) for name, pref in best.items()]
+        keyed.sort()
+        return [(pref, name) for pref, _, name in keyed]
+
+    async def _addresses(self, name: str) -> _Addresses:
+        """
+        Look up A and AAAA for C{name} (in parallel; never C{ANY}).
+        """
+        if is_ip_literal(name):
+            return _Addresses(name, (str(ipaddress.ip_address(name)),), None, None)
+        v4, v6 = await gatherResults(
+            [
+                Deferred.fromCoroutine(self._one_family(name, dns.A)),
+                Deferred.fromCoroutine(self._one_family(name, dns.AAAA)),
+            ]
+        )
+        first, second = (v6, v4) if self.prefer_ipv6 else (v4, v6)
+        addresses = tuple(dict.fromkeys(first[0] + second[0]))
+        temporary = first[1] or second[1]
+        permanent = first[2] or second[2]
+        return _Addresses(name, addresses, temporary, permanent)
+
+    async def _one_family(
+        self, name: str, rrtype: int
+    ) -> tuple[tuple[str, ...], str | None, str | None]:
+        lookup = self.resolver.lookupAddress if rrtype == dns.A else self.resolver.lookupIPV6Address
+        label = "A" if rrtype == dns.A else "AAAA"
+        try:
+            answers, _authority, _additional = await lookup(name, self.timeout)
+        except Exception as e:
+            text = f"{label} lookup of {name} failed: {_describe(e)}"
+            if _is_temporary(e):
+                return (), text, None
+            return (), None, text
+        if rrtype == dns.A:
+            found = tuple(rr.payload.dottedQuad() for rr in answers if rr.type == dns.A)
+        else:
+            found = tuple(
+                str(ipaddress.IPv6Address(rr.payload.address))
+                for rr in answers
+                if rr.type == dns.AAAA
+            )
+        return found, None, None
+
+    def _lookup_error(self, domain: str, kind: str, error: BaseException) -> RouteError:
+        if _is_temporary(error):
+            return RouteError(
+                f"Temporary DNS failure looking up {kind} of {domain}: {_describe(error)}",
+                permanent=False,
+                code=451,
+                status="4.4.3",
+            )
+        return RouteError(
+            f"Host or domain name not found: {domain}",
+            permanent=True,
+            code=550,
+            status="5.1.2",
+        )
+
+    def _no_address_error(self, domain: str, results: Sequence[_Addresses]) -> RouteError:
+        reasons = "; ".join(_skip_reason(found)[1] for found in results)
+        if any(found.temporary_error for found in results):
+            return RouteError(
+                f"Temporary DNS failure resolving mail hosts of {domain}: {reasons}",
+                permanent=False,
+                code=451,
+                status="4.4.3",
+            )
+        return RouteError(
+            f"No address for any mail host of {domain}: {reasons}",
+            permanent=True,
+            code=550,
+            status="5.4.4",
+        )
+
+
+def _skip_reason(found: _Addresses) -> tuple[str, str]:
+    return (
+        found.name,
+        found.temporary_error or found.permanent_error or f"no A or AAAA record for {found.name}",
+    )
+
+
+def _describe(error: BaseException) -> str:
+    """
+    A short text for a DNS failure: the exception class says what happened
+    (DNSServerError is SERVFAIL); its argument is a whole DNS message.
+    """
+    return {
+        "DNSNameError": "NXDOMAIN",
+        "DNSServerError": "SERVFAIL",
+        "DNSQueryRefusedError": "REFUSED",
+        "DNSQueryTimeoutError": "timeout",
+        "TimeoutError": "timeout",
+    }.get(type(error).__name__, type(error).__name__)
