@@ -363,7 +363,7 @@ def parse_sender(text: str) -> Sender:
     entry = text.strip()
     lower = entry.lower()
     if not entry:
-        raise SenderSyntaxError("sender entry", text, "it is empty")
+        raise SenderSyntaxError("sender entry", entry, "it is empty")
     if lower == "all":
         return AllSenders(entry)
     if lower.startswith("dnslist["):
@@ -380,7 +380,7 @@ def parse_sender(text: str) -> Sender:
         )
     if ":" in entry:
         return _parse_ipv6(entry)
-    if set(entry) <= _IPV4_CHARS:
+    if set(entry) <= _IPV4_CHARS and any(c.isdigit() for c in entry):
         return _parse_ipv4(entry)
     if entry.startswith("."):
         return DomainSuffix(entry, _parse_domain(entry[1:], entry, "partial host name", 1))
