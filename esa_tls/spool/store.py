@@ -1,0 +1,810 @@
+# -*- test-case-name: tests.test_spool_store -*-
+"""
+The durable spool: where the gateway keeps every message it has said 250
+to, until each recipient is delivered or bounced.
+
+Layout of the spool directory::
+
+    queue/<mid>.msg     committed messages (header line + message bytes)
+    state/<mid>.json    recipient states, once the first one changed
+    corrupt/            files that failed validation, never delivered
+    tmp/<token>.lock    one per live L{DurableSpool} (flock held)
+    tmp/<token>/        its messages being received, and state files
+                        being written
+    mid.counter         the MID high-water mark (L{esa_tls.ids})
+
+The guarantee is that of the C{IMessageStore} contract: a message is in
+C{queue/} whole, or not at all.  It is written into its own temporary
+directory, fsync'd, renamed into C{queue/}, and C{queue/} is fsync'd before
+L{IncomingMessage.commit} fires; a crash before that leaves only a
+temporary file, which the next start removes.
+
+Several worker processes may share one spool directory (issue 7): each has
+its own temporary directory, locked with C{flock} for as long as the
+process lives; start-up removes only the temporary directories whose lock
+is free, i.e. whose process is gone, even after C{SIGKILL}.  MIDs come from
+one counter shared by all of them.  The queue side (L{DurableSpool.queued},
+L{DurableSpool.update_recipients}, L{DurableSpool.remove}) is meant for
+one delivery engine at a time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
+
+from attrs import define
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from esa_tls.ids import IdAllocator
+from esa_tls.interfaces import IIncomingMessage, IMessageStore, StoreError
+from esa_tls.spool.fileformat import (
+    MAX_HEADER_LENGTH,
+    SIZE_FIELD_OFFSET,
+    MessageHeader,
+    SpoolFormatError,
+    decode_message_header,
+    decode_recipient_states,
+    encode_message_header,
+    encode_recipient_states,
+    encode_size_field,
+)
+from esa_tls.spool.fs import FileSystem
+from esa_tls.spool.groupcommit import Executor, GroupCommitter
+from esa_tls.spool.values import QueuedMessage, RecipientState
+from esa_tls.values import Envelope
+
+__all__ = ["DurableSpool", "IncomingMessage"]
+
+_MiB = 1024 * 1024
+
+
+def _store_error(failure: Failure, what: str) -> StoreError:
+    """
+    Turn whatever stopped a spool operation into the transient L{StoreError}
+    the session answers with 451 4.3.0.
+    """
+    return StoreError(f"{what}: {failure.getErrorMessage()}", transient=True)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@define
+class _CommitStep:
+    """
+    Make a received message durable: fsync its file, rename it into
+    C{queue/}; the batch then fsyncs C{queue/}.
+    """
+
+    file: BinaryIO
+    temporary: str
+    final: str
+    directory: str
+
+    def prepare(self, fs: FileSystem) -> None:
+        try:
+            try:
+                fs.fsync(self.file.fileno())
+            finally:
+                self.file.close()
+            fs.replace(self.temporary, self.final)
+        except BaseException:
+            _unlink_quietly(self.temporary)
+            raise
+
+    def undo(self, fs: FileSystem) -> None:
+        # The rename may or may not survive a crash now; the caller is told
+        # the commit failed (451), so the message must not be delivered.
+        _unlink_quietly(self.final)
+
+    def finish(self, fs: FileSystem) -> None:
+        pass
+
+
+@define
+class _WriteStep:
+    """
+    Replace a small file atomically: write a temporary file, fsync it,
+    rename it over the old one; the batch then fsyncs the directory.
+    """
+
+    data: bytes
+    temporary: str
+    final: str
+    directory: str
+
+    def prepare(self, fs: FileSystem) -> None:
+        try:
+            with fs.open_for_writing(self.temporary) as f:
+                f.write(self.data)
+                f.flush()
+                fs.fsync(f.fileno())
+            fs.replace(self.temporary, self.final)
+        except BaseException:
+            _unlink_quietly(self.temporary)
+            raise
+
+    def undo(self, fs: FileSystem) -> None:
+        # The new state may or may not be on disk; the caller is told it
+        # failed and will write it again.
+        pass
+
+    def finish(self, fs: FileSystem) -> None:
+        pass
+
+
+@define
+class _RemoveStep:
+    """
+    Forget a finished message: unlink it from C{queue/}, fsync C{queue/},
+    then unlink its state file (an orphan state file is harmless and
+    removed at the next start, so that last unlink needs no sync).
+    """
+
+    message: str
+    state: str
+    directory: str
+
+    def prepare(self, fs: FileSystem) -> None:
+        _unlink_quietly(self.message)
+
+    def undo(self, fs: FileSystem) -> None:
+        pass
+
+    def finish(self, fs: FileSystem) -> None:
+        _unlink_quietly(self.state)
+
+
+@define
+class _Entry:
+    """
+    What the spool knows about one committed message.
+    """
+
+    header: MessageHeader
+    recipients: dict[int, RecipientState]
+
+
+def _initial_states(envelope: Envelope) -> dict[int, RecipientState]:
+    return {rid: RecipientState(rid=rid, address=a) for rid, a in enumerate(envelope.rcpt_to)}
+
+
+@implementer(IIncomingMessage)
+class IncomingMessage:
+    """
+    A message being received into a L{DurableSpool}.
+
+    Bytes are written to the message's temporary file as they arrive, on
+    the reactor thread: buffered writes land in the page cache and do not
+    wait for the disk.  Only L{commit} waits, and it waits in a thread.
+
+    @ivar mid: the message ID, assigned when the message starts (as on the
+        ESA, whose C{Start MID} log line comes before DATA); a message that
+        is aborted leaves its MID unused.
+    @ivar envelope: the envelope given to L{DurableSpool.new_message}.
+    @ivar header_length: the length of the spool's header line in the
+        message file.
+    """
+
+    def __init__(
+        self,
+        spool: DurableSpool,
+        mid: int,
+        envelope: Envelope,
+        path: str,
+        file: BinaryIO,
+        header_length: int,
+    ) -> None:
+        self.mid = mid
+        self.envelope = envelope
+        self.header_length = header_length
+        self._spool = spool
+        self._path = path
+        self._file = file
+        self._size = 0
+        self._state = "open"
+
+    @property
+    def size(self) -> int:
+        """
+        The number of message bytes written so far.
+        """
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        """
+        Append C{data}.
+
+        @raise StoreError: (transient) the bytes could not be written (a
+            full disk, an I/O error), or the message is no longer open.  The
+            message is then discarded; a later L{commit} fails too.
+        """
+        if self._state != "open":
+            raise StoreError(f"MID {self.mid} is not open for writing ({self._state})")
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self._discard("failed")
+            raise StoreError(f"MID {self.mid}: cannot write to the spool: {e}") from e
+        self._size += len(data)
+
+    def commit(self) -> Deferred[int]:
+        """
+        Make the message durable, together with every other message
+        committed in the same reactor turn.
+
+        @return: a L{Deferred} firing with L{mid} once the message is in
+            C{queue/} and that is on stable storage, or failing with a
+            transient L{StoreError}; the message is then gone for good.
+        """
+        if self._state != "open":
+            return fail(StoreError(f"MID {self.mid} cannot be committed ({self._state})"))
+        try:
+            self._file.flush()
+            os.pwrite(self._file.fileno(), encode_size_field(self._size), SIZE_FIELD_OFFSET)
+        except OSError as e:
+            self._discard("failed")
+            return fail(StoreError(f"MID {self.mid}: cannot write to the spool: {e}"))
+        self._state = "committing"
+        return self._spool._commit(self, self._file, self._path)
+
+    def abort(self) -> None:
+        """
+        Discard the message.  Does nothing once L{commit} has been called:
+        the commit's result decides.
+        """
+        if self._state == "open":
+            self._discard("aborted")
+
+    def _discard(self, state: str) -> None:
+        self._state = state
+        try:
+            self._file.close()
+        except OSError:
+            # Closing flushes; the write error is already being reported.
+            pass
+        _unlink_quietly(self._path)
+        self._spool._forget(self)
+
+    def _committed(self) -> None:
+        self._state = "committed"
+
+
+def _default_executor(reactor: IReactorTime) -> Executor:
+    def execute(f: Callable[[], Any]) -> Deferred[Any]:
+        return deferToThreadPool(
+            IReactorFromThreads(reactor), IReactorThreads(reactor).getThreadPool(), f
+        )
+
+    return execute
+
+
+@implementer(IMessageStore)
+class DurableSpool:
+    """
+    The built-in L{IMessageStore}: a directory of message files, crash-safe
+    and shared safely by several worker processes, with the queue-side API
+    the delivery engine uses.
+
+    Start-up work (L{recover}) runs synchronously in the constructor: build
+    the spool before the gateway listens, not from inside a session.
+
+    @ivar directory: the spool directory.
+    @ivar min_free_bytes: L{has_space} keeps at least this much of the file
+        system free.
+    @ivar committer: the L{GroupCommitter} all durable changes go through.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        directory: str,
+        reactor: IReactorTime,
+        *,
+        min_free_bytes: int = 64 * _MiB,
+        mid_allocator: IdAllocator | None = None,
+        free_bytes: Callable[[], int] | None = None,
+        filesystem: FileSystem | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        """
+        @param directory: the spool directory; created if missing.
+        @param reactor: provides L{IReactorTime} (batches are cut at the end
+            of a reactor turn) and, unless C{executor} is given,
+            L{IReactorThreads} (fsyncs run in its thread pool).
+        @param min_free_bytes: see L{has_space}.
+        @param mid_allocator: where MIDs come from; by default an
+            L{IdAllocator} on C{directory/mid.counter}.
+        @param free_bytes: how many bytes are free on the spool's file
+            system now; by default asked of the file system.  Tests use it
+            to simulate a nearly full disk.
+        @param filesystem: the file operations to use (tests inject faults).
+        @param executor: runs the blocking batch job; by default the
+            reactor's thread pool.
+        """
+        self.directory = os.path.abspath(directory)
+        self.min_free_bytes = min_free_bytes
+        self._fs = filesystem if filesystem is not None else FileSystem()
+        self._free_bytes = free_bytes
+        self._queue_dir = os.path.join(self.directory, "queue")
+        self._state_dir = os.path.join(self.directory, "state")
+        self._corrupt_dir = os.path.join(self.directory, "corrupt")
+        self._tmp_root = os.path.join(self.directory, "tmp")
+        for d in (self._queue_dir, self._state_dir, self._corrupt_dir, self._tmp_root):
+            os.makedirs(d, exist_ok=True)
+        self._mids = (
+            mid_allocator
+            if mid_allocator is not None
+            else IdAllocator(os.path.join(self.directory, "mid.counter"))
+        )
+        self.committer = GroupCommitter(
+            reactor,
+            executor if executor is not None else _default_executor(reactor),
+            self._fs,
+        )
+        self._entries: dict[int, _Entry] = {}
+        self._open: dict[int, IncomingMessage] = {}
+        self._committing: set[int] = set()
+        self._removing: set[int] = set()
+        self._subscribers: list[Callable[[int], None]] = []
+        self._state_serial = 0
+        self._lock_fd, self._tmp_dir = self._claim_temporary_directory()
+        self.recover()
+
+    # -- start-up ---------------------------------------------------------
+
+    def _claim_temporary_directory(self) -> tuple[int, str]:
+        """
+        Make this spool's own temporary directory and hold its lock.
+
+        The lock file is locked under a name the sweep ignores and only
+        then renamed to C{<token>.lock}, and the directory is made after
+        that: so a sweep in another process never sees a live spool's
+        directory without its lock held.
+        """
+        token = uuid.uuid4().hex
+        staging = os.path.join(self._tmp_root, f".{token}.locking")
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(staging, os.path.join(self._tmp_root, f"{token}.lock"))
+            path = os.path.join(self._tmp_root, token)
+            os.mkdir(path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, path
+
+    def recover(self) -> None:
+        """
+        Clean up after a crash, synchronously: remove the temporary files of
+        spools whose process is gone (half-received or half-committed
+        messages: never acknowledged), quarantine in C{corrupt/} every
+        queue or state file that fails validation (logged, never
+        delivered), drop state files of finished messages, and make sure
+        no MID on disk can be handed out again.
+        """
+        self._sweep_temporary()
+        highest = 0
+        mids: set[int] = set()
+        for name in sorted(os.listdir(self._queue_dir)):
+            path = os.path.join(self._queue_dir, name)
+            mid = self._mid_of(name, ".msg")
+            if mid is None:
+                self._quarantine(path, "not a message file name")
+                continue
+            highest = max(highest, mid)
+            if self._load(mid) is not None:
+                mids.add(mid)
+        for name in sorted(os.listdir(self._state_dir)):
+            mid = self._mid_of(name, ".json")
+            if mid is not None:
+                highest = max(highest, mid)
+            if mid is None or mid not in mids:
+                # A finished message's state (removal is unlink message,
+                # sync, unlink state) or a stray file.
+                _unlink_quietly(os.path.join(self._state_dir, name))
+        for name in os.listdir(self._corrupt_dir):
+            digits = name.split(".", 1)[0]
+            if digits.isdigit():
+                highest = max(highest, int(digits))
+        self._mids.advance_past(highest)
+
+    def _sweep_temporary(self) -> None:
+        own = os.path.basename(self._tmp_dir)
+        names = set(os.listdir(self._tmp_root))
+        for name in sorted(names):
+            if not name.endswith(".lock"):
+                continue
+            token = name[: -len(".lock")]
+            if token == own:
+                continue
+            path = os.path.join(self._tmp_root, name)
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live spool in another process
+                leftover = os.path.join(self._tmp_root, token)
+                if os.path.isdir(leftover):
+                    count = len(os.listdir(leftover))
+                    shutil.rmtree(leftover, ignore_errors=True)
+                    if count:
+                        self.log.info(
+                            "Spool: removed {count} unfinished file(s) of a stopped process",
+                            count=count,
+                        )
+                _unlink_quietly(path)
+            finally:
+                os.close(fd)
+        # A directory without its lock file: left by a sweep that was itself
+        # interrupted (live spools make the lock first).
+        for name in os.listdir(self._tmp_root):
+            path = os.path.join(self._tmp_root, name)
+            if (
+                name != own
+                and not name.startswith(".")
+                and os.path.isdir(path)
+                and not os.path.exists(path + ".lock")
+            ):
+                shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def _mid_of(name: str, suffix: str) -> int | None:
+        if not name.endswith(suffix):
+            return None
+        digits = name[: -len(suffix)]
+        if not digits.isdigit() or not digits.isascii():
+            return None
+        return int(digits)
+
+    def _quarantine(self, path: str, reason: str) -> None:
+        """
+        Move a file that failed validation to C{corrupt/}, where an operator
+        can look at it; it is never delivered.
+        """
+        target = os.path.join(self._corrupt_dir, os.path.basename(path))
+        if os.path.exists(target):
+            target = f"{target}.{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return  # another process quarantined it first
+        self.log.error(
+            "Spool: quarantined malformed file {path} as {target}: {reason}",
+            path=path,
+            target=target,
+            reason=reason,
+        )
+
+    def _load(self, mid: int) -> _Entry | None:
+        """
+        Read, validate and index committed message C{mid}; quarantine it
+        (and its state file) when it fails validation.
+
+        @return: the entry, or C{None} if the message is not (or no
+            longer) in the queue.
+        """
+        path = self.message_path(mid)
+        try:
+            with open(path, "rb") as f:
+                line = f.readline(MAX_HEADER_LENGTH)
+                header = decode_message_header(line)
+                if header.mid != mid:
+                    raise SpoolFormatError(f"file holds MID {header.mid}")
+                length = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            return None
+        except SpoolFormatError as e:
+            self._quarantine_message(mid, str(e))
+            return None
+        if length != header.body_offset + header.body_size:
+            self._quarantine_message(
+                mid,
+                f"{length - header.body_offset} message bytes, header says {header.body_size}",
+            )
+            return None
+        recipients = _initial_states(header.envelope)
+        state_path = self._state_path(mid)
+        try:
+            with open(state_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                stored = decode_recipient_states(data, mid)
+                if set(stored) != set(recipients) or any(
+                    s.address != recipients[rid].address for rid, s in stored.items()
+                ):
+                    raise SpoolFormatError("state does not match the envelope's recipients")
+            except SpoolFormatError as e:
+                # Without a trustworthy state, delivering could send again
+                # to recipients already delivered: keep both for an operator.
+                self._quarantine(state_path, str(e))
+                self._quarantine_message(mid, "its state file is malformed")
+                return None
+            recipients = stored
+        entry = _Entry(header, recipients)
+        self._entries[mid] = entry
+        return entry
+
+    def _quarantine_message(self, mid: int, reason: str) -> None:
+        self._entries.pop(mid, None)
+        self._quarantine(self.message_path(mid), reason)
+
+    # -- IMessageStore ----------------------------------------------------
+
+    def has_space(self, size: int) -> bool:
+        """
+        Whether a message of C{size} bytes still leaves L{min_free_bytes}
+        free on the spool's file system.  A failure to ask counts as no
+        space (the session answers 452 4.3.1: try later).
+        """
+        try:
+            free = (
+                self._free_bytes()
+                if self._free_bytes is not None
+                else self._fs.free_bytes(self.directory)
+            )
+        except OSError:
+            self.log.failure("Spool: cannot tell the free space")
+            return False
+        return free - max(size, 0) >= self.min_free_bytes
+
+    def new_message(self, envelope: object) -> IncomingMessage:
+        """
+        Start receiving a message.
+
+        @param envelope: an L{Envelope}.
+        @raise StoreError: (transient) no MID could be reserved or the
+            temporary file could not be created.
+        """
+        if not isinstance(envelope, Envelope):
+            raise TypeError(f"not an Envelope: {envelope!r}")
+        try:
+            mid = self._mids.next()
+            path = os.path.join(self._tmp_dir, f"{mid}.msg")
+            f = self._fs.open_for_writing(path)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"cannot start a message in the spool: {e}", transient=True) from e
+        header = encode_message_header(mid, envelope)
+        try:
+            f.write(header)
+        except OSError as e:
+            f.close()
+            _unlink_quietly(path)
+            raise StoreError(f"cannot write to the spool: {e}", transient=True) from e
+        message = IncomingMessage(self, mid, envelope, path, f, len(header))
+        self._open[mid] = message
+        return message
+
+    def _forget(self, message: IncomingMessage) -> None:
+        self._open.pop(message.mid, None)
+
+    def _commit(self, message: IncomingMessage, file: BinaryIO, path: str) -> Deferred[int]:
+        mid = message.mid
+        self._committing.add(mid)
+        step = _CommitStep(file, path, self.message_path(mid), self._queue_dir)
+        result: Deferred[int] = Deferred()
+
+        def committed(_: None) -> None:
+            self._committing.discard(mid)
+            self._open.pop(mid, None)
+            message._committed()
+            header = MessageHeader(mid, message.envelope, message.size, message.header_length)
+            self._entries[mid] = _Entry(header, _initial_states(message.envelope))
+            # The session's callbacks (the 250) first, then the queue.
+            result.callback(mid)
+            self._notify(mid)
+
+        def failed(failure: Failure) -> None:
+            self._committing.discard(mid)
+            self._forget(message)
+            message._state = "failed"
+            self.log.failure("Spool: commit of MID {mid} failed", failure, mid=mid)
+            result.errback(_store_error(failure, f"MID {mid} could not be made durable"))
+
+        self.committer.submit(step).addCallbacks(committed, failed)
+        return result
+
+    def _notify(self, mid: int) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(mid)
+            except Exception:
+                self.log.failure("Spool subscriber {subscriber!r} failed", subscriber=subscriber)
+
+    # -- queue side ---------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[int], None]) -> None:
+        """
+        Call C{callback} with the MID of each message this spool commits,
+        right after its commit is durable (and its L{Deferred} has fired).
+        Messages committed by other processes sharing the directory are not
+        announced; L{queued} finds them.
+        """
+        self._subscribers.append(callback)
+
+    def message_path(self, mid: int) -> str:
+        """
+        @return: the path of committed message C{mid}'s file (which begins
+            with the spool's header line: use L{open_body} for the message).
+        """
+        return os.path.join(self._queue_dir, f"{mid}.msg")
+
+    def _state_path(self, mid: int) -> str:
+        return os.path.join(self._state_dir, f"{mid}.json")
+
+    def _entry(self, mid: int) -> _Entry:
+        entry = self._entries.get(mid)
+        if entry is None and mid not in self._removing and mid not in self._committing:
+            entry = self._load(mid)
+        if entry is None:
+            raise KeyError(mid)
+        return entry
+
+    def queued(self) -> list[QueuedMessage]:
+        """
+        Every committed message not yet removed, in MID order, with its
+        recipient states as last requested through L{update_recipients}.
+
+        Reads the queue directory (and the headers of messages it has not
+        seen, such as those committed by other worker processes) on the
+        calling thread: meant for start-up and for the queue manager's
+        periodic scans, not for each message.
+        """
+        seen: set[int] = set()
+        for name in os.listdir(self._queue_dir):
+            mid = self._mid_of(name, ".msg")
+            if mid is None or mid in self._removing or mid in self._committing:
+                continue
+            if mid in self._entries or self._load(mid) is not None:
+                seen.add(mid)
+        for mid in list(self._entries):
+            if mid not in seen:
+                del self._entries[mid]
+        return [self._snapshot(mid, self._entries[mid]) for mid in sorted(seen)]
+
+    def get(self, mid: int) -> QueuedMessage:
+        """
+        @return: committed message C{mid}.
+        @raise KeyError: there is no such message in the queue.
+        """
+        return self._snapshot(mid, self._entry(mid))
+
+    @staticmethod
+    def _snapshot(mid: int, entry: _Entry) -> QueuedMessage:
+        return QueuedMessage(
+            mid=mid,
+            envelope=entry.header.envelope,
+            recipients=tuple(s for _, s in sorted(entry.recipients.items())),
+            body_size=entry.header.body_size,
+        )
+
+    def open_body(self, mid: int) -> BinaryIO:
+        """
+        Open committed message C{mid} for reading, positioned at its first
+        byte (after the spool's header line); it ends at the end of file.
+
+        @raise KeyError: there is no such message in the queue.
+        """
+        entry = self._entry(mid)
+        try:
+            f = open(self.message_path(mid), "rb")
+        except FileNotFoundError:
+            raise KeyError(mid) from None
+        f.seek(entry.header.body_offset)
+        return f
+
+    def update_recipients(self, mid: int, states: Mapping[int, RecipientState]) -> Deferred[None]:
+        """
+        Record new states for some recipients of message C{mid}, durably.
+
+        The message's whole recipient state is written as a new small file
+        (temporary file, fsync, rename over C{state/<mid>.json}, directory
+        fsync), batched with every other change of the same reactor turn.
+        That was chosen over an append-only journal: a message's state
+        stays in one self-contained file that is valid at every instant,
+        with no journal to replay, compact or repair after a crash, and
+        removing a message takes its state with it; the price, rewriting a
+        few hundred bytes per recipient, is small beside the fsync both
+        designs pay.
+
+        L{queued} and L{get} show the new states at once.  If the returned
+        L{Deferred} fails, the states on disk may be the old ones: the
+        caller must not treat them as recorded (a recipient delivered but
+        not recorded may be sent again after a crash; try again).
+
+        @param states: new states by RID; each RID must be one of the
+            message's, with the same address.
+        @return: a L{Deferred} firing once the states are on stable
+            storage, or failing with a transient L{StoreError}.
+        @raise KeyError: there is no such message in the queue.
+        @raise ValueError: a state does not fit the message.
+        """
+        entry = self._entry(mid)
+        merged = dict(entry.recipients)
+        for rid, state in states.items():
+            if rid != state.rid or rid not in merged or merged[rid].address != state.address:
+                raise ValueError(f"MID {mid}: {state!r} is not the state of RID {rid}")
+            merged[rid] = state
+        entry.recipients = merged
+        self._state_serial += 1
+        step = _WriteStep(
+            encode_recipient_states(mid, merged),
+            os.path.join(self._tmp_dir, f"{mid}.json.{self._state_serial}"),
+            self._state_path(mid),
+            self._state_dir,
+        )
+
+        def failed(failure: Failure) -> Failure:
+            # Reload from disk next time rather than show states that may
+            # not be durable.
+            if self._entries.get(mid) is entry:
+                del self._entries[mid]
+            return Failure(_store_error(failure, f"MID {mid}: recipient states not recorded"))
+
+        return self.committer.submit(step).addErrback(failed)
+
+    def remove(self, mid: int) -> Deferred[None]:
+        """
+        Forget finished message C{mid} (every recipient delivered or
+        bounced) durably: once the L{Deferred} fires, it is never found in
+        the queue again.  L{queued} stops showing it at once.
+
+        @return: a L{Deferred} firing once the removal is on stable storage,
+            or failing with a transient L{StoreError} (the message then
+            shows up again).
+        """
+        self._entries.pop(mid, None)
+        self._removing.add(mid)
+        step = _RemoveStep(self.message_path(mid), self._state_path(mid), self._queue_dir)
+
+        def done(result: Failure | None) -> Failure | None:
+            self._removing.discard(mid)
+            if isinstance(result, Failure):
+                return Failure(_store_error(result, f"MID {mid} could not be removed"))
+            return None
+
+        return self.committer.submit(step).addBoth(done)
+
+    # -- shutting down -----------------------------------------------------
+
+    def close(self) -> Deferred[None]:
+        """
+        Stop: discard messages still being received (never acknowledged),
+        wait for the durable changes already requested, then remove this
+        spool's temporary directory and release its lock.
+        """
+        for message in list(self._open.values()):
+            message.abort()
+
+        def release(_: None) -> None:
+            if self._lock_fd < 0:
+                return
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            _unlink_quietly(self._tmp_dir + ".lock")
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+        return self.committer.drain().addCallback(release)

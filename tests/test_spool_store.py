@@ -1,0 +1,543 @@
+"""
+The durable spool takes messages the way the C{IMessageStore} contract
+says: a commit fires only once the message is whole in C{queue/} and
+synced, failures are transient L{StoreError}s that leave nothing behind,
+and a start after a crash leaves only complete messages.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO, TypeVar, cast
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThread
+from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from esa_tls.ids import IdAllocator
+from esa_tls.interfaces import IIncomingMessage, IMessageStore, StoreError
+from esa_tls.spool import DurableSpool, FileSystem
+from esa_tls.spool.fileformat import encode_message_header, encode_size_field
+from esa_tls.values import Envelope, TLSInfo
+
+_T = TypeVar("_T")
+
+ENVELOPE = Envelope(
+    mail_from="alice@sender.example",
+    rcpt_to=("bob@example.com", "carol@example.com"),
+    helo="client.sender.example",
+    peer_ip="127.0.0.1",
+    listener="InboundMail",
+    icid=5,
+    sender_group="WHITELIST",
+    policy="TRUSTED",
+    tls=TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+    received_at=1795877068.5,
+)
+
+BODY = b"Received: from client.sender.example\r\nSubject: hi\r\n\r\nHello\r\n.. dotted\r\n"
+
+
+def _path_of(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+class CountingFileSystem(FileSystem):
+    """
+    The real file system, counting the syncs the spool asks for and failing
+    those it is told to.
+    """
+
+    def __init__(self) -> None:
+        self.file_syncs: list[str] = []
+        self.directory_syncs: list[str] = []
+        self.fail_file_sync: Callable[[str], bool] = lambda path: False
+        self.fail_directory_sync = False
+        self.lock = threading.Lock()
+
+    def fsync(self, fd: int) -> None:
+        path = _path_of(fd)
+        with self.lock:
+            self.file_syncs.append(path)
+        if self.fail_file_sync(path):
+            raise OSError(errno.EIO, "injected I/O error")
+        super().fsync(fd)
+
+    def fsync_directory(self, path: str) -> None:
+        with self.lock:
+            self.directory_syncs.append(path)
+        if self.fail_directory_sync:
+            raise OSError(errno.EIO, "injected I/O error")
+        super().fsync_directory(path)
+
+
+class FullDiskFileSystem(FileSystem):
+    """
+    Message files go to C{/dev/full}: every write that reaches the kernel
+    fails with a real C{ENOSPC}.
+    """
+
+    buffer_size = 4096
+
+    def open_for_writing(self, path: str) -> BinaryIO:
+        return open("/dev/full", "wb", buffering=self.buffer_size)
+
+
+class CountingExecutor:
+    """
+    Runs jobs in the reactor's thread pool, counting them.
+    """
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    def __call__(self, f: Callable[[], _T]) -> Deferred[_T]:
+        self.jobs += 1
+        return deferToThread(f)
+
+
+def _queue_files(directory: str) -> list[str]:
+    return sorted(os.listdir(os.path.join(directory, "queue")))
+
+
+def _tmp_files(directory: str) -> list[str]:
+    found = []
+    for root, _, files in os.walk(os.path.join(directory, "tmp")):
+        found += [os.path.join(root, f) for f in files if not f.endswith(".lock")]
+    return found
+
+
+class SpoolTestMixin:
+    """
+    Builds spools in a fresh directory and closes them after the test.
+    """
+
+    mktemp: Callable[[], str]
+    addCleanup: Callable[..., None]
+
+    def make_spool(self, directory: str | None = None, **kwargs: Any) -> DurableSpool:
+        if directory is None:
+            directory = self.mktemp()
+        spool = DurableSpool(directory, IReactorTime(reactor), **kwargs)
+        self.addCleanup(spool.close)
+        return spool
+
+    def capture_log(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        return events
+
+
+class CommitTests(SpoolTestMixin, TestCase):
+    def test_interfaces(self) -> None:
+        """
+        The spool and its messages provide the store interfaces.
+        """
+        spool = self.make_spool()
+        self.assertTrue(verifyObject(IMessageStore, spool))
+        message = spool.new_message(ENVELOPE)
+        self.assertTrue(verifyObject(IIncomingMessage, message))
+        message.abort()
+
+    @inlineCallbacks
+    def test_commitStoresEnvelopeAndBytes(self) -> Any:
+        """
+        The MID the commit fires with names a file in C{queue/} holding the
+        envelope and exactly the bytes written, and C{open_body} yields
+        those bytes without the spool's header.
+        """
+        spool = self.make_spool()
+        message = spool.new_message(ENVELOPE)
+        for i in range(0, len(BODY), 7):
+            message.write(BODY[i : i + 7])
+        mid = yield message.commit()
+        self.assertEqual(mid, message.mid)
+        self.assertEqual(_queue_files(spool.directory), [f"{mid}.msg"])
+        with open(spool.message_path(mid), "rb") as f:
+            raw = f.read()
+        header = encode_message_header(mid, ENVELOPE)
+        self.assertTrue(raw.endswith(b"\n" + BODY))
+        self.assertEqual(len(raw), len(header) + len(BODY))
+        with spool.open_body(mid) as f:
+            self.assertEqual(f.read(), BODY)
+        [queued] = spool.queued()
+        self.assertEqual(queued.envelope, ENVELOPE)
+        self.assertEqual(queued.body_size, len(BODY))
+        self.assertEqual(_tmp_files(spool.directory), [])
+
+    @inlineCallbacks
+    def test_committedMessageSurvivesRestart(self) -> Any:
+        """
+        A new spool on the same directory finds the committed message with
+        its envelope and bytes.
+        """
+        directory = self.mktemp()
+        spool = self.make_spool(directory)
+        message = spool.new_message(ENVELOPE)
+        message.write(BODY)
+        mid = yield message.commit()
+        yield spool.close()
+        again = self.make_spool(directory)
+        [queued] = again.queued()
+        self.assertEqual((queued.mid, queued.envelope), (mid, ENVELOPE))
+        with again.open_body(mid) as f:
+            self.assertEqual(f.read(), BODY)
+
+    @inlineCallbacks
+    def test_midsDistinctAndIncreasing(self) -> Any:
+        """
+        Every message gets its own MID, also across a restart.
+        """
+        directory = self.mktemp()
+        spool = self.make_spool(directory)
+        first = []
+        for _ in range(3):
+            m = spool.new_message(ENVELOPE)
+            first.append((yield m.commit()))
+        yield spool.close()
+        again = self.make_spool(directory)
+        later = yield again.new_message(ENVELOPE).commit()
+        self.assertEqual(len(set(first)), 3)
+        self.assertGreater(later, max(first))
+
+    def test_abortLeavesNothing(self) -> None:
+        """
+        An aborted message leaves no file anywhere in the spool, and a
+        commit after the abort fails.
+        """
+        spool = self.make_spool()
+        message = spool.new_message(ENVELOPE)
+        message.write(BODY)
+        message.abort()
+        self.assertEqual(_queue_files(spool.directory), [])
+        self.assertEqual(_tmp_files(spool.directory), [])
+        self.failureResultOf(message.commit(), StoreError)
+        self.assertEqual(spool.queued(), [])
+
+    @inlineCallbacks
+    def test_commitWaitsForDirectorySync(self) -> Any:
+        """
+        The commit does not fire (the session does not say 250) while the
+        sync of C{queue/} is still running, and fires once it returned.
+        """
+        entered = threading.Event()
+        release = threading.Event()
+
+        class SlowFileSystem(FileSystem):
+            def fsync_directory(self, path: str) -> None:
+                entered.set()
+                release.wait(30)
+                super().fsync_directory(path)
+
+        spool = self.make_spool(filesystem=SlowFileSystem())
+        message = spool.new_message(ENVELOPE)
+        message.write(BODY)
+        d = message.commit()
+        fired: list[int] = []
+        d.addCallback(fired.append)
+        yield deferToThread(entered.wait, 30)
+        # Let the reactor run a few turns while the sync is blocked.
+        for _ in range(5):
+            yield deferToThread(lambda: None)
+        self.assertEqual(fired, [])
+        release.set()
+        yield d
+        self.assertEqual(fired, [message.mid])
+
+
+class GroupCommitTests(SpoolTestMixin, TestCase):
+    @inlineCallbacks
+    def test_oneJobPerTurn(self) -> Any:
+        """
+        Twenty commits requested in the same reactor turn are made durable
+        by one thread job with one sync of C{queue/}, and each fires with
+        its own MID.
+        """
+        fs = CountingFileSystem()
+        executor = CountingExecutor()
+        spool = self.make_spool(filesystem=fs, executor=executor)
+        messages = []
+        for i in range(20):
+            m = spool.new_message(ENVELOPE)
+            m.write(BODY + b"%d\r\n" % (i,))
+            messages.append(m)
+        mids = yield gatherResults([m.commit() for m in messages])
+        self.assertEqual(executor.jobs, 1)
+        self.assertEqual(fs.directory_syncs, [os.path.join(spool.directory, "queue")])
+        self.assertEqual(len(fs.file_syncs), 20)
+        self.assertEqual(sorted(mids), sorted(m.mid for m in messages))
+        self.assertEqual(len(set(mids)), 20)
+        self.assertEqual(len(_queue_files(spool.directory)), 20)
+
+    @inlineCallbacks
+    def test_laterTurnsJoinNextBatch(self) -> Any:
+        """
+        Commits requested while a batch is being synced wait for it to end
+        and are then synced together in the next single job.
+        """
+        entered = threading.Event()
+        release = threading.Event()
+
+        class SlowFileSystem(CountingFileSystem):
+            def fsync_directory(self, path: str) -> None:
+                entered.set()
+                release.wait(30)
+                super().fsync_directory(path)
+
+        fs = SlowFileSystem()
+        executor = CountingExecutor()
+        spool = self.make_spool(filesystem=fs, executor=executor)
+        first = spool.new_message(ENVELOPE).commit()
+        yield deferToThread(entered.wait, 30)
+        later = []
+        for _ in range(3):
+            later.append(spool.new_message(ENVELOPE).commit())
+            yield deferToThread(lambda: None)  # a different reactor turn each
+        release.set()
+        yield gatherResults([first, *later])
+        self.assertEqual(executor.jobs, 2)
+        self.assertEqual(len(fs.directory_syncs), 2)
+
+    @inlineCallbacks
+    def test_failureFailsOnlyAffectedCommit(self) -> Any:
+        """
+        When the file sync of one message of a batch fails, that commit fails
+        with a transient L{StoreError} and its file is nowhere in the spool;
+        the others of the batch are committed.
+        """
+        fs = CountingFileSystem()
+        spool = self.make_spool(filesystem=fs)
+        messages = [spool.new_message(ENVELOPE) for _ in range(3)]
+        bad = messages[1]
+        fs.fail_file_sync = lambda path: path.endswith(f"/{bad.mid}.msg")
+        results = yield gatherResults([m.commit().addErrback(lambda f: f.value) for m in messages])
+        self.assertEqual(results[0], messages[0].mid)
+        self.assertEqual(results[2], messages[2].mid)
+        self.assertIsInstance(results[1], StoreError)
+        self.assertTrue(results[1].transient)
+        self.assertEqual(
+            _queue_files(spool.directory),
+            sorted([f"{messages[0].mid}.msg", f"{messages[2].mid}.msg"]),
+        )
+        self.assertEqual(_tmp_files(spool.directory), [])
+        self.flushLoggedErrors(OSError)
+
+    @inlineCallbacks
+    def test_directorySyncFailureFailsBatch(self) -> Any:
+        """
+        When the sync of C{queue/} fails, no commit of the batch succeeds and
+        none of their messages stays in the queue (the sessions answer 4xx,
+        so delivering them would duplicate mail).
+        """
+        fs = CountingFileSystem()
+        fs.fail_directory_sync = True
+        spool = self.make_spool(filesystem=fs)
+        messages = [spool.new_message(ENVELOPE) for _ in range(2)]
+        for m in messages:
+            m.write(BODY)
+        results = yield gatherResults([m.commit().addErrback(lambda f: f.value) for m in messages])
+        for r in results:
+            self.assertIsInstance(r, StoreError)
+            self.assertTrue(r.transient)
+        self.assertEqual(_queue_files(spool.directory), [])
+        self.assertEqual(spool.queued(), [])
+        self.flushLoggedErrors(OSError)
+
+
+class WriteErrorTests(SpoolTestMixin, TestCase):
+    def test_writeErrorIsTransient(self) -> None:
+        """
+        A write that the kernel refuses (a real C{ENOSPC} from C{/dev/full})
+        raises a transient L{StoreError}; the message cannot be committed and
+        nothing reaches C{queue/}.
+        """
+        spool = self.make_spool(filesystem=FullDiskFileSystem())
+        message = spool.new_message(ENVELOPE)
+        with self.assertRaises(StoreError) as caught:
+            message.write(b"x" * 100_000)
+        self.assertTrue(caught.exception.transient)
+        self.assertIn("No space left on device", str(caught.exception))
+        self.failureResultOf(message.commit(), StoreError)
+        self.assertEqual(_queue_files(spool.directory), [])
+
+    def test_errorAtCommitIsTransient(self) -> None:
+        """
+        Bytes still buffered when the disk turns out full make the commit
+        fail with a transient L{StoreError}, never fire with a MID.
+        """
+        spool = self.make_spool(filesystem=FullDiskFileSystem())
+        message = spool.new_message(ENVELOPE)
+        message.write(BODY)
+        failure = self.failureResultOf(message.commit(), StoreError)
+        self.assertTrue(failure.value.transient)
+        self.assertEqual(_queue_files(spool.directory), [])
+
+    def test_noMidWithoutDurableCounter(self) -> None:
+        """
+        When the MID counter cannot be reserved, starting a message raises
+        a transient L{StoreError} rather than risk a duplicate MID.
+        """
+        counters = self.mktemp()
+        os.makedirs(counters)
+        allocator = IdAllocator(os.path.join(counters, "mid.counter"), block=1)
+        spool = self.make_spool(mid_allocator=allocator)
+        spool.new_message(ENVELOPE).abort()  # uses up the reserved block
+        for name in os.listdir(counters):
+            os.unlink(os.path.join(counters, name))
+        os.rmdir(counters)
+        with self.assertRaises(StoreError) as caught:
+            spool.new_message(ENVELOPE)
+        self.assertTrue(caught.exception.transient)
+
+
+class SpaceTests(SpoolTestMixin, TestCase):
+    def test_hasSpace(self) -> None:
+        """
+        C{has_space} is false once the message would leave less than
+        C{min_free_bytes} free.
+        """
+        free = [100 * 1024 * 1024]
+        spool = self.make_spool(min_free_bytes=64 * 1024 * 1024, free_bytes=lambda: free[0])
+        self.assertTrue(spool.has_space(10 * 1024 * 1024))
+        self.assertTrue(spool.has_space(36 * 1024 * 1024))
+        self.assertFalse(spool.has_space(36 * 1024 * 1024 + 1))
+        free[0] = 60 * 1024 * 1024
+        self.assertFalse(spool.has_space(0))
+
+    def test_hasSpaceAsksFileSystem(self) -> None:
+        """
+        By default the free space of the spool's real file system counts.
+        """
+        spool = self.make_spool(min_free_bytes=0)
+        self.assertTrue(spool.has_space(0))
+        self.assertFalse(spool.has_space(2**62))
+
+
+class RecoveryTests(SpoolTestMixin, TestCase):
+    def test_deadProcessLeftoversRemoved(self) -> None:
+        """
+        Temporary files of a spool whose process is gone (its lock is free)
+        are removed at start: a half-received message is never delivered.
+        """
+        directory = self.mktemp()
+        tmp = os.path.join(directory, "tmp")
+        os.makedirs(os.path.join(tmp, "deadbeef"))
+        with open(os.path.join(tmp, "deadbeef.lock"), "wb"):
+            pass
+        with open(os.path.join(tmp, "deadbeef", "17.msg"), "wb") as f:
+            f.write(encode_message_header(17, ENVELOPE) + b"half a mess")
+        os.makedirs(os.path.join(tmp, "orphan"))
+        with open(os.path.join(tmp, "orphan", "18.msg"), "wb") as f:
+            f.write(b"x")
+        spool = self.make_spool(directory)
+        self.assertEqual(_tmp_files(directory), [])
+        self.assertFalse(os.path.exists(os.path.join(tmp, "deadbeef.lock")))
+        self.assertEqual(spool.queued(), [])
+
+    @inlineCallbacks
+    def test_liveSpoolLeftAlone(self) -> Any:
+        """
+        A second spool starting on the same directory (another worker
+        process) leaves the first one's message in progress alone, and the
+        first can still commit it.
+        """
+        directory = self.mktemp()
+        first = self.make_spool(directory)
+        message = first.new_message(ENVELOPE)
+        message.write(BODY)
+        second = self.make_spool(directory)
+        mid = yield message.commit()
+        self.assertEqual([q.mid for q in second.queued()], [mid])
+
+    def test_lockHeldByOtherProcessRespected(self) -> None:
+        """
+        A temporary directory whose lock is held is not swept.
+        """
+        directory = self.mktemp()
+        tmp = os.path.join(directory, "tmp")
+        os.makedirs(os.path.join(tmp, "alive"))
+        fd = os.open(os.path.join(tmp, "alive.lock"), os.O_RDWR | os.O_CREAT)
+        self.addCleanup(os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with open(os.path.join(tmp, "alive", "3.msg"), "wb") as f:
+            f.write(b"in progress")
+        self.make_spool(directory)
+        self.assertEqual(_tmp_files(directory), [os.path.join(tmp, "alive", "3.msg")])
+
+    def test_corruptFilesQuarantined(self) -> None:
+        """
+        Queue files that are not valid spool files (garbage, a truncated
+        body, a header naming another MID, a bad name) are moved to
+        C{corrupt/} with an error log line, never listed for delivery, and
+        their MIDs are never handed out again.
+        """
+        directory = self.mktemp()
+        queue = os.path.join(directory, "queue")
+        os.makedirs(queue)
+
+        def header(mid: int, size: int) -> bytes:
+            h = encode_message_header(mid, ENVELOPE)
+            offset = h.index(b'"body_size":') + len(b'"body_size":')
+            return h[:offset] + encode_size_field(size) + h[offset + 20 :]
+
+        files = {
+            "40.msg": b"garbage\n",
+            "41.msg": header(41, 100) + b"too short",
+            "42.msg": header(7, 3) + b"abc",
+            "notes.txt": b"hello",
+            "5000.msg": b'{"format":"esa_tls-spool","version":99}\n',
+        }
+        for name, data in files.items():
+            with open(os.path.join(queue, name), "wb") as f:
+                f.write(data)
+        good = header(43, len(BODY)) + BODY
+        with open(os.path.join(queue, "43.msg"), "wb") as f:
+            f.write(good)
+        events = self.capture_log()
+        spool = self.make_spool(directory)
+        self.assertEqual([q.mid for q in spool.queued()], [43])
+        self.assertEqual(sorted(os.listdir(os.path.join(directory, "corrupt"))), sorted(files))
+        quarantined = [e for e in events if "quarantined" in e.get("log_format", "")]
+        self.assertEqual(len(quarantined), len(files))
+        self.assertGreater(spool.new_message(ENVELOPE).mid, 5000)
+
+    def test_orphanStateRemoved(self) -> None:
+        """
+        A state file without its message (a removal interrupted after the
+        message was unlinked) is removed at start.
+        """
+        directory = self.mktemp()
+        os.makedirs(os.path.join(directory, "state"))
+        orphan = os.path.join(directory, "state", "9.json")
+        with open(orphan, "wb") as f:
+            f.write(b"{}")
+        self.make_spool(directory)
+        self.assertFalse(os.path.exists(orphan))
+
+    @inlineCallbacks
+    def test_closeDiscardsOpenMessages(self) -> Any:
+        """
+        Closing the spool discards messages still being received and
+        removes its own temporary directory.
+        """
+        spool = self.make_spool()
+        message = spool.new_message(ENVELOPE)
+        message.write(BODY)
+        yield spool.close()
+        self.assertEqual(_tmp_files(spool.directory), [])
+        self.assertEqual(os.listdir(os.path.join(spool.directory, "tmp")), [])
+        self.assertEqual(_queue_files(spool.directory), [])
+
+
+# The reactor provides the thread pool the default executor uses.
+assert IReactorThreads.providedBy(reactor)
