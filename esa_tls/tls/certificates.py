@@ -1,0 +1,346 @@
+# -*- test-case-name: tests.test_tls_certificates -*-
+"""
+Loading a named certificate from PEM files and deciding whether it may be
+served.
+
+A certificate that cannot work must be refused when it is loaded, not
+discovered by a peer in the middle of a handshake: a key that does not match
+the leaf makes every handshake fail, a chain out of order makes strict
+peers (and every C{-verify} mode on the ESA) refuse us, and an expired leaf
+makes verifying peers give up on TLS altogether.  So L{load_certificate}
+checks all of that and raises L{CertificateError} with a sentence an
+administrator can act on; soft problems (expiring soon, a key file others can
+read) become warnings carried with the certificate.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+
+from attrs import frozen
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from esa_tls.config.model import CertificateConfig
+
+__all__ = [
+    "EXPIRY_WARNING",
+    "CertificateError",
+    "CertificateInfo",
+    "LoadedCertificate",
+    "PrivateKey",
+    "format_time",
+    "load_certificate",
+    "validate_certificate",
+]
+
+PrivateKey = (
+    ec.EllipticCurvePrivateKey
+    | rsa.RSAPrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
+
+#: A leaf expiring sooner than this is served, with a warning: there is
+#: still time to replace it, but someone has to do it now.
+EXPIRY_WARNING = timedelta(days=30)
+
+_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+
+
+class CertificateError(Exception):
+    """
+    A certificate cannot be served.
+
+    @ivar name: the certificate's configured name.
+    @ivar reason: why, in words for the administrator.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"certificate {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def format_time(when: datetime) -> str:
+    """
+    The one way certificate times are shown (UTC, ISO 8601, second
+    precision), so logs, the CLI and tests agree.
+    """
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@frozen
+class CertificateInfo:
+    """
+    What an administrator needs to know about one certificate, as shown by
+    C{esa-tls certificates} and logged at start-up.
+
+    @ivar subject: the subject distinguished name (RFC 4514 string).
+    @ivar sans: subject alternative names, C{"DNS:mx.example.com"} or
+        C{"IP:192.0.2.1"}.
+    @ivar key_type: C{"EC"}, C{"RSA"}, C{"Ed25519"} or C{"Ed448"}.
+    @ivar key_size: the key size in bits.
+    @ivar key_detail: the curve for EC keys (C{"P-256"}), else C{""}.
+    @ivar insecure: C{True} for the Demo certificate: its key is generated
+        on this machine with no CA behind it, so no peer can verify it.
+    @ivar warnings: problems that do not stop it being served.
+    @ivar fingerprint: SHA-256 of the leaf, colon-separated hex, the way
+        peers' logs show it.
+    @ivar chain_length: how many certificates are sent after the leaf.
+    """
+
+    name: str
+    subject: str
+    sans: tuple[str, ...]
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+    key_type: str
+    key_size: int
+    key_detail: str
+    insecure: bool
+    warnings: tuple[str, ...]
+    fingerprint: str
+    chain_length: int
+
+    @property
+    def key_description(self) -> str:
+        """
+        The key as one phrase: C{"EC P-256 256 bits"}, C{"RSA 2048 bits"}.
+        """
+        parts = [self.key_type]
+        if self.key_detail:
+            parts.append(self.key_detail)
+        parts.append(f"{self.key_size} bits")
+        return " ".join(parts)
+
+
+@frozen
+class LoadedCertificate:
+    """
+    A checked certificate ready to be put into TLS contexts.  Each load makes
+    a new object, so holders can tell by identity whether what they built
+    from is still current.
+
+    @ivar chain: the certificates sent after the leaf, in order.
+    @ivar warnings: warnings that do not depend on the time (a key file
+        others can read); L{info} adds the time-dependent ones.
+    """
+
+    name: str
+    leaf: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKey
+    insecure: bool = False
+    warnings: tuple[str, ...] = ()
+
+    def info(self, now: datetime | None = None) -> CertificateInfo:
+        """
+        Describe this certificate.  Time-dependent warnings are computed for
+        C{now} (default: the current time), so a long-running gateway's
+        listing says "expires in 3 days" and not what was true at start-up.
+        """
+        if now is None:
+            now = datetime.now(UTC)
+        key_type, key_size, key_detail = _describe_key(self.key)
+        warnings = [*self.warnings, *_time_warnings(self.leaf, self.chain, now)]
+        return CertificateInfo(
+            name=self.name,
+            subject=self.leaf.subject.rfc4514_string(),
+            sans=_sans(self.leaf),
+            issuer=self.leaf.issuer.rfc4514_string(),
+            not_before=self.leaf.not_valid_before_utc,
+            not_after=self.leaf.not_valid_after_utc,
+            key_type=key_type,
+            key_size=key_size,
+            key_detail=key_detail,
+            insecure=self.insecure,
+            warnings=tuple(warnings),
+            fingerprint=self.leaf.fingerprint(hashes.SHA256()).hex(":").upper(),
+            chain_length=len(self.chain),
+        )
+
+
+def _describe_key(key: PrivateKey) -> tuple[str, int, str]:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "EC", key.curve.key_size, _CURVE_NAMES.get(key.curve.name, key.curve.name)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RSA", key.key_size, ""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "Ed25519", 256, ""
+    return "Ed448", 456, ""
+
+
+def _sans(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    names = [f"DNS:{n}" for n in ext.get_values_for_type(x509.DNSName)]
+    names.extend(f"IP:{a}" for a in ext.get_values_for_type(x509.IPAddress))
+    names.extend(f"email:{e}" for e in ext.get_values_for_type(x509.RFC822Name))
+    return tuple(names)
+
+
+def _time_warnings(
+    leaf: x509.Certificate, chain: Sequence[x509.Certificate], now: datetime
+) -> list[str]:
+    warnings = []
+    remaining = leaf.not_valid_after_utc - now
+    if remaining < timedelta(0):
+        warnings.append(f"expired on {format_time(leaf.not_valid_after_utc)}")
+    elif remaining < EXPIRY_WARNING:
+        warnings.append(
+            f"expires in {remaining.days} days, on {format_time(leaf.not_valid_after_utc)}"
+        )
+    for cert in chain:
+        if cert.not_valid_after_utc < now:
+            warnings.append(
+                f"chain certificate {cert.subject.rfc4514_string()} expired on "
+                f"{format_time(cert.not_valid_after_utc)}"
+            )
+    return warnings
+
+
+def _same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def validate_certificate(
+    name: str,
+    leaf: x509.Certificate,
+    chain: Sequence[x509.Certificate],
+    key: PrivateKey,
+    now: datetime | None = None,
+) -> list[str]:
+    """
+    Decide whether a leaf, its chain and key may be served.
+
+    @raise CertificateError: the key does not belong to the leaf, the chain
+        is not in issuing order (each certificate signed by the next), or the
+        leaf is expired or not yet valid.
+    @return: warnings (expiring within L{EXPIRY_WARNING}, an expired chain
+        certificate).
+    """
+    if now is None:
+        now = datetime.now(UTC)
+    if not _same_public_key(leaf, key):
+        raise CertificateError(name, "the private key does not match the certificate")
+    ordered = [leaf, *chain]
+    for position, (cert, issuer) in enumerate(pairwise(ordered)):
+        if not _issued_by(cert, issuer):
+            what = "the certificate" if position == 0 else f"chain certificate {position}"
+            raise CertificateError(
+                name,
+                f"the chain is not in order: {what} ({cert.subject.rfc4514_string()}) "
+                f"is not issued by chain certificate {position + 1} "
+                f"({issuer.subject.rfc4514_string()}); list the issuer of each "
+                f"certificate right after it",
+            )
+    if leaf.not_valid_after_utc < now:
+        raise CertificateError(
+            name, f"the certificate expired on {format_time(leaf.not_valid_after_utc)}"
+        )
+    if leaf.not_valid_before_utc > now:
+        raise CertificateError(
+            name,
+            f"the certificate is not valid until {format_time(leaf.not_valid_before_utc)}",
+        )
+    return _time_warnings(leaf, chain, now)
+
+
+def _read(name: str, what: str, path: str) -> bytes:
+    if not path:
+        raise CertificateError(name, f"no {what} file is configured")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CertificateError(name, f"cannot read {what} file {path}: {e.strerror}") from e
+
+
+def _load_certs(name: str, what: str, path: str) -> list[x509.Certificate]:
+    data = _read(name, what, path)
+    if not data.strip():
+        return []
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise CertificateError(name, f"{what} file {path} holds no PEM certificate") from e
+
+
+def _load_key(name: str, path: str) -> tuple[PrivateKey, list[str]]:
+    data = _read(name, "key", path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError as e:
+        raise CertificateError(
+            name, f"the key in {path} is encrypted; the gateway needs an unencrypted key file"
+        ) from e
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise CertificateError(name, f"key file {path} holds no usable PEM private key") from e
+    if not isinstance(
+        key,
+        ec.EllipticCurvePrivateKey
+        | rsa.RSAPrivateKey
+        | ed25519.Ed25519PrivateKey
+        | ed448.Ed448PrivateKey,
+    ):
+        raise CertificateError(name, f"the key in {path} is of a type TLS servers cannot use")
+    warnings = []
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.append(f"key file {path} can be read by other users (mode {mode:04o})")
+    return key, warnings
+
+
+def load_certificate(
+    config: CertificateConfig, now: datetime | None = None, insecure: bool = False
+) -> LoadedCertificate:
+    """
+    Read and check the files named by C{config}.
+
+    The C{cert} file holds the leaf first; any certificates after it (a
+    "fullchain" file) are taken as the start of the chain, followed by those
+    in the optional C{chain} file.
+
+    @param insecure: mark the result as the insecure Demo certificate.
+    @raise CertificateError: the files cannot be read or parsed, or
+        L{validate_certificate} refuses them.
+    """
+    certs = _load_certs(config.name, "certificate", config.cert)
+    if not certs:
+        raise CertificateError(config.name, f"certificate file {config.cert} is empty")
+    chain = certs[1:]
+    if config.chain:
+        chain.extend(_load_certs(config.name, "chain", config.chain))
+    key, key_warnings = _load_key(config.name, config.key)
+    validate_certificate(config.name, certs[0], chain, key, now)
+    return LoadedCertificate(
+        name=config.name,
+        leaf=certs[0],
+        chain=tuple(chain),
+        key=key,
+        insecure=insecure,
+        warnings=tuple(key_warnings),
+    )

@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.test_tls_store -*-
+"""
+The gateway's certificates by name (ESA C{certconfig}): the generated
+C{Demo} and those imported from C{[certificates.NAME]}.
+
+The store is the single place that decides which certificate is in service
+under a name.  Listeners never hold a certificate, only a creator that asks
+the store at each handshake; so installing a new certificate is one
+dictionary assignment, and refusing a bad one is simply not making it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives import serialization
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from esa_tls.config.model import GatewayConfig, Listener
+from esa_tls.interfaces import ICertificateStore
+from esa_tls.tls.certificates import (
+    CertificateError,
+    CertificateInfo,
+    LoadedCertificate,
+    load_certificate,
+)
+from esa_tls.tls.demo import DEMO_NAME, ensure_demo_certificate
+from esa_tls.tls.server import ClientCertificates, ServerConnectionCreator
+
+__all__ = ["CertificateStore"]
+
+log = Logger()
+
+
+def _same_material(a: LoadedCertificate, b: LoadedCertificate) -> bool:
+    """
+    Whether two loads hold the same certificate, chain and key, so a reload
+    that changed nothing keeps the contexts (and their TLS session caches).
+    """
+    if a.leaf != b.leaf or a.chain != b.chain or a.insecure != b.insecure:
+        return False
+    der = serialization.Encoding.DER
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    none = serialization.NoEncryption()
+    return a.key.private_bytes(der, pkcs8, none) == b.key.private_bytes(der, pkcs8, none)
+
+
+@implementer(ICertificateStore)
+class CertificateStore:
+    """
+    The certificates in service, reloadable without a restart.
+
+    @ivar errors: certificate name to the reason it is not in service, for
+        configured certificates that never loaded.  The service should
+        refuse to start a listener whose certificate is listed here.
+    """
+
+    def __init__(self, config: GatewayConfig, data_dir: str | None = None) -> None:
+        """
+        Load every configured certificate and the Demo one (generating it
+        under C{data_dir/certs/} on first start).
+
+        @param data_dir: defaults to C{config.system.data_dir}.
+        @raise OSError: the Demo certificate cannot be written.
+        """
+        self._config = config
+        self._data_dir = data_dir if data_dir is not None else config.system.data_dir
+        self._certificates: dict[str, LoadedCertificate] = {}
+        self._creators: dict[tuple[str, str | None, bool], ServerConnectionCreator] = {}
+        self.errors: dict[str, str] = {}
+        self._certificates[DEMO_NAME] = ensure_demo_certificate(
+            self._data_dir, config.system.hostname
+        )
+        for message in self._load_configured():
+            log.error("{message}", message=message)
+
+    def _load_configured(self) -> list[str]:
+        """
+        (Re)load the certificates named in the configuration, installing
+        each that passes and keeping the old one of each that fails.
+
+        @return: one message per certificate refused.
+        """
+        messages = []
+        now = datetime.now(UTC)
+        configured = {
+            name: entry for name, entry in self._config.certificates.items() if name != DEMO_NAME
+        }
+        demo_entry = self._config.certificates.get(DEMO_NAME)
+        if demo_entry is not None and (demo_entry.cert or demo_entry.key or demo_entry.chain):
+            messages.append(
+                "Certificate Demo refused: the name Demo is reserved for the generated "
+                "demonstration certificate; import yours under another name"
+            )
+        for name in list(self._certificates):
+            if name != DEMO_NAME and name not in configured:
+                del self._certificates[name]
+        for name in list(self.errors):
+            if name not in configured:
+                del self.errors[name]
+        for name, entry in configured.items():
+            old = self._certificates.get(name)
+            try:
+                loaded = load_certificate(entry, now=now)
+            except CertificateError as e:
+                if old is None:
+                    self.errors[name] = e.reason
+                    messages.append(f"Certificate {name} refused: {e.reason}")
+                else:
+                    messages.append(
+                        f"Certificate {name} refused: {e.reason}; "
+                        f"the certificate already in service stays in service"
+                    )
+                continue
+            self.errors.pop(name, None)
+            if old is not None and _same_material(old, loaded):
+                continue
+            self._certificates[name] = loaded
+            info = loaded.info(now)
+            log.info(
+                "Certificate {name} in service: {subject}, valid until {not_after}",
+                name=name,
+                subject=info.subject,
+                not_after=info.not_after.isoformat(),
+            )
+            for warning in info.warnings:
+                log.warn("Certificate {name}: {warning}", name=name, warning=warning)
+        return messages
+
+    def names(self) -> list[str]:
+        """
+        C{"Demo"} first, then every configured certificate in name order,
+        including those not in service (see L{errors}).
+        """
+        configured = sorted(n for n in self._config.certificates if n != DEMO_NAME)
+        return [DEMO_NAME, *configured]
+
+    def current(self, name: str) -> LoadedCertificate | None:
+        """
+        The certificate in service under C{name}, or C{None}.
+        """
+        return self._certificates.get(name)
+
+    def describe(self, name: str) -> CertificateInfo:
+        """
+        Describe the certificate in service under C{name}.
+
+        @raise CertificateError: a configured certificate that is not in
+            service; the reason says why.
+        @raise KeyError: an unknown name.
+        """
+        loaded = self._certificates.get(name)
+        if loaded is None:
+            if name in self.errors:
+                raise CertificateError(name, self.errors[name])
+            raise KeyError(name)
+        return loaded.info()
+
+    def server_creator(
+        self,
+        listener: object,
+        client_ca: str | None = None,
+        *,
+        require_client_certificate: bool = False,
+    ) -> ServerConnectionCreator:
+        """
+        The connection creator for C{listener} (a L{Listener}), for C{TLSMemoryBIOFactory}
+        or C{transport.startTLS}.
+
+        The same arguments give the same creator (while the listener's
+        configuration is unchanged), so a session may ask at every STARTTLS
+        and TLS sessions can be resumed.
+
+        @param client_ca: a PEM file of CAs: when given, clients are asked
+            for a certificate and the session can read the outcome with
+            L{esa_tls.tls.server.peer_certificate_status} (the ESA's Verify
+            Client Certificate with Preferred TLS).
+        @param require_client_certificate: make the handshake fail unless the
+            client's certificate verifies against C{client_ca} (with
+            Required TLS).
+        @raise esa_tls.tls.server.TLSConfigurationError: the listener's
+            certificate is not in service, or its TLS settings cannot work.
+        """
+        if not isinstance(listener, Listener):
+            raise TypeError(f"expected a Listener, not {listener!r}")
+        if require_client_certificate:
+            mode = ClientCertificates.REQUIRE
+        elif client_ca:
+            mode = ClientCertificates.REQUEST
+        else:
+            mode = ClientCertificates.NONE
+        key = (listener.name, client_ca, require_client_certificate)
+        creator = self._creators.get(key)
+        if creator is None or creator.listener != listener:
+            creator = ServerConnectionCreator(listener, self.current, client_ca, mode)
+            self._creators[key] = creator
+        return creator
+
+    def reload(self, config: GatewayConfig | None = None) -> list[str]:
+        """
+        Re-read every certificate, and adopt C{config} (certificates added
+        or removed) when given.  A certificate that fails is not installed;
+        the old one stays in service.  Creators already handed out serve the
+        new certificates from their next handshake.
+
+        @return: one message per certificate refused, each also logged.
+        """
+        if config is not None:
+            self._config = config
+        messages = []
+        try:
+            demo = ensure_demo_certificate(self._data_dir, self._config.system.hostname)
+        except (OSError, CertificateError) as e:
+            messages.append(f"Certificate Demo refused: {e}; the old one stays in service")
+        else:
+            if not _same_material(self._certificates[DEMO_NAME], demo):
+                self._certificates[DEMO_NAME] = demo
+        messages.extend(self._load_configured())
+        for message in messages:
+            log.error("{message}", message=message)
+        return messages
