@@ -491,7 +491,7 @@ class DNSTests(TestCase):
         return HostAccessTable(
             make_listener(*groups, ("ALL", "ACCEPTED", ("ALL",))),
             resolver=self.resolver,
-            timeout=0.6,
+            timeout=2.0,
         )
 
     def partner_table(self) -> HostAccessTable:
