@@ -1,0 +1,373 @@
+"""
+Tests for L{esa_tls.tls.store} and L{esa_tls.tls.demo}: the Demo certificate,
+imported certificates by name, and reloading them in service.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import ILogObserver, Logger, formatEvent
+from twisted.protocols.basic import LineReceiver
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from esa_tls.config.model import TLSMode
+from esa_tls.interfaces import ICertificateStore
+from esa_tls.testing import CertificateAuthority, IssuedCertificate, expired
+from esa_tls.tls import store as store_module
+from esa_tls.tls.certificates import CertificateError
+from esa_tls.tls.demo import (
+    DEMO_UNIT,
+    demo_paths,
+    demo_warning_lines,
+    uses_demo_with_tls,
+)
+from esa_tls.tls.server import TLSConfigurationError
+from esa_tls.tls.store import CertificateStore
+from tests.test_tls_support import (
+    HOSTNAME,
+    install,
+    make_config,
+    make_listener,
+    python_client,
+    serve,
+)
+
+
+def der(issued: IssuedCertificate) -> bytes:
+    return issued.certificate.public_bytes(Encoding.DER)
+
+
+class DemoTests(SynchronousTestCase):
+    """
+    The Demo certificate always exists, is made on this machine once, and
+    is marked insecure wherever it is described.
+    """
+
+    def setUp(self) -> None:
+        self.data_dir = self.mktemp()
+
+    def test_interface(self) -> None:
+        """
+        The store provides L{ICertificateStore}.
+        """
+        store = CertificateStore(make_config(self.data_dir))
+        self.assertTrue(verifyObject(ICertificateStore, store))
+
+    def test_generated(self) -> None:
+        """
+        On first start the Demo certificate is generated under
+        C{data_dir/certs/}: self-signed, for this host name, its subject
+        saying it is an insecure demonstration certificate, its key readable
+        by the owner only.
+        """
+        store = CertificateStore(make_config(self.data_dir))
+        self.assertEqual(store.names(), ["Demo"])
+        cert_path, key_path = demo_paths(self.data_dir)
+        self.assertEqual(os.path.dirname(cert_path), os.path.join(self.data_dir, "certs"))
+        self.assertEqual(stat.S_IMODE(os.stat(key_path).st_mode), 0o600)
+        with open(cert_path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        self.assertEqual(cert.subject, cert.issuer)
+        self.assertEqual(
+            cert.subject.rfc4514_string(),
+            f"CN={HOSTNAME},OU={DEMO_UNIT.replace(',', chr(92) + ',')},O=esa_tls",
+        )
+        info = store.describe("Demo")
+        self.assertTrue(info.insecure)
+        self.assertIn("INSECURE demonstration certificate", info.subject)
+        self.assertEqual(info.sans, (f"DNS:{HOSTNAME}",))
+        self.assertEqual(info.key_description, "EC P-256 256 bits")
+
+    def test_reused(self) -> None:
+        """
+        A later start reuses the Demo certificate on disk.
+        """
+        first = CertificateStore(make_config(self.data_dir)).describe("Demo")
+        second = CertificateStore(make_config(self.data_dir)).describe("Demo")
+        self.assertEqual(first.fingerprint, second.fingerprint)
+
+    def test_new_hostname(self) -> None:
+        """
+        When the gateway's host name changes, a new Demo certificate is made
+        for the new name.
+        """
+        CertificateStore(make_config(self.data_dir))
+        info = CertificateStore(make_config(self.data_dir, hostname="other.example.test")).describe(
+            "Demo"
+        )
+        self.assertEqual(info.sans, ("DNS:other.example.test",))
+
+    def test_damaged(self) -> None:
+        """
+        A damaged Demo certificate is replaced by a new one.
+        """
+        first = CertificateStore(make_config(self.data_dir)).describe("Demo")
+        with open(demo_paths(self.data_dir)[0], "wb") as f:
+            f.write(b"garbage")
+        second = CertificateStore(make_config(self.data_dir)).describe("Demo")
+        self.assertNotEqual(first.fingerprint, second.fingerprint)
+
+    def test_reserved_name(self) -> None:
+        """
+        A configured certificate named Demo with files is refused: the name
+        belongs to the generated one.
+        """
+        ca = CertificateAuthority.generate()
+        config = install("Demo", ca.issue(["a.test"]), self.mktemp())
+        store = CertificateStore(make_config(self.data_dir, [config]))
+        self.assertTrue(store.describe("Demo").insecure)
+        self.assertIn("the name Demo is reserved", store.reload()[0])
+
+    def test_warning_lines(self) -> None:
+        """
+        The start-up warning for TLS on the Demo certificate uses the ESA's
+        words and says the certificate is not secure.
+        """
+        lines = demo_warning_lines("IncomingMail")
+        self.assertEqual(
+            lines[0],
+            "You have chosen to enable TLS. Please use the 'certconfig' command to "
+            "ensure that there is a valid certificate configured.",
+        )
+        self.assertIn("Listener IncomingMail uses the demonstration certificate", lines[1])
+        self.assertIn("it is not secure and is not recommended for general use", lines[1])
+
+    def test_uses_demo_with_tls(self) -> None:
+        """
+        The warning applies to listeners that may serve Demo with TLS on:
+        Demo as default or SNI certificate, and TLS on in a policy or
+        implicit TLS.
+        """
+        self.assertTrue(uses_demo_with_tls(make_listener(tls=TLSMode.PREFERRED)))
+        self.assertTrue(uses_demo_with_tls(make_listener(tls=TLSMode.REQUIRED)))
+        self.assertFalse(uses_demo_with_tls(make_listener(tls=TLSMode.OFF)))
+        self.assertTrue(uses_demo_with_tls(make_listener(tls=TLSMode.OFF, protocol="SMTPS")))
+        self.assertFalse(uses_demo_with_tls(make_listener(certificate="main")))
+        self.assertTrue(
+            uses_demo_with_tls(make_listener(certificate="main", sni={"x.test": "Demo"}))
+        )
+
+
+class ServeDemoTests(TestCase):
+    """
+    A listener left on the Demo certificate serves it.
+    """
+
+    async def test_served(self) -> None:
+        """
+        A TLS client of a Demo listener sees the demonstration certificate.
+        """
+        listener = make_listener()
+        store = CertificateStore(make_config(self.mktemp(), (), [listener]))
+        port, _ = serve(self, store.server_creator(listener))
+        result = await python_client(port, server_hostname=HOSTNAME)
+        assert result.peer_der is not None
+        cert = x509.load_der_x509_certificate(result.peer_der)
+        self.assertIn("INSECURE demonstration certificate", cert.subject.rfc4514_string())
+
+
+class StoreTests(SynchronousTestCase):
+    """
+    Imported certificates: known by name, refused with a reason when bad.
+    """
+
+    def setUp(self) -> None:
+        self.base = self.mktemp()
+        self.ca = CertificateAuthority.generate()
+
+    def test_names(self) -> None:
+        """
+        C{names()} lists Demo first, then the configured certificates.
+        """
+        configs = [
+            install(name, self.ca.issue(["a.test"]), os.path.join(self.base, name))
+            for name in ("zeta", "alpha")
+        ]
+        store = CertificateStore(make_config(os.path.join(self.base, "d"), configs))
+        self.assertEqual(store.names(), ["Demo", "alpha", "zeta"])
+        self.assertEqual(store.describe("alpha").subject, "CN=a.test")
+        self.assertRaises(KeyError, store.describe, "nope")
+
+    def test_refused_at_start(self) -> None:
+        """
+        A certificate that fails at start is not in service: the store says
+        why, describing it raises the reason, and a listener using it cannot
+        get a TLS creator.
+        """
+        config = install("old", expired(self.ca, ["a.test"]), self.base)
+        listener = make_listener(certificate="old")
+        store = CertificateStore(make_config(os.path.join(self.base, "d"), [config], [listener]))
+        self.assertIn("old", store.names())
+        self.assertTrue(store.errors["old"].startswith("the certificate expired on"))
+        error = self.assertRaises(CertificateError, store.describe, "old")
+        self.assertIn("expired", error.reason)
+        self.assertRaises(TLSConfigurationError, store.server_creator, listener)
+
+
+class _LineClient(LineReceiver):
+    delimiter = b"\n"
+
+    def __init__(self) -> None:
+        self.lines: defer.DeferredQueue[bytes] = defer.DeferredQueue()
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.put(line)
+
+    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+        self.closed.callback(None)
+
+
+class ReloadTests(TestCase):
+    """
+    Reloading replaces certificates in service without rebuilding creators
+    or dropping connections, and never installs a bad certificate.
+    """
+
+    def setUp(self) -> None:
+        self.base = self.mktemp()
+        self.ca = CertificateAuthority.generate()
+        self.first = self.ca.issue(["mx.example.test"])
+        self.config = install("main", self.first, os.path.join(self.base, "main"))
+        self.listener = make_listener(certificate="main")
+        self.store = CertificateStore(
+            make_config(os.path.join(self.base, "data"), [self.config], [self.listener])
+        )
+        self.creator = self.store.server_creator(self.listener)
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        self.patch(store_module, "log", Logger(observer=observer))
+
+    def replace_files(self, issued: IssuedCertificate) -> None:
+        issued.write(os.path.join(self.base, "main"))
+
+    async def test_good_replacement(self) -> None:
+        """
+        After a reload, the creator handed out before serves the new
+        certificate to new handshakes.
+        """
+        port, _ = serve(self, self.creator)
+        before = await python_client(port)
+        self.assertEqual(before.peer_der, der(self.first))
+        second = self.ca.issue(["mx.example.test"])
+        self.replace_files(second)
+        self.assertEqual(self.store.reload(), [])
+        after = await python_client(port)
+        self.assertEqual(after.peer_der, der(second))
+        self.assertIs(self.store.server_creator(self.listener), self.creator)
+
+    async def test_bad_replacement(self) -> None:
+        """
+        A new certificate that fails validation is refused with a message
+        and a log line naming the certificate and the reason; the old one
+        stays in service.
+        """
+        port, _ = serve(self, self.creator)
+        self.replace_files(expired(self.ca, ["mx.example.test"]))
+        (message,) = self.store.reload()
+        self.assertTrue(message.startswith("Certificate main refused: the certificate expired on"))
+        self.assertIn("stays in service", message)
+        logged = [formatEvent(e) for e in self.events]
+        self.assertIn(message, logged)
+        result = await python_client(port)
+        self.assertEqual(result.peer_der, der(self.first))
+        self.assertEqual(self.store.describe("main").fingerprint, self.describe_first())
+
+    def describe_first(self) -> str:
+        from cryptography.hazmat.primitives import hashes
+
+        return self.first.certificate.fingerprint(hashes.SHA256()).hex(":").upper()
+
+    async def test_key_mismatch_replacement(self) -> None:
+        """
+        A half-finished rollover (new certificate, old key) is refused too.
+        """
+        port, _ = serve(self, self.creator)
+        second = self.ca.issue(["mx.example.test"])
+        with open(self.config.cert, "wb") as f:
+            f.write(second.cert_pem)
+        (message,) = self.store.reload()
+        self.assertIn("the private key does not match the certificate", message)
+        result = await python_client(port)
+        self.assertEqual(result.peer_der, der(self.first))
+
+    async def test_connection_in_progress(self) -> None:
+        """
+        A connection established before a reload keeps working on its
+        original certificate.
+        """
+        from twisted.internet import reactor
+
+        port, _ = serve(self, self.creator, oneshot=False)
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port, CertificateOptions())
+        client = _LineClient()
+        await connectProtocol(endpoint, client)
+        self.assertTrue((await client.lines.get()).startswith(b"OK "))
+        self.replace_files(self.ca.issue(["mx.example.test"]))
+        self.assertEqual(self.store.reload(), [])
+        client.sendLine(b"hello")
+        self.assertEqual(await client.lines.get(), b"echo hello")
+        assert client.transport is not None
+        peer = client.transport.getPeerCertificate()  # type: ignore[attr-defined]
+        self.assertEqual(peer.to_cryptography(), self.first.certificate)
+        client.transport.loseConnection()
+        await client.closed
+
+    def test_unchanged_keeps_context(self) -> None:
+        """
+        A reload that finds the same files keeps the certificate object, so
+        TLS contexts (and resumable sessions) survive.
+        """
+        before = self.store.current("main")
+        self.assertEqual(self.store.reload(), [])
+        self.assertIs(self.store.current("main"), before)
+
+    def test_new_configuration(self) -> None:
+        """
+        Reloading with a new configuration adds and removes certificates.
+        """
+        added = install("added", self.ca.issue(["b.test"]), os.path.join(self.base, "added"))
+        config = make_config(os.path.join(self.base, "data"), [added])
+        self.assertEqual(self.store.reload(config), [])
+        self.assertEqual(self.store.names(), ["Demo", "added"])
+        self.assertIsNone(self.store.current("main"))
+        self.assertEqual(self.store.describe("added").subject, "CN=b.test")
+
+    def test_refused_then_fixed(self) -> None:
+        """
+        A certificate refused at start goes into service when a reload
+        finds it fixed.
+        """
+        bad = install("late", expired(self.ca, ["c.test"]), os.path.join(self.base, "late"))
+        config = make_config(os.path.join(self.base, "data"), [self.config, bad])
+        self.assertEqual(len(self.store.reload(config)), 1)
+        self.assertIn("late", self.store.errors)
+        self.ca.issue(["c.test"]).write(os.path.join(self.base, "late"))
+        self.assertEqual(self.store.reload(), [])
+        self.assertEqual(self.store.errors, {})
+        self.assertEqual(self.store.describe("late").subject, "CN=c.test")
+
+    def test_expiry_warning_logged(self) -> None:
+        """
+        Loading a certificate that expires soon logs a warning naming it.
+        """
+        from datetime import timedelta
+
+        from esa_tls.testing import expiring_in
+
+        self.replace_files(expiring_in(self.ca, ["mx.example.test"], timedelta(days=5)))
+        self.assertEqual(self.store.reload(), [])
+        logged = [formatEvent(e) for e in self.events]
+        self.assertTrue(
+            [line for line in logged if line.startswith("Certificate main: expires in 4 days")],
+            logged,
+        )
