@@ -887,7 +887,7 @@ class _ListenerLoader:
             "tls_protocols": loader.nonempty(
                 loader.array(loader.choice(_TLS_PROTOCOLS), unique=True)
             ),
-            "tls_ciphers": loader.smtp_text,
+            "tls_ciphers": loader.string,
             "hostname": loader.hostname,
             "proxy_protocol": loader.boolean,
         }
@@ -1186,7 +1186,7 @@ class _ListenerLoader:
                     "group": loader.name,
                     "policy": self.policy_name,
                     "senders": loader.array(self.sender),
-                    "comment": loader.smtp_text,
+                    "comment": loader.string,
                 },
             )
             if values is None:
