@@ -1,0 +1,454 @@
+# -*- test-case-name: tests.test_maillog -*-
+"""
+The ESA mail log.
+
+Administrators who know the Cisco ESA read its C{mail_logs} to follow a
+connection (ICID), a message (MID), a recipient (RID) and a delivery
+connection (DCID); their scripts grep the exact wording.  L{MailLog} emits
+each of those lines as a structured L{twisted.logger} event in the
+C{esa_tls.maillog} namespace: the typed fields (C{icid}, C{mid}, C{rids},
+C{verified}...) for programs, and a format that renders exactly the ESA
+text for people and scripts.  L{mail_log_observer} writes those events,
+and only those, to C{data_dir/logs/mail.log} in the ESA line format::
+
+    Sat Nov 28 15:17:30 2026 Info: Start MID 7 ICID 5
+
+Text that comes from peers (addresses, HELO names, server replies, TLS
+errors) is escaped so that it can never start a forged line of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    formatEvent,
+)
+from zope.interface import implementer
+
+from esa_tls.values import HATVerdict, TLSInfo
+
+__all__ = [
+    "NAMESPACE",
+    "MailLog",
+    "MailLogCollector",
+    "MailLogObserver",
+    "format_maillog_line",
+    "is_maillog_event",
+    "mail_log_observer",
+    "mail_log_path",
+]
+
+#: The namespace of every mail log event.
+NAMESPACE = "esa_tls.maillog"
+
+_LEVEL_WORDS = {
+    LogLevel.debug: "Debug",
+    LogLevel.info: "Info",
+    LogLevel.warn: "Warning",
+    LogLevel.error: "Critical",
+    LogLevel.critical: "Critical",
+}
+
+
+def _clean(value: object) -> str:
+    """
+    Render C{value} for a log line, escaping control characters (a CR or LF
+    from a peer would otherwise forge a line) and backslashes.
+    """
+    text = str(value)
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def _brace_escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _rids(rids: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(r)) for r in rids) + "]"
+
+
+def is_maillog_event(event: dict[str, Any]) -> bool:
+    """
+    Whether C{event} is a mail log line (and not some other log event).
+    """
+    return event.get("log_namespace") == NAMESPACE and "maillog_event" in event
+
+
+def format_maillog_line(event: dict[str, Any]) -> str | None:
+    """
+    Render a mail log event as a line of C{mail.log}, newline included.
+
+    @return: the line, or C{None} for any other event.
+    """
+    if not is_maillog_event(event):
+        return None
+    when = time.asctime(time.localtime(event.get("log_time", time.time())))
+    level = _LEVEL_WORDS.get(event.get("log_level", LogLevel.info), "Info")
+    return f"{when} {level}: {formatEvent(event)}\n"
+
+
+class MailLog:
+    """
+    Emits the mail log lines.  One per gateway; sessions and deliveries
+    call the method for each step of the ESA story of a connection or a
+    message.
+
+    Every event carries C{maillog_event} (the method name), the fields
+    named by the method's parameters, and a C{log_format} rendering the
+    exact ESA text.
+    """
+
+    def __init__(self, observer: ILogObserver | None = None) -> None:
+        """
+        @param observer: where events go; by default the global log
+            publisher (then L{mail_log_observer} writes the file).
+        """
+        self._log = Logger(namespace=NAMESPACE, observer=observer)
+
+    def _emit(self, name: str, text: str, **fields: Any) -> None:
+        self._log.emit(
+            LogLevel.info,
+            _brace_escape(text),
+            maillog_event=name,
+            **fields,
+        )
+
+    # -- inbound --------------------------------------------------------
+
+    def new_icid(
+        self,
+        icid: int,
+        interface: str,
+        interface_address: str,
+        address: str,
+        reverse_dns: str | None,
+        verified: bool,
+    ) -> None:
+        """
+        A connection was accepted on a listener's interface.
+        """
+        host = _clean(reverse_dns) if reverse_dns else "unknown"
+        self._emit(
+            "new_icid",
+            f"New SMTP ICID {icid} interface {_clean(interface)} ({_clean(interface_address)})"
+            f" address {_clean(address)} reverse dns host {host} verified {_yes_no(verified)}",
+            icid=icid,
+            interface=interface,
+            interface_address=interface_address,
+            address=address,
+            reverse_dns=reverse_dns,
+            verified=verified,
+        )
+
+    def connection_verdict(self, icid: int, verdict: HATVerdict) -> None:
+        """
+        The Host Access Table classified the connection: C{ACCEPT},
+        C{REJECT}, C{TCPREFUSE} or C{RELAY}, the sender group, the entry that
+        matched and the reputation score (C{None} without one).
+        """
+        rule = verdict.policy.rule.value
+        group = _clean(verdict.sender_group) if verdict.sender_group is not None else "None"
+        match = f"match {_clean(verdict.matched)} " if verdict.matched else "match "
+        self._emit(
+            "connection_verdict",
+            f"ICID {icid} {rule} SG {group} {match}SBRS {verdict.sbrs}",
+            icid=icid,
+            rule=rule,
+            sender_group=verdict.sender_group,
+            policy=verdict.policy.name,
+            matched=verdict.matched,
+            sbrs=verdict.sbrs,
+        )
+
+    def icid_tls_success(self, icid: int, tls: TLSInfo) -> None:
+        """
+        STARTTLS succeeded on an incoming connection.
+        """
+        self._emit(
+            "icid_tls_success",
+            f"ICID {icid} TLS success protocol {_clean(tls.protocol)} cipher {_clean(tls.cipher)}",
+            icid=icid,
+            protocol=tls.protocol,
+            cipher=tls.cipher,
+        )
+
+    def icid_tls_failed(self, icid: int, reason: str) -> None:
+        """
+        The TLS handshake of an incoming connection failed.
+        """
+        self._emit(
+            "icid_tls_failed",
+            f"ICID {icid} TLS failed: {_clean(reason)}",
+            icid=icid,
+            reason=reason,
+        )
+
+    def start_mid(self, mid: int, icid: int) -> None:
+        """
+        A message was started on a connection (MAIL FROM accepted).
+        """
+        self._emit("start_mid", f"Start MID {mid} ICID {icid}", mid=mid, icid=icid)
+
+    def mail_from(self, mid: int, icid: int, address: str) -> None:
+        """
+        The envelope sender (C{""} for the null reverse path).
+        """
+        self._emit(
+            "mail_from",
+            f"MID {mid} ICID {icid} From: <{_clean(address)}>",
+            mid=mid,
+            icid=icid,
+            address=address,
+        )
+
+    def rcpt_to(self, mid: int, icid: int, rid: int, address: str) -> None:
+        """
+        An accepted recipient and the RID it got.
+        """
+        self._emit(
+            "rcpt_to",
+            f"MID {mid} ICID {icid} RID {rid} To: <{_clean(address)}>",
+            mid=mid,
+            icid=icid,
+            rid=rid,
+            address=address,
+        )
+
+    def message_id(self, mid: int, message_id: str) -> None:
+        """
+        The message's C{Message-ID:} header, when it has one.
+        """
+        self._emit(
+            "message_id",
+            f"MID {mid} Message-ID '{_clean(message_id)}'",
+            mid=mid,
+            message_id=message_id,
+        )
+
+    def ready(self, mid: int, size: int, mail_from: str) -> None:
+        """
+        The whole message was received.
+        """
+        self._emit(
+            "ready",
+            f"MID {mid} ready {size} bytes from <{_clean(mail_from)}>",
+            mid=mid,
+            size=size,
+            mail_from=mail_from,
+        )
+
+    def queued(self, mid: int) -> None:
+        """
+        The message is durable in the spool (the session answered 250).
+        """
+        self._emit("queued", f"MID {mid} queued for delivery", mid=mid)
+
+    def icid_close(self, icid: int) -> None:
+        """
+        An incoming connection ended.
+        """
+        self._emit("icid_close", f"ICID {icid} close", icid=icid)
+
+    # -- outbound -------------------------------------------------------
+
+    def new_dcid(self, dcid: int, interface: str, address: str, port: int) -> None:
+        """
+        A delivery connection was opened from C{interface} to C{address}.
+        """
+        self._emit(
+            "new_dcid",
+            f"New SMTP DCID {dcid} interface {_clean(interface)} address {_clean(address)}"
+            f" port {port}",
+            dcid=dcid,
+            interface=interface,
+            address=address,
+            port=port,
+        )
+
+    def dcid_tls_success(self, dcid: int, tls: TLSInfo, verified: bool) -> None:
+        """
+        STARTTLS succeeded on a delivery connection; C{verified} tells
+        whether the server's certificate passed verification.
+        """
+        self._emit(
+            "dcid_tls_success",
+            f"DCID {dcid} TLS success protocol {_clean(tls.protocol)}"
+            f" cipher {_clean(tls.cipher)} verified {_yes_no(verified)}",
+            dcid=dcid,
+            protocol=tls.protocol,
+            cipher=tls.cipher,
+            verified=verified,
+        )
+
+    def dcid_tls_failed(self, dcid: int, reason: str) -> None:
+        """
+        TLS could not be set up on a delivery connection (handshake error,
+        or a certificate that failed a required verification).
+        """
+        self._emit(
+            "dcid_tls_failed",
+            f"DCID {dcid} TLS failed: {_clean(reason)}",
+            dcid=dcid,
+            reason=reason,
+        )
+
+    def dcid_starttls_not_supported(self, dcid: int) -> None:
+        """
+        The server did not offer STARTTLS.
+        """
+        self._emit(
+            "dcid_starttls_not_supported",
+            f"DCID {dcid} STARTTLS command not supported.",
+            dcid=dcid,
+        )
+
+    def delivery_start(self, dcid: int, mid: int, rids: Sequence[int]) -> None:
+        """
+        A message is being sent for recipients C{rids} on a connection.
+        """
+        self._emit(
+            "delivery_start",
+            f"Delivery start DCID {dcid} MID {mid} to RID {_rids(rids)}",
+            dcid=dcid,
+            mid=mid,
+            rids=list(rids),
+        )
+
+    def message_done(self, dcid: int, mid: int, rids: Sequence[int]) -> None:
+        """
+        The next hop took the message for recipients C{rids}.
+        """
+        self._emit(
+            "message_done",
+            f"Message done DCID {dcid} MID {mid} to RID {_rids(rids)}",
+            dcid=dcid,
+            mid=mid,
+            rids=list(rids),
+        )
+
+    def deferred(self, mid: int, rids: Sequence[int], reason: str) -> None:
+        """
+        Delivery to C{rids} failed temporarily; they stay queued.
+        """
+        self._emit(
+            "deferred",
+            f"MID {mid} RID {_rids(rids)} deferred: {_clean(reason)}",
+            mid=mid,
+            rids=list(rids),
+            reason=reason,
+        )
+
+    def bounced(self, mid: int, rids: Sequence[int], reason: str) -> None:
+        """
+        Delivery to C{rids} failed for good.
+        """
+        self._emit(
+            "bounced",
+            f"MID {mid} RID {_rids(rids)} bounced: {_clean(reason)}",
+            mid=mid,
+            rids=list(rids),
+            reason=reason,
+        )
+
+    def dcid_close(self, dcid: int) -> None:
+        """
+        A delivery connection ended.
+        """
+        self._emit("dcid_close", f"DCID {dcid} close", dcid=dcid)
+
+
+def mail_log_path(data_dir: str) -> str:
+    """
+    @return: where the mail log of a gateway with data directory
+        C{data_dir} lives: C{data_dir/logs/mail.log}.
+    """
+    return os.path.join(data_dir, "logs", "mail.log")
+
+
+@implementer(ILogObserver)
+class MailLogObserver:
+    """
+    Writes mail log events, and only those, as lines to a file opened for
+    appending, one line per event, flushed at once so that C{tail -f}
+    shows each line as it happens.
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @param path: the log file; it and its directory are created if
+            missing.
+        """
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        self.path = path
+        self._file: IO[str] | None = open(
+            path, "a", encoding="utf-8", errors="backslashreplace", buffering=1
+        )
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        line = format_maillog_line(event)
+        if line is not None and self._file is not None:
+            self._file.write(line)
+
+    def close(self) -> None:
+        """
+        Close the file; later events are dropped.
+        """
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def mail_log_observer(path: str) -> MailLogObserver:
+    """
+    @return: an L{ILogObserver} appending mail log lines to C{path}; add it
+        to L{twisted.logger.globalLogBeginner} or a publisher.
+    """
+    return MailLogObserver(path)
+
+
+@implementer(ILogObserver)
+class MailLogCollector:
+    """
+    Collects mail log events in memory: for tests, and for anything that
+    wants to watch the mail log from inside the process.
+
+    @ivar events: the mail log events seen, in order.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if is_maillog_event(event):
+            self.events.append(event)
+
+    @property
+    def lines(self) -> list[str]:
+        """
+        The text of each event, as after C{Info: } in C{mail.log}.
+        """
+        return [formatEvent(e) for e in self.events]
