@@ -415,9 +415,11 @@ class DurableSpool:
             mid = self._mid_of(name, ".json")
             if mid is not None:
                 highest = max(highest, mid)
-            if mid is None or mid not in mids:
-                # A finished message's state (removal is unlink message,
-                # sync, unlink state) or a stray file.
+            # A finished message's state (removal is: unlink message, sync,
+            # unlink state) or a stray file.  Look again right before: a
+            # worker sharing the spool may have committed the message after
+            # the queue was listed.
+            if mid is None or (mid not in mids and not os.path.exists(self.message_path(mid))):
                 _unlink_quietly(os.path.join(self._state_dir, name))
         for name in os.listdir(self._corrupt_dir):
             digits = name.split(".", 1)[0]
