@@ -30,6 +30,7 @@ __all__ = [
     "demo_paths",
     "demo_warning_lines",
     "ensure_demo_certificate",
+    "load_demo_certificate",
     "uses_demo_with_tls",
 ]
 
@@ -105,6 +106,22 @@ def _generate(hostname: str, now: datetime) -> tuple[bytes, bytes]:
 def _hostname_of(loaded: LoadedCertificate) -> str | None:
     names = loaded.leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else None
+
+
+def load_demo_certificate(data_dir: str, now: datetime | None = None) -> LoadedCertificate:
+    """
+    Load the Demo certificate already on disk, without making one; for
+    tools that must not change the gateway's files.
+
+    @raise CertificateError: there is none yet, or it is unusable.
+    """
+    cert_path, key_path = demo_paths(data_dir)
+    if not os.path.exists(cert_path):
+        raise CertificateError(
+            DEMO_NAME, "not generated yet: the gateway makes it when it first starts"
+        )
+    config = CertificateConfig(name=DEMO_NAME, cert=cert_path, key=key_path)
+    return load_certificate(config, now=now, insecure=True)
 
 
 def ensure_demo_certificate(

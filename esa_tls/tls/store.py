@@ -25,7 +25,7 @@ from esa_tls.tls.certificates import (
     LoadedCertificate,
     load_certificate,
 )
-from esa_tls.tls.demo import DEMO_NAME, ensure_demo_certificate
+from esa_tls.tls.demo import DEMO_NAME, ensure_demo_certificate, load_demo_certificate
 from esa_tls.tls.server import ClientCertificates, ServerConnectionCreator
 
 __all__ = ["CertificateStore"]
@@ -51,29 +51,41 @@ class CertificateStore:
     """
     The certificates in service, reloadable without a restart.
 
+    @ivar data_dir: where the Demo certificate lives (under C{certs/}).
     @ivar errors: certificate name to the reason it is not in service, for
         configured certificates that never loaded.  The service should
         refuse to start a listener whose certificate is listed here.
     """
 
-    def __init__(self, config: GatewayConfig, data_dir: str | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, data_dir: str | None = None, *, generate_demo: bool = True
+    ) -> None:
         """
         Load every configured certificate and the Demo one (generating it
         under C{data_dir/certs/} on first start).
 
         @param data_dir: defaults to C{config.system.data_dir}.
+        @param generate_demo: C{False} for tools that only look: the Demo
+            certificate is loaded if it exists, else listed in L{errors}.
         @raise OSError: the Demo certificate cannot be written.
         """
         self._config = config
-        self._data_dir = data_dir if data_dir is not None else config.system.data_dir
+        self.data_dir = data_dir if data_dir is not None else config.system.data_dir
+        self._generate_demo = generate_demo
         self._certificates: dict[str, LoadedCertificate] = {}
         self._creators: dict[tuple[str, str | None, bool], ServerConnectionCreator] = {}
         self.errors: dict[str, str] = {}
-        self._certificates[DEMO_NAME] = ensure_demo_certificate(
-            self._data_dir, config.system.hostname
-        )
+        if generate_demo:
+            self._certificates[DEMO_NAME] = ensure_demo_certificate(
+                self.data_dir, config.system.hostname
+            )
+        else:
+            try:
+                self._certificates[DEMO_NAME] = load_demo_certificate(self.data_dir)
+            except CertificateError as e:
+                self.errors[DEMO_NAME] = e.reason
         for message in self._load_configured():
-            log.error("{message}", message=message)
+            log.error("{text}", text=message)
 
     def _load_configured(self) -> list[str]:
         """
@@ -97,7 +109,7 @@ class CertificateStore:
             if name != DEMO_NAME and name not in configured:
                 del self._certificates[name]
         for name in list(self.errors):
-            if name not in configured:
+            if name != DEMO_NAME and name not in configured:
                 del self.errors[name]
         for name, entry in configured.items():
             old = self._certificates.get(name)
@@ -125,7 +137,7 @@ class CertificateStore:
                 not_after=info.not_after.isoformat(),
             )
             for warning in info.warnings:
-                log.warn("Certificate {name}: {warning}", name=name, warning=warning)
+                log.warn("Certificate {name}: {problem}", name=name, problem=warning)
         return messages
 
     def names(self) -> list[str]:
@@ -210,13 +222,18 @@ class CertificateStore:
             self._config = config
         messages = []
         try:
-            demo = ensure_demo_certificate(self._data_dir, self._config.system.hostname)
+            if self._generate_demo:
+                demo = ensure_demo_certificate(self.data_dir, self._config.system.hostname)
+            else:
+                demo = load_demo_certificate(self.data_dir)
         except (OSError, CertificateError) as e:
             messages.append(f"Certificate Demo refused: {e}; the old one stays in service")
         else:
-            if not _same_material(self._certificates[DEMO_NAME], demo):
+            self.errors.pop(DEMO_NAME, None)
+            old = self._certificates.get(DEMO_NAME)
+            if old is None or not _same_material(old, demo):
                 self._certificates[DEMO_NAME] = demo
         messages.extend(self._load_configured())
         for message in messages:
-            log.error("{message}", message=message)
+            log.error("{text}", text=message)
         return messages
