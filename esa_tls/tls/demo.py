@@ -137,10 +137,11 @@ def ensure_demo_certificate(
     the key generation and the few small file operations are quick.
 
     @param hostname: this gateway's name (C{[system] hostname}), the
-        subject CN and only SAN.
+        subject CN and only SAN; C{localhost} if empty.
     """
     if now is None:
         now = datetime.now(UTC)
+    hostname = hostname or "localhost"
     cert_path, key_path = demo_paths(data_dir)
     config = CertificateConfig(name=DEMO_NAME, cert=cert_path, key=key_path)
     if os.path.exists(cert_path) or os.path.exists(key_path):
