@@ -145,6 +145,11 @@ class IIncomingMessage(Interface):
     A message being received; created by L{IMessageStore.new_message}.
     """
 
+    mid = Attribute(
+        "The message ID (MID, C{int}), assigned when the message starts, so that the "
+        "C{Received:} header and the mail log can name it before it is committed."
+    )
+
     def write(data: bytes) -> None:
         """
         Append message bytes: CRLF line endings, already dot-unstuffed.

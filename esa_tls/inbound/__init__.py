@@ -1,0 +1,3 @@
+"""
+The receiving side: listener factories and the hardened ESMTP session.
+"""

@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_inbound_limits -*-
+"""
+Counters that outlive one session: concurrent connections per remote IP and
+recipients per hour per remote IP.
+
+The ESA tracks recipients per hour per sending IP I{globally}: every listener
+checks the same counter (reference 3.2), so one L{RecipientRateLimiter} is
+shared by all listeners of a gateway.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+
+from twisted.internet.interfaces import IReactorTime
+
+
+class ConnectionCounter:
+    """
+    Open connections per remote IP, for a policy's C{max_concurrency}.
+    """
+
+    def __init__(self) -> None:
+        self._open: defaultdict[str, int] = defaultdict(int)
+
+    def acquire(self, ip: str, limit: int) -> bool:
+        """
+        Count one more connection from C{ip}, unless that would exceed
+        C{limit} (non-positive: unlimited).
+
+        @return: whether the connection was counted; only a counted
+            connection may be L{release}d.
+        """
+        if limit > 0 and self._open[ip] >= limit:
+            return False
+        self._open[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self._open[ip] -= 1
+        if self._open[ip] <= 0:
+            del self._open[ip]
+
+    def count(self, ip: str) -> int:
+        return self._open.get(ip, 0)
+
+
+class RecipientRateLimiter:
+    """
+    Recipients accepted per remote IP over the last hour (a sliding window
+    with minute resolution, so memory per IP is bounded by 60 buckets).
+    """
+
+    WINDOW = 3600.0
+    BUCKET = 60.0
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._buckets: dict[str, deque[list[float]]] = {}
+
+    def _current(self, ip: str) -> deque[list[float]]:
+        now = self._clock.seconds()
+        buckets = self._buckets.setdefault(ip, deque())
+        while buckets and buckets[0][0] <= now - self.WINDOW:
+            buckets.popleft()
+        return buckets
+
+    def count(self, ip: str) -> int:
+        return int(sum(b[1] for b in self._current(ip)))
+
+    def try_add(self, ip: str, limit: int) -> bool:
+        """
+        Count one recipient for C{ip} unless the hour's C{limit} is reached
+        (negative: disabled, as the ESA's C{-1}).
+        """
+        buckets = self._current(ip)
+        if limit >= 0 and sum(b[1] for b in buckets) >= limit:
+            if not buckets:
+                del self._buckets[ip]
+            return False
+        start = self._clock.seconds() // self.BUCKET * self.BUCKET
+        if buckets and buckets[-1][0] == start:
+            buckets[-1][1] += 1
+        else:
+            buckets.append([start, 1])
+        return True

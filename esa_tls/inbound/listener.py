@@ -1,0 +1,172 @@
+# -*- test-case-name: tests.test_inbound_session -*-
+"""
+L{ListenerFactory}: the Twisted server factory behind one ESA listener.
+
+It owns what outlives a session on that listener (the open sessions, the
+per-IP connection counts) and hands each session the shared parts of the
+gateway (HAT, store, certificates, mail log), so that a session needs no
+globals and a test can build one with fakes of its own choosing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from esa_tls.config.model import Listener, ListenerSettings, MailFlowPolicy
+from esa_tls.inbound.address import Mailbox
+from esa_tls.inbound.limits import ConnectionCounter, RecipientRateLimiter
+from esa_tls.inbound.session import InboundSession
+from esa_tls.interfaces import ICertificateStore, IHostAccessTable, IListener, IMessageStore
+from esa_tls.maillog import MailLog
+from esa_tls.values import HATVerdict
+
+log = Logger()
+
+
+class IdSource(TypingProtocol):
+    def next(self) -> int: ...
+
+
+class _Busy(Protocol):
+    """
+    Says 421 and hangs up: the listener is at its Max Concurrency.
+    """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(b"421 4.3.2 Too many connections to this listener, try again later\r\n")
+        transport.loseConnection()
+
+
+@implementer(IListener)
+class ListenerFactory(ServerFactory):
+    """
+    Builds L{InboundSession}s for one listener.
+
+    @ivar sessions: the sessions open now, so that shutdown can say 421 to
+        each of them.
+    """
+
+    def __init__(
+        self,
+        config: Listener,
+        *,
+        hostname: str,
+        settings: ListenerSettings,
+        hat: IHostAccessTable,
+        store: IMessageStore,
+        maillog: MailLog,
+        clock: IReactorTime,
+        icids: IdSource,
+        rates: RecipientRateLimiter,
+        certificates: ICertificateStore | None = None,
+        summary_text: str = "",
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.hostname = config.hostname or hostname
+        self.settings = settings
+        self.hat = hat
+        self.store = store
+        self.maillog = maillog
+        self.clock = clock
+        self.icids = icids
+        self.rates = rates
+        self.certificates = certificates
+        self.connections = ConnectionCounter()
+        self.sessions: set[InboundSession] = set()
+        self._summary = summary_text
+        self._closing: list[Deferred[None]] = []
+
+    @property
+    def active_connections(self) -> int:
+        return len(self.sessions)
+
+    @property
+    def tls_available(self) -> bool:
+        return self.certificates is not None
+
+    def summary(self) -> str:
+        return self._summary
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        if len(self.sessions) >= self.config.max_concurrency:
+            busy = _Busy()
+            busy.factory = self
+            return busy
+        session = InboundSession(self, self.icids.next())
+        self.sessions.add(session)
+        return session
+
+    def session_closed(self, session: InboundSession) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            waiting, self._closing = self._closing, []
+            for d in waiting:
+                d.callback(None)
+
+    def classify_now(self, ip: str) -> HATVerdict | None:
+        """
+        A verdict without waiting, when the HAT can give one from the
+        address alone (so TCPREFUSE closes before any byte is read).
+        """
+        lookup_sync = getattr(self.hat, "lookup_sync", None)
+        if lookup_sync is None:
+            return None
+        verdict: HATVerdict | None = lookup_sync(ip)
+        return verdict
+
+    def classify(self, ip: str) -> Deferred[HATVerdict]:
+        d: Deferred[HATVerdict] = self.hat.lookup(ip)  # type: ignore[assignment]
+        return d
+
+    def tls_creator(self, policy: MailFlowPolicy) -> Any:
+        assert self.certificates is not None
+        client_ca = policy.client_ca if policy.verify_client_certificate else None
+        return self.certificates.server_creator(self.config, client_ca)
+
+    def rat_accepts(self, mailbox: Mailbox) -> bool:
+        """
+        Whether the Recipient Access Table takes mail for C{mailbox}.
+        """
+        return rat_accepts(self.config.rat, mailbox)
+
+    def shutdown(self) -> Deferred[None]:
+        """
+        Say 421 to every open session and fire once all have closed.
+        """
+        if not self.sessions:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closing.append(d)
+        for session in list(self.sessions):
+            session.shutdown()
+        return d
+
+
+def rat_accepts(rat: tuple[str, ...], mailbox: Mailbox) -> bool:
+    """
+    Match a recipient against RAT entries: C{example.com} (that domain),
+    C{.example.com} (its subdomains) or C{user@example.com} (one address).
+    Nothing else ever matches: a RAT can only narrow what is accepted.
+    """
+    domain = mailbox.domain.lower()
+    full = f"{mailbox.local.lower()}@{domain}"
+    for entry in rat:
+        e = entry.lower()
+        if "@" in e:
+            if e == full:
+                return True
+        elif e.startswith("."):
+            if domain.endswith(e):
+                return True
+        elif domain == e:
+            return True
+    return False

@@ -1,0 +1,217 @@
+# -*- test-case-name: tests.test_gateway -*-
+"""
+L{GatewayService}: the whole gateway as one Twisted service.
+
+Everything that can fail is done when the service is I{made} (config
+validated, certificates loaded, spool recovered), so that C{twistd} refuses
+to start rather than start half-configured; listening starts in
+C{startService}.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger, globalLogPublisher
+from twisted.names.client import createResolver
+from twisted.names.common import ResolverBase
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from esa_tls.config.load import LoadResult, load_config_with_warnings
+from esa_tls.config.model import GatewayConfig, Listener
+from esa_tls.hat.table import HostAccessTable
+from esa_tls.ids import IdAllocator
+from esa_tls.inbound.limits import RecipientRateLimiter
+from esa_tls.inbound.listener import ListenerFactory
+from esa_tls.maillog import MailLog, MailLogObserver, mail_log_path
+from esa_tls.spool import DurableSpool
+from esa_tls.summary import listener_summary
+from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
+from esa_tls.tls.store import CertificateStore
+
+log = Logger()
+
+
+def make_resolver(config: GatewayConfig) -> ResolverBase:
+    """
+    The DNS resolver for HAT look-ups and MX routing: C{[system] resolvers}
+    when given, else the machine's own (C{/etc/resolv.conf}).
+    """
+    servers: list[tuple[str, int]] = []
+    for entry in config.system.resolvers:
+        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "53")
+        servers.append((host.strip("[]"), int(port or 53)))
+    if servers:
+        return createResolver(servers=servers)
+    return createResolver()
+
+
+class GatewayService(MultiService):
+    """
+    The listeners, the spool and the parts they share.
+
+    @ivar factories: the L{ListenerFactory} of each listener, by name.
+    """
+
+    def __init__(self, loaded: LoadResult, reactor: Any | None = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor: Any = reactor
+        self.loaded = loaded
+        config = loaded.config
+        self.config = config
+        self.data_dir = os.path.abspath(config.system.data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.maillog = MailLog()
+        self.certificates = CertificateStore(config, self.data_dir)
+        self.spool = DurableSpool(os.path.join(self.data_dir, "spool"), reactor)
+        self.icids = IdAllocator(os.path.join(self.data_dir, "icid.counter"))
+        self.rates = RecipientRateLimiter(reactor)
+        self.resolver = make_resolver(config)
+        self.factories: dict[str, ListenerFactory] = {}
+        self._observer: MailLogObserver | None = None
+        for listener in config.listeners.values():
+            factory = self._factory(listener)
+            self.factories[listener.name] = factory
+            service = StreamServerEndpointService(
+                self._endpoint(listener), self._wrap(listener, factory)
+            )
+            service.setName(listener.name)
+            service.setServiceParent(self)
+
+    @classmethod
+    def from_file(cls, path: str | None, reactor: Any | None = None) -> GatewayService:
+        """
+        @raise esa_tls.config.errors.ConfigError: the file is not valid.
+        """
+        return cls(load_config_with_warnings(path), reactor)
+
+    def _factory(self, listener: Listener) -> ListenerFactory:
+        return ListenerFactory(
+            listener,
+            hostname=self.config.system.hostname,
+            settings=self.config.listener_settings,
+            hat=HostAccessTable(listener, self.resolver, clock=self.reactor),
+            store=self.spool,
+            maillog=self.maillog,
+            clock=self.reactor,
+            icids=self.icids,
+            rates=self.rates,
+            certificates=self.certificates,
+            summary_text=listener_summary(listener, self.config),
+        )
+
+    def _endpoint(self, listener: Listener) -> IStreamServerEndpoint:
+        ip = listener.interface.ip
+        if ":" in ip:
+            return TCP6ServerEndpoint(
+                self.reactor, listener.port, backlog=listener.tcp_queue, interface=ip
+            )
+        return TCP4ServerEndpoint(
+            self.reactor, listener.port, backlog=listener.tcp_queue, interface=ip
+        )
+
+    def _wrap(self, listener: Listener, factory: ListenerFactory) -> Any:
+        if not listener.implicit_tls:
+            return factory
+        # RFC 8314 implicit TLS: the handshake comes first, and the session
+        # sees an ISSLTransport, so it never offers STARTTLS.
+        policy = listener.default_policy
+        return TLSMemoryBIOFactory(factory.tls_creator(policy), False, factory)
+
+    # -- running -----------------------------------------------------------
+
+    def startService(self) -> None:
+        self._observer = MailLogObserver(mail_log_path(self.data_dir))
+        globalLogPublisher.addObserver(self._observer)
+        for warning in self.loaded.warnings:
+            log.warn("{source}: {warning}", source=self.config.source, warning=warning)
+        for listener in self.config.listeners.values():
+            if uses_demo_with_tls(listener):
+                for line in demo_warning_lines(listener.name):
+                    log.warn("{line}", line=line)
+        try:
+            signal.signal(signal.SIGHUP, self._sighup)
+        except ValueError:  # not the main thread (tests)
+            pass
+        super().startService()
+        for listener in self.config.listeners.values():
+            log.info(
+                "listener {name} on {ip} port {port} ({protocol})",
+                name=listener.name,
+                ip=listener.interface.ip,
+                port=listener.port,
+                protocol=listener.protocol,
+            )
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> list[str]:
+        """
+        Re-read the configuration file and the certificates.
+
+        Policies, HAT and RAT of existing listeners take effect for new
+        connections at once; sessions in progress keep what they started
+        with.  A file that does not validate changes nothing.  A certificate
+        that does not validate is refused and the old one stays in service.
+        Adding, removing or moving listeners needs a restart (said in the
+        log).
+
+        @return: the problems found, one per line (empty: all applied).
+        """
+        from esa_tls.config.errors import ConfigError
+
+        problems: list[str] = []
+        if self.config.source.startswith("<"):
+            new_config = self.config
+        else:
+            try:
+                new_config = load_config_with_warnings(self.config.source).config
+            except ConfigError as e:
+                log.error("reload refused, configuration unchanged:\n{error}", error=str(e))
+                return [str(e)]
+        problems += self.certificates.reload(new_config)
+        for name, listener in new_config.listeners.items():
+            factory = self.factories.get(name)
+            old = self.config.listeners.get(name)
+            if (
+                factory is None
+                or old is None
+                or (old.interface, old.port) != (listener.interface, listener.port)
+            ):
+                problems.append(f"listener {name}: added or moved; restart to apply")
+                continue
+            factory.config = listener
+            factory.hat = HostAccessTable(listener, self.resolver, clock=self.reactor)
+            factory._summary = listener_summary(listener, new_config)
+        self.config = new_config
+        for problem in problems:
+            log.warn("reload: {problem}", problem=problem)
+        log.info("configuration reloaded from {source}", source=new_config.source)
+        return problems
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        """
+        Stop listening, say 421 to the sessions still open, and wait for
+        messages already being committed to reach the disk.
+        """
+        yield super().stopService()
+        waits: list[Deferred[Any]] = [f.shutdown() for f in self.factories.values()]
+        yield DeferredList(waits)
+        yield self.spool.close()
+        if self._observer is not None:
+            globalLogPublisher.removeObserver(self._observer)
+            self._observer.close()
+            self._observer = None
