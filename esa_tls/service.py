@@ -135,7 +135,7 @@ class GatewayService(MultiService):
         self._observer = MailLogObserver(mail_log_path(self.data_dir))
         globalLogPublisher.addObserver(self._observer)
         for warning in self.loaded.warnings:
-            log.warn("{source}: {warning}", source=self.config.source, warning=warning)
+            log.warn("{source}: {problem}", source=self.config.source, problem=warning)
         for listener in self.config.listeners.values():
             if uses_demo_with_tls(listener):
                 for line in demo_warning_lines(listener.name):
