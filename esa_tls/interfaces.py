@@ -122,13 +122,25 @@ class ICertificateStore(Interface):
         The names of all certificates, C{"Demo"} included.
         """
 
-    def server_creator(listener: object, client_ca: str | None = None) -> object:
+    def server_creator(
+        listener: object,
+        client_ca: str | None = None,
+        *,
+        require_client_certificate: bool = False,
+    ) -> object:
         """
         An C{IOpenSSLServerConnectionCreator} for the listener
         (L{esa_tls.config.model.Listener}): its certificate, SNI map, protocol
         floor and ciphers.  Connections made with it see the certificates as
         they are when each handshake starts, so a reload takes effect without
         dropping sessions.
+
+        @param client_ca: a PEM file of CAs: clients are asked for a
+            certificate, and the outcome can be read after the handshake
+            (ESA Verify Client Certificate with Preferred TLS).
+        @param require_client_certificate: the handshake fails unless the
+            client's certificate verifies against C{client_ca} (with
+            Required TLS).
         """
 
     def reload() -> list[str]:

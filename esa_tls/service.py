@@ -18,7 +18,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IResolver, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogPublisher
 from twisted.names.client import createResolver
 from twisted.names.common import ResolverBase
@@ -60,7 +60,12 @@ class GatewayService(MultiService):
     @ivar factories: the L{ListenerFactory} of each listener, by name.
     """
 
-    def __init__(self, loaded: LoadResult, reactor: Any | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadResult,
+        reactor: Any | None = None,
+        resolver: IResolver | None = None,
+    ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -77,7 +82,7 @@ class GatewayService(MultiService):
         self.spool = DurableSpool(os.path.join(self.data_dir, "spool"), reactor)
         self.icids = IdAllocator(os.path.join(self.data_dir, "icid.counter"))
         self.rates = RecipientRateLimiter(reactor)
-        self.resolver = make_resolver(config)
+        self.resolver = resolver if resolver is not None else make_resolver(config)
         self.factories: dict[str, ListenerFactory] = {}
         self._observer: MailLogObserver | None = None
         for listener in config.listeners.values():

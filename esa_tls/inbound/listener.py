@@ -19,7 +19,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from esa_tls.config.model import Listener, ListenerSettings, MailFlowPolicy
+from esa_tls.config.model import Listener, ListenerSettings, MailFlowPolicy, TLSMode
 from esa_tls.inbound.address import Mailbox
 from esa_tls.inbound.limits import ConnectionCounter, RecipientRateLimiter
 from esa_tls.inbound.session import InboundSession
@@ -129,8 +129,13 @@ class ListenerFactory(ServerFactory):
 
     def tls_creator(self, policy: MailFlowPolicy) -> Any:
         assert self.certificates is not None
-        client_ca = policy.client_ca if policy.verify_client_certificate else None
-        return self.certificates.server_creator(self.config, client_ca)
+        if not policy.verify_client_certificate:
+            return self.certificates.server_creator(self.config)
+        return self.certificates.server_creator(
+            self.config,
+            policy.client_ca,
+            require_client_certificate=policy.tls is TLSMode.REQUIRED,
+        )
 
     def rat_accepts(self, mailbox: Mailbox) -> bool:
         """

@@ -36,6 +36,7 @@ from esa_tls.inbound.address import AddressError, Mailbox, parse_mail_from, pars
 from esa_tls.inbound.framing import DataReader
 from esa_tls.inbound.tlspolicy import InboundTLSPolicy
 from esa_tls.interfaces import IIncomingMessage, StoreError
+from esa_tls.tls.server import peer_certificate_status, tls_info
 from esa_tls.values import Envelope, HATVerdict, TLSInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -129,6 +130,7 @@ class InboundSession(ESMTP):
             # Implicit TLS (SMTPS): the whole connection is already inside
             # TLS, so STARTTLS must never be offered (twisted.md 1.4).
             self.startedTLS = True
+            self._tls_pending = True
         self.setTimeout(self.factory.settings.idle_timeout)
         verdict = self.factory.classify_now(self.peer_ip)
         if verdict is not None:
@@ -258,14 +260,22 @@ class InboundSession(ESMTP):
 
     def handshakeCompleted(self) -> None:
         """
-        The STARTTLS (or implicit TLS) handshake finished.
+        The STARTTLS (or implicit TLS) handshake finished: log what was
+        negotiated and, where the policy verifies client certificates, turn
+        away a client whose certificate did not verify (with Required the
+        handshake itself has already failed for a missing one).
         """
         self._tls_pending = False
-        handle = self._t.getHandle()
-        protocol = handle.get_protocol_version_name()
-        cipher = handle.get_cipher_name() or ""
-        self.tls_info = TLSInfo(protocol=protocol, cipher=cipher)
+        self.tls_info = tls_info(self.transport)
         self.factory.maillog.icid_tls_success(self.icid, self.tls_info)
+        if self.policy.verify_client_certificate:
+            status = peer_certificate_status(self.transport)
+            if status.presented and not status.verified:
+                self.factory.maillog.icid_tls_failed(
+                    self.icid, f"client certificate not verified: {status.error}"
+                )
+                self._reply(421, b"4.7.1 " + self._host_bytes() + b" Client certificate not accepted")
+                self._close()
 
     # -- input --------------------------------------------------------------
 
