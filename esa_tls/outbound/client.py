@@ -1,0 +1,729 @@
+# -*- test-case-name: tests.test_outbound_client -*-
+"""
+The delivery client: one SMTP session to one server, carrying one message,
+under one TLS setting.
+
+L{DeliveryClient} is a C{twisted.mail.smtp.ESMTPSender} with the defects
+of the stock client fixed in the subclass (twisted.md sections 2.2-2.6):
+
+  - B{response injection}: whatever the server sent after its C{220} to
+    STARTTLS and before the handshake is discarded unread
+    (C{clearLineBuffer}), so a man in the middle cannot forge the post-TLS
+    EHLO reply; and nothing is sent over TLS until the handshake has
+    completed and the TLS setting has approved the certificate;
+  - B{dot-stuffing} and line endings are done by
+    L{esa_tls.outbound.dotstuff.DataEncoder}, correct across any chunk
+    boundary;
+  - B{no silent give-up}: a failed STARTTLS under a setting that does not
+    require TLS continues in the clear on the same connection (Twisted
+    #10334), and the stock client's immediate retries are gone: the
+    session reports and the caller (and the queue) decide;
+  - B{no hang}: the result fires from C{connectionLost}, which every
+    session reaches, whatever went wrong; timeouts abort the connection;
+  - B{timeouts} per command as RFC 5321 section 4.5.3.2 lists them;
+  - B{per-recipient replies} are kept (C{RCPT} 4xx and 5xx apart), and
+    PIPELINING is used when offered (RFC 2920).
+
+The TLS rule, from the destination's setting (L{TLSPlan}):
+
+  - C{no}: STARTTLS is never sent.
+  - C{preferred}: STARTTLS when offered.  If it fails before the server's
+    C{220} (not offered, 454, 502) the session goes on in the clear; if
+    it fails after the C{220} (handshake error), or the connection drops
+    while TLS is being set up, the session ends with
+    L{SessionOutcome.handshake_failed} and the caller reconnects in the
+    clear.
+  - C{required}: no MAIL FROM ever leaves without TLS; the session ends
+    with a TLS failure instead.
+  - C{preferred-verify}: as preferred, and the certificate is checked;
+    a failed check is logged and the mail still goes, encrypted.
+  - C{required-verify}, C{required-verify-hosted}: TLS and a passed
+    check, or no MAIL FROM.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from attrs import frozen
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import Logger
+from twisted.mail.smtp import ESMTPSender, SMTPClient, SMTPClientError
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from esa_tls.maillog import MailLog
+from esa_tls.outbound.dotstuff import DataEncoder
+from esa_tls.outbound.policy import TLSPlan
+from esa_tls.outbound.result import Fallback, TLSOutcome, TLSResultType
+from esa_tls.outbound.tlscontext import (
+    HandshakeFacts,
+    InspectingClientTLS,
+    classify_chain_errors,
+)
+from esa_tls.outbound.verify import NameMatch
+from esa_tls.values import TLSInfo
+
+log = Logger()
+
+
+@frozen
+class Timeouts:
+    """
+    How long to wait for each server reply, in seconds: the minimums of RFC
+    5321 section 4.5.3.2 by default.
+
+    @ivar connect: the TCP connection.
+    @ivar greeting: the C{220} banner.
+    @ivar command: EHLO, STARTTLS and the TLS handshake, QUIT.
+    @ivar mail: the reply to MAIL FROM.
+    @ivar rcpt: the reply to each RCPT TO.
+    @ivar data_init: the C{354} to DATA.
+    @ivar data_block: progress while sending the body.
+    @ivar data_term: the reply to the final dot.
+    """
+
+    connect: float = 30.0
+    greeting: float = 300.0
+    command: float = 300.0
+    mail: float = 300.0
+    rcpt: float = 300.0
+    data_init: float = 120.0
+    data_block: float = 180.0
+    data_term: float = 600.0
+
+    @classmethod
+    def uniform(cls, seconds: float) -> Timeouts:
+        """
+        The same timeout everywhere (tests).
+        """
+        return cls(*([seconds] * 8))
+
+
+class Stage(enum.Enum):
+    """
+    Where a session is; a failure says where it happened.
+    """
+
+    GREETING = "greeting"
+    EHLO = "EHLO"
+    STARTTLS = "STARTTLS"
+    HANDSHAKE = "TLS handshake"
+    MAIL = "MAIL FROM"
+    RCPT = "RCPT TO"
+    DATA = "DATA"
+    BODY = "message body"
+    DOT = "end of data"
+    QUIT = "QUIT"
+
+
+@frozen
+class SessionOutcome:
+    """
+    What one session achieved.
+
+    @ivar tls: the TLS story of the session.
+    @ivar mail_sent: whether MAIL FROM was sent at all.
+    @ivar mail_reply: the reply to MAIL FROM.
+    @ivar rcpt_replies: C{(address, code, text)} per RCPT sent.
+    @ivar data_reply: the reply after the final dot, or the failed reply to
+        DATA itself.
+    @ivar dot_sent: whether the final dot was sent (a failure after that
+        may mean the server has the message).
+    @ivar failure: why the session ended before a final reply, if it did.
+    @ivar failure_code: the server's reply code in that failure, if any.
+    @ivar failed_stage: where it failed.
+    @ivar tls_failure: the TLS setting kept the mail from being sent.
+    @ivar handshake_failed: STARTTLS got its C{220} and then TLS failed.
+    """
+
+    tls: TLSOutcome
+    mail_sent: bool = False
+    mail_reply: tuple[int, str] | None = None
+    rcpt_replies: tuple[tuple[str, int, str], ...] = ()
+    data_reply: tuple[int, str] | None = None
+    dot_sent: bool = False
+    failure: str | None = None
+    failure_code: int | None = None
+    failed_stage: Stage | None = None
+    tls_failure: bool = False
+    handshake_failed: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        """
+        Whether the server took the message (for some recipients).
+        """
+        return self.data_reply is not None and 200 <= self.data_reply[0] < 300 and self.dot_sent
+
+
+def _text(resp: bytes | str) -> str:
+    if isinstance(resp, bytes):
+        return resp.decode("utf-8", "replace").replace("\n", " ")
+    return resp.replace("\n", " ")
+
+
+def _is_ok(code: int) -> bool:
+    return 200 <= code < 300
+
+
+@implementer(IHandshakeListener)
+class DeliveryClient(ESMTPSender):
+    """
+    One session carrying one message.  Build it, connect it (for example
+    with C{connectProtocol}), and wait on L{finished}.
+
+    @ivar finished: fires with a L{SessionOutcome} once the connection is
+        gone; never fails.
+    """
+
+    def __init__(
+        self,
+        *,
+        identity: str,
+        mail_from: str,
+        recipients: Sequence[tuple[int, str]],
+        body: IO[bytes],
+        plan: TLSPlan,
+        tls_creator: Callable[[], InspectingClientTLS] | None = None,
+        name_check: Callable[[x509.Certificate], NameMatch | None] | None = None,
+        timeouts: Timeouts | None = None,
+        maillog: MailLog | None = None,
+        dcid: int = 0,
+        mid: int | None = None,
+        fallback: Fallback | None = None,
+        call_later: Callable[..., Any] | None = None,
+    ) -> None:
+        """
+        @param identity: the EHLO name (the gateway's host name).
+        @param mail_from: the envelope sender, C{""} for the null sender.
+        @param recipients: C{(rid, address)} pairs.
+        @param body: the message, CRLF line endings, not dot-stuffed,
+            positioned at its start.
+        @param plan: what the TLS setting asks.
+        @param tls_creator: makes the client TLS connection creator (with
+            SNI and trust anchors); required unless C{plan} never starts
+            TLS.
+        @param name_check: the Verify or Hosted Verify name rule for the
+            peer certificate; required under the verifying settings.
+        @param fallback: set when this session is the clear reconnection
+            after a TLS failure (for the outcome and log).
+        @param call_later: the C{callLater} for timeouts (a test clock).
+        """
+        super().__init__(None, None, None, identity.encode("idna"))
+        self.requireAuthentication = False
+        self.requireTransportSecurity = plan.require
+        self.heloFallback = not plan.require
+        self.debug = True
+        self._plan = plan
+        self._tls_creator_factory = tls_creator
+        self._name_check = name_check
+        self._timeouts = timeouts or Timeouts()
+        self.timeout = self._timeouts.greeting  # type: ignore[assignment]
+        self._maillog = maillog
+        self._dcid = dcid
+        self._mid = mid
+        self._mail_from = mail_from
+        self._recipients = list(recipients)
+        self._body = body
+        if call_later is not None:
+            self.callLater = call_later  # type: ignore[method-assign]
+        self.finished: Deferred[SessionOutcome] = Deferred()
+        self._stage = Stage.GREETING
+        self._extensions: dict[bytes, bytes | None] = {}
+        self._creator: InspectingClientTLS | None = None
+        self._tls_ok = False
+        self._tls = TLSOutcome(level=plan.level, fallback=fallback)
+        self._mail_sent = False
+        self._mail_reply: tuple[int, str] | None = None
+        self._rcpt_replies: list[tuple[str, int, str]] = []
+        self._data_reply: tuple[int, str] | None = None
+        self._dot_sent = False
+        self._failure: str | None = None
+        self._failure_code: int | None = None
+        self._failed_stage: Stage | None = None
+        self._tls_failure = False
+        self._handshake_failed = False
+        self._pending: deque[tuple[Stage, str]] = deque()
+        self._pipelining = False
+        self._encoder = DataEncoder()
+
+    # -- bookkeeping -----------------------------------------------------
+
+    @property
+    def _connection(self) -> Any:
+        """
+        The transport: TCP, with TLS on top after STARTTLS.
+        """
+        return self.transport
+
+    def _fail(self, text: str, code: int | None = None) -> None:
+        """
+        Remember the first reason the session could not finish.
+        """
+        if self._failure is None:
+            self._failure = text
+            self._failure_code = code
+            self._failed_stage = self._stage
+
+    def _outcome(self) -> SessionOutcome:
+        return SessionOutcome(
+            tls=self._tls,
+            mail_sent=self._mail_sent,
+            mail_reply=self._mail_reply,
+            rcpt_replies=tuple(self._rcpt_replies),
+            data_reply=self._data_reply,
+            dot_sent=self._dot_sent,
+            failure=self._failure,
+            failure_code=self._failure_code,
+            failed_stage=self._failed_stage,
+            tls_failure=self._tls_failure,
+            handshake_failed=self._handshake_failed,
+        )
+
+    def _tls_update(self, **changes: Any) -> None:
+        from attrs import evolve
+
+        self._tls = evolve(self._tls, **changes)
+
+    def sendLine(self, line: bytes) -> None:
+        """
+        Send a command with the timeout its reply deserves.
+        """
+        verb = line.split(b" ", 1)[0].split(b":", 1)[0].upper()
+        if verb == b"MAIL" and self._plan.require and not self._tls_ok:
+            # Defence in depth: the states below never get here without
+            # TLS under a setting that requires it; if a bug ever did, the
+            # connection dies rather than the mail leaving in the clear.
+            self._fail("internal error: MAIL FROM without required TLS")
+            self._connection.abortConnection()
+            return
+        self.setTimeout(
+            {
+                b"MAIL": self._timeouts.mail,
+                b"RCPT": self._timeouts.rcpt,
+                b"DATA": self._timeouts.data_init,
+            }.get(verb, self._timeouts.command)
+        )
+        super().sendLine(line)
+
+    def timeoutConnection(self) -> None:
+        """
+        No reply in time: give up on this connection at once (a polite
+        QUIT could wait forever on a server that stopped reading).
+        """
+        self._fail(f"timeout waiting for the server's reply to {self._stage.value}")
+        self._connection.abortConnection()
+
+    def sendError(self, exc: Any) -> None:
+        """
+        The stock client's error path, without its factory and retries.
+        """
+        code = getattr(exc, "code", None)
+        resp = getattr(exc, "resp", b"")
+        self._fail(f"{code} {_text(resp)}" if code and code > 0 else _text(resp), code)
+        SMTPClient.sendError(self, exc)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._stage in (Stage.STARTTLS, Stage.HANDSHAKE) and not self._tls_ok:
+            # Lost while TLS was being set up: whether or not the 220 got
+            # here first, this connection cannot carry mail; a setting
+            # that allows the clear reconnects without STARTTLS.
+            self._handshake_failed = True
+            detail = _describe_tls_error(reason)
+            self._fail(f"TLS handshake failed: {detail}")
+            self._tls_update(failure=TLSResultType.VALIDATION_FAILURE, detail=detail)
+            if self._maillog is not None:
+                self._maillog.dcid_tls_failed(self._dcid, detail)
+        elif self._data_reply is None and self._stage is not Stage.QUIT:
+            self._fail(
+                f"connection lost during {self._stage.value}: "
+                + (reason.getErrorMessage() if reason is not None else "closed")
+            )
+        super().connectionLost(reason)
+        if not self.finished.called:
+            self.finished.callback(self._outcome())
+
+    # -- greeting, EHLO, STARTTLS --------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._stage = Stage.GREETING
+
+    def esmtpState_ehlo(self, code: int, resp: bytes) -> None:
+        self._stage = Stage.EHLO
+        super().esmtpState_ehlo(code, resp)
+
+    def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
+        """
+        Parse the EHLO keywords case-insensitively (RFC 5321 section 4.1.1.1;
+        the stock client matches C{STARTTLS} case-sensitively).
+        """
+        items: dict[bytes, bytes | None] = {}
+        for line in resp.splitlines()[1:]:
+            parts = line.split(None, 1)
+            if parts:
+                items[parts[0].upper()] = parts[1] if len(parts) > 1 else None
+        self._extensions = items
+        self.tryTLS(code, resp, items)
+
+    def tryTLS(self, code: int, resp: bytes, items: dict[bytes, bytes | None]) -> None:
+        if self._tlsMode or not self._plan.starttls:
+            self.authenticate(code, resp, items)
+            return
+        if b"STARTTLS" not in items:
+            if self._maillog is not None:
+                self._maillog.dcid_starttls_not_supported(self._dcid)
+            self._tls_update(
+                failure=TLSResultType.STARTTLS_NOT_SUPPORTED,
+                detail="STARTTLS not offered",
+            )
+            if self._plan.require:
+                self._refuse_without_tls("STARTTLS not offered")
+                return
+            self._tls_update(fallback=Fallback.NOT_OFFERED)
+            self.authenticate(code, resp, items)
+            return
+        self._stage = Stage.STARTTLS
+        self._expected = [220]
+        self._okresponse = self.esmtpState_starttls
+        self._failresponse = self._starttls_refused
+        self.sendLine(b"STARTTLS")
+
+    def esmtpEHLORequired(self, code: int = -1, resp: bytes | None = None) -> None:
+        """
+        EHLO was refused: without it there is no STARTTLS, so a setting
+        that requires TLS ends here.
+        """
+        if self._plan.require:
+            self._tls_update(
+                failure=TLSResultType.STARTTLS_NOT_SUPPORTED,
+                detail=f"EHLO refused: {code} {_text(resp or b'')}",
+            )
+            self._refuse_without_tls(f"EHLO refused ({code}), so no STARTTLS")
+            return
+        super().esmtpEHLORequired(code, resp)
+
+    def _starttls_refused(self, code: int, resp: bytes) -> None:
+        """
+        STARTTLS failed before the C{220}: go on in the clear on this
+        connection, unless the setting requires TLS.
+        """
+        detail = f"STARTTLS refused: {code} {_text(resp)}"
+        self._tls_update(failure=TLSResultType.STARTTLS_NOT_SUPPORTED, detail=detail)
+        if self._maillog is not None:
+            self._maillog.dcid_tls_failed(self._dcid, detail)
+        if code == 421:
+            # The server is closing the session, not refusing TLS.
+            self._fail(detail, code)
+            self._stage = Stage.QUIT
+            self._connection.loseConnection()
+            return
+        if self._plan.require:
+            self._refuse_without_tls(detail)
+            return
+        log.info(
+            "DCID {dcid}: {detail}; continuing in the clear on the same connection",
+            dcid=self._dcid,
+            detail=detail,
+        )
+        self._tls_update(fallback=Fallback.REFUSED)
+        self.authenticate(code, resp, self._extensions)
+
+    def esmtpState_starttls(self, code: int, resp: bytes) -> None:
+        """
+        The server said C{220}: discard anything it sent after that line in
+        plaintext (response injection), start TLS, and wait for the
+        handshake before sending anything more.
+        """
+        injected = self.clearLineBuffer()
+        if injected:
+            log.warn(
+                "DCID {dcid}: discarded {n} plaintext bytes the server sent after its 220 "
+                "to STARTTLS (possible response injection)",
+                dcid=self._dcid,
+                n=len(injected),
+            )
+            self._tls_update(discarded_plaintext=len(injected))
+        self._stage = Stage.HANDSHAKE
+        self.setTimeout(self._timeouts.command)
+        # No reply is expected until we speak again, after the handshake.
+        self._expected = []
+        self._okresponse = self._unexpected_reply
+        self._failresponse = self._unexpected_reply
+        if self._tls_creator_factory is None:
+            self._fail("no TLS client configured")
+            self._connection.abortConnection()
+            return
+        self._creator = self._tls_creator_factory()
+        try:
+            self._connection.startTLS(self._creator)
+        except Exception as e:
+            self._fail(f"could not start TLS: {e}")
+            self._connection.abortConnection()
+
+    def _unexpected_reply(self, code: int, resp: bytes) -> None:
+        self._fail(f"unexpected reply during {self._stage.value}: {code} {_text(resp)}", code)
+        self._connection.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        """
+        TLS is up.  Decide, before anything is sent over it, whether the
+        setting accepts this peer.
+        """
+        if self._creator is None:
+            return
+        facts = self._creator.facts()
+        self._tlsMode = True
+        info = TLSInfo(
+            protocol=facts.protocol,
+            cipher=facts.cipher,
+            peer_certificate_subject=facts.leaf.subject.rfc4514_string() if facts.leaf else None,
+        )
+        verified, failure, detail, match = self._check(facts)
+        self._tls_update(
+            encrypted=True,
+            protocol=facts.protocol,
+            cipher=facts.cipher,
+            verified=verified,
+            match=match,
+            failure=failure,
+            detail=detail,
+            peer_subject=info.peer_certificate_subject,
+            fallback=None,
+        )
+        if self._plan.require_verified and not verified:
+            if self._maillog is not None:
+                self._maillog.dcid_tls_failed(self._dcid, detail or "verification failed")
+            self._refuse_without_tls(detail or "verification failed")
+            return
+        self._tls_ok = True
+        if self._maillog is not None:
+            self._maillog.dcid_tls_success(self._dcid, info, verified)
+        if self._plan.verify and not verified:
+            log.warn(
+                "DCID {dcid}: certificate verification failed ({detail}); delivering "
+                "encrypted but unverified as {tls_level} allows",
+                dcid=self._dcid,
+                detail=detail,
+                tls_level=self._plan.level.value,
+            )
+        self.esmtpState_ehlo(220, b"")
+
+    def _check(
+        self, facts: HandshakeFacts
+    ) -> tuple[bool, TLSResultType | None, str | None, NameMatch | None]:
+        """
+        Chain and name verification, under the settings that verify.
+        """
+        if not self._plan.verify:
+            return False, None, None, None
+        if facts.leaf is None:
+            return False, TLSResultType.VALIDATION_FAILURE, "no server certificate", None
+        match = self._name_check(facts.leaf) if self._name_check is not None else None
+        if facts.chain_errors:
+            return (
+                False,
+                classify_chain_errors(facts.chain_errors),
+                facts.chain_errors[0].describe(),
+                match,
+            )
+        if match is None:
+            return (
+                False,
+                TLSResultType.CERTIFICATE_HOST_MISMATCH,
+                "verify error: no certificate name matches the destination",
+                None,
+            )
+        return True, None, None, match
+
+    def _refuse_without_tls(self, reason: str) -> None:
+        """
+        The setting forbids going on: no MAIL FROM; QUIT and report.
+        """
+        self._tls_failure = True
+        if self._tls.failure is None:
+            self._tls_update(failure=TLSResultType.VALIDATION_FAILURE, detail=reason)
+        self._fail(
+            f"TLS required by the destination's setting ({self._plan.level.value}): {reason}"
+        )
+        self._stage = Stage.QUIT
+        self._disconnectFromServer()
+
+    # -- the mail transaction -------------------------------------------
+
+    def smtpState_from(self, code: int, resp: bytes) -> None:
+        """
+        Start the transaction: MAIL, each RCPT and DATA, in one write when
+        the server offers PIPELINING.
+        """
+        if self._plan.require and not self._tls_ok:
+            self._refuse_without_tls("TLS was not negotiated")
+            return
+        self._pipelining = b"PIPELINING" in self._extensions
+        self._expected = list(range(1000))
+        self._okresponse = self._reply
+        self._failresponse = self._reply
+        self._pending.clear()
+        mail = b"MAIL FROM:<" + self._mail_from.encode("utf-8") + b">"
+        size = self._body_size()
+        if b"SIZE" in self._extensions and size is not None:
+            mail += b" SIZE=%d" % (size,)
+        if not self._mail_from.isascii() or any(not a.isascii() for _, a in self._recipients):
+            if b"SMTPUTF8" in self._extensions:
+                mail += b" SMTPUTF8"
+        if self._maillog is not None and self._mid is not None:
+            self._maillog.delivery_start(
+                self._dcid, self._mid, [rid for rid, _ in self._recipients]
+            )
+        self._mail_sent = True
+        self._stage = Stage.MAIL
+        self._queue_command(Stage.MAIL, "", mail)
+        if self._pipelining:
+            for _, address in self._recipients:
+                self._queue_command(Stage.RCPT, address, self._rcpt_line(address))
+            self._queue_command(Stage.DATA, "", b"DATA")
+
+    def _rcpt_line(self, address: str) -> bytes:
+        return b"RCPT TO:<" + address.encode("utf-8") + b">"
+
+    def _queue_command(self, stage: Stage, address: str, line: bytes) -> None:
+        self._pending.append((stage, address))
+        self.sendLine(line)
+
+    def _body_size(self) -> int | None:
+        try:
+            here = self._body.tell()
+            self._body.seek(0, 2)
+            end = self._body.tell()
+            self._body.seek(here)
+        except (OSError, ValueError):
+            return None
+        return end - here
+
+    def _reply(self, code: int, resp: bytes) -> None:
+        """
+        One reply in a transaction; with PIPELINING they come in the order
+        the commands went.
+        """
+        if not self._pending:
+            return self._unexpected_reply(code, resp)
+        stage, address = self._pending.popleft()
+        self._stage = stage
+        text = _text(resp)
+        if code == 421 and stage is not Stage.DOT:
+            # The server is closing: every reply after this one is lost.
+            if stage is Stage.MAIL:
+                self._mail_reply = (code, text)
+            self._fail(f"{code} {text}", code)
+            self._connection.loseConnection()
+            return None
+        if stage is Stage.MAIL:
+            self._mail_reply = (code, text)
+            if not _is_ok(code) and not self._pipelining:
+                return self._quit()
+            if not self._pipelining:
+                self._next_rcpt()
+        elif stage is Stage.RCPT:
+            self._rcpt_replies.append((address, code, text))
+            if not self._pipelining:
+                self._next_rcpt()
+        elif stage is Stage.DATA:
+            self._data_started(code, text)
+        elif stage is Stage.DOT:
+            self._data_reply = (code, text)
+            if _is_ok(code) and self._maillog is not None and self._mid is not None:
+                accepted = {a for a, c, _ in self._rcpt_replies if _is_ok(c)}
+                self._maillog.message_done(
+                    self._dcid, self._mid, [rid for rid, a in self._recipients if a in accepted]
+                )
+            self._quit()
+        return None
+
+    def _next_rcpt(self) -> None:
+        done = len(self._rcpt_replies)
+        if done < len(self._recipients):
+            address = self._recipients[done][1]
+            self._queue_command(Stage.RCPT, address, self._rcpt_line(address))
+        elif any(_is_ok(c) for _, c, _ in self._rcpt_replies):
+            self._queue_command(Stage.DATA, "", b"DATA")
+        else:
+            self._quit()
+
+    def _data_started(self, code: int, text: str) -> None:
+        mail_ok = self._mail_reply is not None and _is_ok(self._mail_reply[0])
+        any_rcpt = any(_is_ok(c) for _, c, _ in self._rcpt_replies)
+        if code != 354:
+            if mail_ok and any_rcpt:
+                self._data_reply = (code, text)
+            return self._quit()
+        if not (mail_ok and any_rcpt):
+            # RFC 2920 section 3.1: DATA was accepted though nothing else
+            # was; end it with an empty message the server will refuse.
+            self._pending.append((Stage.DOT, ""))
+            self._connection.write(b".\r\n")
+            self._dot_sent = False
+            return None
+        self._stage = Stage.BODY
+        self.setTimeout(self._timeouts.data_block)
+        sender = FileSender()
+        sending = sender.beginFileTransfer(self._body, self.transport, self._transform)
+        sending.addCallbacks(self._body_sent, self._body_failed)
+        return None
+
+    def _transform(self, chunk: bytes) -> bytes:
+        self.resetTimeout()
+        return self._encoder.encode(chunk)
+
+    def _body_sent(self, last: object) -> None:
+        self._stage = Stage.DOT
+        self._pending.append((Stage.DOT, ""))
+        self.setTimeout(self._timeouts.data_term)
+        self._connection.write(self._encoder.finish())
+        self._dot_sent = True
+
+    def _body_failed(self, failure: Failure) -> None:
+        self._fail(f"could not read the message body: {failure.getErrorMessage()}")
+        self._connection.abortConnection()
+
+    def _quit(self) -> None:
+        self._stage = Stage.QUIT
+        self._pending.clear()
+        self._disconnectFromServer()
+
+    # Not used: the transaction above replaces the stock one.
+
+    def getMailFrom(self) -> str | None:
+        return self._mail_from
+
+    def getMailTo(self) -> list[str]:
+        return [address for _, address in self._recipients]
+
+    def getMailData(self) -> IO[bytes]:
+        return self._body
+
+    def sentMail(self, *args: object) -> None:
+        pass
+
+
+def _describe_tls_error(reason: Failure | None) -> str:
+    """
+    A short text for why a handshake ended.
+    """
+    if reason is None:
+        return "connection closed"
+    value = reason.value
+    args = getattr(value, "args", ())
+    if args and isinstance(args[0], list) and args[0]:
+        parts = [" ".join(str(p) for p in entry if p) for entry in args[0]]
+        return "; ".join(parts) or type(value).__name__
+    return reason.getErrorMessage() or type(value).__name__
+
+
+__all__ = ["DeliveryClient", "SMTPClientError", "SessionOutcome", "Stage", "Timeouts"]

@@ -1,0 +1,704 @@
+"""
+Tests for the delivery client (L{esa_tls.outbound.client}) through
+L{esa_tls.outbound.attempt.deliver_message}, against a scripted hostile
+SMTP server on loopback with real TLS handshakes: each Destination
+Controls TLS setting against servers that offer, strip, refuse or break
+STARTTLS, inject plaintext, or present bad certificates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections.abc import Sequence
+from io import BytesIO
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from esa_tls.config.model import (
+    DestinationControl,
+    DestinationTLS,
+    GatewayConfig,
+    SystemSettings,
+)
+from esa_tls.maillog import MailLog, MailLogCollector
+from esa_tls.outbound.attempt import deliver_message
+from esa_tls.outbound.client import Timeouts
+from esa_tls.outbound.result import (
+    DeliveryResult,
+    Fallback,
+    RecipientStatus,
+    TLSFailureEvent,
+    TLSResultType,
+)
+from esa_tls.testing import CertificateAuthority, expired, self_signed
+from tests.peers.hostile import GARBAGE, RESET, HostileServer, Script, start_hostile_server
+
+CA = CertificateAuthority.generate()
+GOOD = CA.issue(["partner.example"])
+SELF_SIGNED = self_signed(["partner.example"])
+EXPIRED = expired(CA, ["partner.example"])
+WRONG_NAME = CA.issue(["elsewhere.example"])
+CN_ONLY = CA.issue(["partner.example"], san=False)
+
+BODY = b"Subject: test\r\nFrom: sender@gw.test\r\n\r\nHello.\r\n"
+
+NO = DestinationTLS.NO
+PREFERRED = DestinationTLS.PREFERRED
+REQUIRED = DestinationTLS.REQUIRED
+PREFERRED_VERIFY = DestinationTLS.PREFERRED_VERIFY
+REQUIRED_VERIFY = DestinationTLS.REQUIRED_VERIFY
+HOSTED = DestinationTLS.REQUIRED_VERIFY_HOSTED
+
+DELIVERED = RecipientStatus.DELIVERED
+DEFERRED = RecipientStatus.DEFERRED
+BOUNCED = RecipientStatus.BOUNCED
+
+
+class DeliveryTestCase(TestCase):
+    """
+    Delivers to C{partner.example} through an SMTP route to a scripted
+    server, trusting only the test CA.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.ca_file = os.path.join(directory, "ca.pem")
+        with open(self.ca_file, "wb") as f:
+            f.write(CA.cert_pem)
+        self.collector = MailLogCollector()
+        self.maillog = MailLog(observer=self.collector)
+        self.events: list[TLSFailureEvent] = []
+
+    def serve(self, **script: object) -> HostileServer:
+        return start_hostile_server(self, Script(**script))  # type: ignore[arg-type]
+
+    async def deliver(
+        self,
+        level: DestinationTLS,
+        hosts: Sequence[str] | HostileServer,
+        *,
+        body: bytes = BODY,
+        recipients: Sequence[tuple[int, str]] = ((1, "rcpt@partner.example"),),
+        mail_from: str = "sender@gw.test",
+        timeouts: Timeouts | None = None,
+    ) -> DeliveryResult:
+        if isinstance(hosts, HostileServer):
+            hosts = [f"127.0.0.1:{hosts.port}"]
+        config = GatewayConfig(
+            system=SystemSettings(hostname="gw.test"),
+            destinations={
+                "partner.example": DestinationControl(
+                    domain="partner.example", tls=level, ca_file=self.ca_file
+                )
+            },
+            smtp_routes={"partner.example": tuple(hosts)},
+        )
+        return await deliver_message(
+            reactor,
+            None,
+            config,
+            "partner.example",
+            mail_from,
+            recipients,
+            BytesIO(body),
+            dcid_allocator=itertools.count(1).__next__,
+            maillog=self.maillog,
+            mid=7,
+            on_tls_failure=self.events.append,
+            timeouts=timeouts or Timeouts.uniform(10),
+            trust_system=False,
+        )
+
+    def assertStatuses(self, result: DeliveryResult, *expected: RecipientStatus) -> None:
+        self.assertEqual([r.status for r in result.recipients], list(expected), result)
+
+    def assertNothingSent(self, server: HostileServer) -> None:
+        """
+        No mail transaction command reached the server, and no message.
+        """
+        verbs = server.verbs()
+        for verb in (b"MAIL", b"RCPT", b"DATA"):
+            self.assertNotIn(verb, verbs)
+        self.assertEqual(server.capture.messages, [])
+
+    def assertDeliveredClear(self, result: DeliveryResult, server: HostileServer) -> None:
+        self.assertStatuses(result, DELIVERED)
+        assert result.tls is not None
+        self.assertFalse(result.tls.encrypted)
+        self.assertIn(b"MAIL", server.verbs(over_tls=False))
+        self.assertEqual(len(server.capture.messages), 1)
+
+    def assertDeliveredEncrypted(
+        self, result: DeliveryResult, server: HostileServer, verified: bool
+    ) -> None:
+        self.assertStatuses(result, DELIVERED)
+        assert result.tls is not None
+        self.assertTrue(result.tls.encrypted)
+        self.assertEqual(result.tls.verified, verified)
+        self.assertIsNotNone(result.tls.protocol)
+        self.assertNotIn(b"MAIL", server.verbs(over_tls=False))
+        self.assertIn(b"MAIL", server.verbs(over_tls=True))
+        self.assertEqual(server.capture.messages[0][2], BODY)
+
+    def assertTLSDeferred(
+        self, result: DeliveryResult, server: HostileServer, result_type: TLSResultType
+    ) -> None:
+        """
+        Deferred (4xx class) with nothing sent, a TLS failure recorded and
+        the alert callback called.
+        """
+        self.assertStatuses(result, DEFERRED)
+        self.assertTrue(result.recipients[0].text.startswith("4.7.5 TLS required"))
+        self.assertNothingSent(server)
+        self.assertTrue(result.tls_required_failure)
+        self.assertEqual([e.result_type for e in self.events], [result_type])
+        self.assertEqual(self.events[0].domain, "partner.example")
+        self.assertEqual(self.events[0].mid, 7)
+
+
+class OfferedGoodCertificateTests(DeliveryTestCase):
+    """
+    The server offers STARTTLS with a certificate for C{partner.example}
+    from a trusted CA.
+    """
+
+    async def test_no(self) -> None:
+        """
+        C{no}: STARTTLS is never sent; mail goes in the clear.
+        """
+        server = self.serve(certificate=GOOD)
+        result = await self.deliver(NO, server)
+        self.assertDeliveredClear(result, server)
+        self.assertNotIn(b"STARTTLS", server.verbs())
+
+    async def test_preferred(self) -> None:
+        """
+        C{preferred}: delivered encrypted, the certificate not checked.
+        """
+        server = self.serve(certificate=GOOD)
+        result = await self.deliver(PREFERRED, server)
+        self.assertDeliveredEncrypted(result, server, verified=False)
+
+    async def test_required(self) -> None:
+        """
+        C{required}: delivered encrypted.
+        """
+        server = self.serve(certificate=GOOD)
+        result = await self.deliver(REQUIRED, server)
+        self.assertDeliveredEncrypted(result, server, verified=False)
+        self.assertFalse(result.tls_required_failure)
+
+    async def test_preferred_verify(self) -> None:
+        """
+        C{preferred-verify}: delivered encrypted and verified against the
+        email domain.
+        """
+        server = self.serve(certificate=GOOD)
+        result = await self.deliver(PREFERRED_VERIFY, server)
+        self.assertDeliveredEncrypted(result, server, verified=True)
+        assert result.tls is not None and result.tls.match is not None
+        self.assertEqual(result.tls.match.reference, "partner.example")
+
+    async def test_required_verify(self) -> None:
+        """
+        C{required-verify}: delivered encrypted and verified.
+        """
+        server = self.serve(certificate=GOOD)
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertDeliveredEncrypted(result, server, verified=True)
+
+    async def test_required_verify_hosted(self) -> None:
+        """
+        C{required-verify-hosted}: delivered encrypted and verified.
+        """
+        server = self.serve(certificate=GOOD)
+        result = await self.deliver(HOSTED, server)
+        self.assertDeliveredEncrypted(result, server, verified=True)
+
+    async def test_cn_only_certificate(self) -> None:
+        """
+        A certificate without SAN verifies by its CN.
+        """
+        server = self.serve(certificate=CN_ONLY)
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertDeliveredEncrypted(result, server, verified=True)
+
+    async def test_mail_log(self) -> None:
+        """
+        The mail log tells the ESA story of the delivery connection.
+        """
+        server = self.serve(certificate=GOOD)
+        await self.deliver(REQUIRED_VERIFY, server)
+        lines = self.collector.lines
+        self.assertEqual(
+            lines[0], f"New SMTP DCID 1 interface 127.0.0.1 address 127.0.0.1 port {server.port}"
+        )
+        self.assertRegex(
+            lines[1], r"^DCID 1 TLS success protocol TLSv1\.[23] cipher \S+ verified yes$"
+        )
+        self.assertEqual(
+            lines[2:],
+            [
+                "Delivery start DCID 1 MID 7 to RID [1]",
+                "Message done DCID 1 MID 7 to RID [1]",
+                "DCID 1 close",
+            ],
+        )
+
+
+class NotOfferedTests(DeliveryTestCase):
+    """
+    The server does not offer STARTTLS (stripped by a man in the middle,
+    or never configured).
+    """
+
+    async def test_preferred(self) -> None:
+        """
+        C{preferred}: delivered in the clear; the log says STARTTLS was not
+        supported.
+        """
+        server = self.serve()
+        result = await self.deliver(PREFERRED, server)
+        self.assertDeliveredClear(result, server)
+        assert result.tls is not None
+        self.assertEqual(result.tls.fallback, Fallback.NOT_OFFERED)
+        self.assertIn("DCID 1 STARTTLS command not supported.", self.collector.lines)
+        self.assertEqual(self.events, [])
+
+    async def test_preferred_verify(self) -> None:
+        """
+        C{preferred-verify}: delivered in the clear.
+        """
+        server = self.serve()
+        result = await self.deliver(PREFERRED_VERIFY, server)
+        self.assertDeliveredClear(result, server)
+
+    async def test_required(self) -> None:
+        """
+        C{required}: nothing is sent, the message is deferred and a TLS
+        failure event is raised.
+        """
+        server = self.serve()
+        result = await self.deliver(REQUIRED, server)
+        self.assertTLSDeferred(result, server, TLSResultType.STARTTLS_NOT_SUPPORTED)
+        self.assertEqual(server.verbs(), [b"EHLO", b"QUIT"])
+
+    async def test_required_verify(self) -> None:
+        """
+        C{required-verify}: deferred with nothing sent.
+        """
+        server = self.serve()
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertTLSDeferred(result, server, TLSResultType.STARTTLS_NOT_SUPPORTED)
+
+    async def test_required_verify_hosted(self) -> None:
+        """
+        C{required-verify-hosted}: deferred with nothing sent.
+        """
+        server = self.serve()
+        result = await self.deliver(HOSTED, server)
+        self.assertTLSDeferred(result, server, TLSResultType.STARTTLS_NOT_SUPPORTED)
+
+
+class RefusedTests(DeliveryTestCase):
+    """
+    STARTTLS is offered but refused before the C{220}.
+    """
+
+    async def test_preferred_454(self) -> None:
+        """
+        C{preferred} and a 454: continue in the clear on the same
+        connection.
+        """
+        server = self.serve(certificate=GOOD, starttls_reply=b"454 4.7.0 TLS not available")
+        result = await self.deliver(PREFERRED, server)
+        self.assertDeliveredClear(result, server)
+        self.assertEqual(server.capture.connections, 1)
+        assert result.tls is not None
+        self.assertEqual(result.tls.fallback, Fallback.REFUSED)
+
+    async def test_preferred_502(self) -> None:
+        """
+        C{preferred} and a 502: continue in the clear on the same
+        connection.
+        """
+        server = self.serve(certificate=GOOD, starttls_reply=b"502 5.5.1 Not implemented")
+        result = await self.deliver(PREFERRED, server)
+        self.assertDeliveredClear(result, server)
+        self.assertEqual(server.capture.connections, 1)
+
+    async def test_preferred_verify_454(self) -> None:
+        """
+        C{preferred-verify} and a 454: delivered in the clear.
+        """
+        server = self.serve(certificate=GOOD, starttls_reply=b"454 4.7.0 TLS not available")
+        result = await self.deliver(PREFERRED_VERIFY, server)
+        self.assertDeliveredClear(result, server)
+
+    async def test_required_454(self) -> None:
+        """
+        C{required} and a 454: deferred, nothing sent.
+        """
+        server = self.serve(certificate=GOOD, starttls_reply=b"454 4.7.0 TLS not available")
+        result = await self.deliver(REQUIRED, server)
+        self.assertTLSDeferred(result, server, TLSResultType.STARTTLS_NOT_SUPPORTED)
+
+    async def test_required_verify_502(self) -> None:
+        """
+        C{required-verify} and a 502: deferred, nothing sent.
+        """
+        server = self.serve(certificate=GOOD, starttls_reply=b"502 5.5.1 Not implemented")
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertTLSDeferred(result, server, TLSResultType.STARTTLS_NOT_SUPPORTED)
+
+
+class BrokenAfter220Tests(DeliveryTestCase):
+    """
+    The server says C{220} to STARTTLS and then breaks the handshake.
+    """
+
+    async def test_preferred_garbage_reconnects_clear(self) -> None:
+        """
+        C{preferred}: a handshake that fails after the 220 is followed by a
+        new connection, in the clear, which carries the mail.
+        """
+        server = self.serve(certificate=GOOD, after_220=GARBAGE)
+        result = await self.deliver(PREFERRED, server)
+        self.assertDeliveredClear(result, server)
+        self.assertEqual(server.capture.connections, 2)
+        self.assertEqual(
+            server.verbs(), [b"EHLO", b"STARTTLS", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT"]
+        )
+        assert result.tls is not None
+        self.assertEqual(result.tls.fallback, Fallback.RECONNECTED)
+        self.assertTrue(any(line.startswith("DCID 1 TLS failed:") for line in self.collector.lines))
+        self.assertIn("Delivery start DCID 2 MID 7 to RID [1]", self.collector.lines)
+
+    async def test_preferred_verify_reset_reconnects_clear(self) -> None:
+        """
+        C{preferred-verify}: a reset after the 220 also falls back to a
+        clear reconnection.
+        """
+        server = self.serve(certificate=GOOD, after_220=RESET)
+        result = await self.deliver(PREFERRED_VERIFY, server)
+        self.assertDeliveredClear(result, server)
+        self.assertEqual(server.capture.connections, 2)
+
+    async def test_required_garbage(self) -> None:
+        """
+        C{required}: deferred, nothing sent, no clear reconnection.
+        """
+        server = self.serve(certificate=GOOD, after_220=GARBAGE)
+        result = await self.deliver(REQUIRED, server)
+        self.assertTLSDeferred(result, server, TLSResultType.VALIDATION_FAILURE)
+        self.assertEqual(server.capture.connections, 1)
+
+    async def test_required_verify_reset(self) -> None:
+        """
+        C{required-verify}: deferred, nothing sent.
+        """
+        server = self.serve(certificate=GOOD, after_220=RESET)
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertTLSDeferred(result, server, TLSResultType.VALIDATION_FAILURE)
+        self.assertEqual(server.capture.connections, 1)
+
+
+class ResponseInjectionTests(DeliveryTestCase):
+    """
+    The server (or a man in the middle) sends C{250 INJECTED} in the same
+    plaintext segment as its C{220} to STARTTLS, hoping the client takes it
+    for the post-TLS EHLO reply.
+    """
+
+    def injector(self) -> HostileServer:
+        return self.serve(
+            certificate=GOOD,
+            starttls_reply=b"220 go ahead",
+            after_starttls=b"250 INJECTED\r\n",
+            hold_ehlo_reply_over_tls=0.2,
+        )
+
+    async def test_preferred(self) -> None:
+        """
+        The injected bytes are discarded: the client sends EHLO over TLS
+        and nothing more until the real reply.
+        """
+        server = self.injector()
+        result = await self.deliver(PREFERRED, server)
+        self.assertDeliveredEncrypted(result, server, verified=False)
+        self.assertEqual(server.capture.premature, [])
+        assert result.tls is not None
+        self.assertEqual(result.tls.discarded_plaintext, len(b"250 INJECTED\r\n"))
+
+    async def test_required_verify(self) -> None:
+        """
+        Same under C{required-verify}.
+        """
+        server = self.injector()
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertDeliveredEncrypted(result, server, verified=True)
+        self.assertEqual(server.capture.premature, [])
+
+
+class CertificateTests(DeliveryTestCase):
+    """
+    Certificates that do not verify.
+    """
+
+    async def test_self_signed_preferred_verify(self) -> None:
+        """
+        C{preferred-verify} delivers encrypted but unverified, and says
+        why.
+        """
+        server = self.serve(certificate=SELF_SIGNED)
+        result = await self.deliver(PREFERRED_VERIFY, server)
+        self.assertDeliveredEncrypted(result, server, verified=False)
+        assert result.tls is not None
+        self.assertEqual(result.tls.failure, TLSResultType.CERTIFICATE_NOT_TRUSTED)
+        self.assertIn("verified no", " ".join(self.collector.lines))
+        self.assertEqual(self.events, [])
+
+    async def test_self_signed_preferred(self) -> None:
+        """
+        C{preferred} does not check: delivered encrypted.
+        """
+        server = self.serve(certificate=SELF_SIGNED)
+        result = await self.deliver(PREFERRED, server)
+        self.assertDeliveredEncrypted(result, server, verified=False)
+
+    async def test_self_signed_required(self) -> None:
+        """
+        C{required} does not check either.
+        """
+        server = self.serve(certificate=SELF_SIGNED)
+        result = await self.deliver(REQUIRED, server)
+        self.assertDeliveredEncrypted(result, server, verified=False)
+
+    async def test_self_signed_required_verify(self) -> None:
+        """
+        C{required-verify}: deferred, nothing but QUIT sent over TLS.
+        """
+        server = self.serve(certificate=SELF_SIGNED)
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertTLSDeferred(result, server, TLSResultType.CERTIFICATE_NOT_TRUSTED)
+        self.assertEqual(server.verbs(over_tls=True), [b"QUIT"])
+        self.assertTrue(
+            any(
+                line.startswith("DCID 1 TLS failed: verify error: self-signed")
+                for line in self.collector.lines
+            )
+        )
+
+    async def test_expired_required_verify(self) -> None:
+        """
+        An expired certificate: deferred, C{certificate-expired}.
+        """
+        server = self.serve(certificate=EXPIRED)
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertTLSDeferred(result, server, TLSResultType.CERTIFICATE_EXPIRED)
+
+    async def test_expired_hosted(self) -> None:
+        """
+        C{required-verify-hosted} also refuses an expired certificate.
+        """
+        server = self.serve(certificate=EXPIRED)
+        result = await self.deliver(HOSTED, server)
+        self.assertTLSDeferred(result, server, TLSResultType.CERTIFICATE_EXPIRED)
+
+    async def test_wrong_name_required_verify(self) -> None:
+        """
+        A trusted certificate for another name: deferred,
+        C{certificate-host-mismatch}.
+        """
+        server = self.serve(certificate=WRONG_NAME)
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertTLSDeferred(result, server, TLSResultType.CERTIFICATE_HOST_MISMATCH)
+
+    async def test_wrong_name_preferred_verify(self) -> None:
+        """
+        C{preferred-verify} delivers to the wrong name, encrypted and
+        unverified.
+        """
+        server = self.serve(certificate=WRONG_NAME)
+        result = await self.deliver(PREFERRED_VERIFY, server)
+        self.assertDeliveredEncrypted(result, server, verified=False)
+        assert result.tls is not None
+        self.assertEqual(result.tls.failure, TLSResultType.CERTIFICATE_HOST_MISMATCH)
+
+    async def test_route_host_name(self) -> None:
+        """
+        Through an SMTP route with a host name, Verify and Hosted Verify
+        accept a certificate for the route host.
+        """
+        from twisted.names import dns
+
+        from tests.peers.dns import start_dns_server
+
+        server = self.serve(certificate=CA.issue(["relay.example"]))
+        dns_server = start_dns_server(self, {"relay.example": [dns.Record_A("127.0.0.1")]})
+        config = GatewayConfig(
+            system=SystemSettings(hostname="gw.test"),
+            destinations={
+                "partner.example": DestinationControl(
+                    domain="partner.example", tls=HOSTED, ca_file=self.ca_file
+                )
+            },
+            smtp_routes={"partner.example": (f"relay.example:{server.port}",)},
+        )
+        result = await deliver_message(
+            reactor,
+            dns_server.resolver(),
+            config,
+            "partner.example",
+            "s@gw.test",
+            [(1, "r@partner.example")],
+            BytesIO(BODY),
+            dcid_allocator=itertools.count(1).__next__,
+            trust_system=False,
+        )
+        self.assertStatuses(result, DELIVERED)
+        assert result.tls is not None and result.tls.match is not None
+        self.assertEqual(result.tls.match.kind.value, "SMTP route hostname")
+
+
+class TransactionTests(DeliveryTestCase):
+    """
+    Replies per recipient, errors and timeouts.
+    """
+
+    RECIPIENTS = (
+        (1, "ok@partner.example"),
+        (2, "later@partner.example"),
+        (3, "no@partner.example"),
+    )
+    REPLIES = {
+        "later@partner.example": b"450 4.2.1 Mailbox busy",
+        "no@partner.example": b"550 5.1.1 No such user",
+    }
+
+    async def test_per_recipient_pipelined(self) -> None:
+        """
+        With PIPELINING, each recipient gets its own outcome: 2xx
+        delivered, 4xx deferred, 5xx bounced.
+        """
+        server = self.serve(rcpt_replies=self.REPLIES)
+        result = await self.deliver(NO, server, recipients=self.RECIPIENTS)
+        self.assertStatuses(result, DELIVERED, DEFERRED, BOUNCED)
+        self.assertEqual(result.recipients[2].code, 550)
+        self.assertEqual(server.capture.messages[0][1], [b"ok@partner.example"])
+        self.assertIn("MID 7 RID [2] deferred: 450 4.2.1 Mailbox busy", self.collector.lines)
+        self.assertIn("MID 7 RID [3] bounced: 550 5.1.1 No such user", self.collector.lines)
+
+    async def test_per_recipient_sequential(self) -> None:
+        """
+        Without PIPELINING, the same outcomes, one command at a time.
+        """
+        server = self.serve(rcpt_replies=self.REPLIES, ehlo_keywords=(b"8BITMIME",))
+        result = await self.deliver(NO, server, recipients=self.RECIPIENTS)
+        self.assertStatuses(result, DELIVERED, DEFERRED, BOUNCED)
+
+    async def test_mail_from_rejected(self) -> None:
+        """
+        A 5xx to MAIL FROM bounces every recipient.
+        """
+        server = self.serve(mail_reply=b"553 5.7.1 Sender rejected")
+        result = await self.deliver(NO, server, recipients=self.RECIPIENTS)
+        self.assertStatuses(result, BOUNCED, BOUNCED, BOUNCED)
+
+    async def test_final_reply_temporary(self) -> None:
+        """
+        A 4xx after the final dot defers the accepted recipients.
+        """
+        server = self.serve(final_reply=b"451 4.3.0 Try later")
+        result = await self.deliver(NO, server)
+        self.assertStatuses(result, DEFERRED)
+        self.assertEqual(result.recipients[0].code, 451)
+
+    async def test_timeout(self) -> None:
+        """
+        A server that stops answering after MAIL FROM: the recipient is
+        deferred, with the reason.
+        """
+        server = self.serve(silent_after=b"MAIL", ehlo_keywords=(b"8BITMIME",))
+        result = await self.deliver(NO, server, timeouts=Timeouts.uniform(0.5))
+        self.assertStatuses(result, DEFERRED)
+        self.assertIn("timeout", result.recipients[0].text)
+
+    async def test_null_sender(self) -> None:
+        """
+        The null reverse path goes out as C{MAIL FROM:<>}.
+        """
+        server = self.serve()
+        result = await self.deliver(NO, server, mail_from="")
+        self.assertStatuses(result, DELIVERED)
+        self.assertIn((False, b"MAIL FROM:<>"), server.capture.commands)
+
+    async def test_bad_address_never_sent(self) -> None:
+        """
+        A stored address with a line break bounces without reaching the
+        wire.
+        """
+        server = self.serve()
+        result = await self.deliver(
+            NO,
+            server,
+            recipients=[(1, "a@partner.example\r\nRCPT TO:<x@y>"), (2, "b@partner.example")],
+        )
+        self.assertStatuses(result, BOUNCED, DELIVERED)
+        self.assertNotIn(b"x@y", b"".join(line for _, line in server.capture.commands))
+
+    async def test_next_host(self) -> None:
+        """
+        An unreachable first host is passed over for the next.
+        """
+        unused = socket.socket()
+        unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]
+        unused.close()
+        server = self.serve()
+        result = await self.deliver(NO, [f"127.0.0.1:{closed_port}", f"127.0.0.1:{server.port}"])
+        self.assertStatuses(result, DELIVERED)
+        self.assertEqual(result.port, server.port)
+
+    async def test_required_tls_next_host(self) -> None:
+        """
+        Under C{required}, a host without STARTTLS is passed over (and
+        reported) for one with it.
+        """
+        plain = self.serve()
+        good = self.serve(certificate=GOOD)
+        result = await self.deliver(REQUIRED, [f"127.0.0.1:{plain.port}", f"127.0.0.1:{good.port}"])
+        self.assertStatuses(result, DELIVERED)
+        self.assertNothingSent(plain)
+        self.assertEqual(len(self.events), 1)
+        self.assertEqual(self.events[0].port, plain.port)
+
+
+class DotStuffingTests(DeliveryTestCase):
+    """
+    The body crosses the wire intact however it is cut.
+    """
+
+    async def test_dot_at_16k_boundary(self) -> None:
+        """
+        A line starting with C{.} at offset 16384, followed by what would be
+        a smuggled transaction, arrives as part of the one message.
+        """
+        body = (
+            b"Subject: boundary\r\n\r\n"
+            + b"x" * (16384 - 23)
+            + b"\r\n"
+            + b".\r\nMAIL FROM:<smuggler@evil.example>\r\nRCPT TO:<victim@partner.example>\r\n"
+            + b"DATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+        )
+        self.assertEqual(body[16384:16385], b".")
+        server = self.serve()
+        result = await self.deliver(NO, server, body=body)
+        self.assertStatuses(result, DELIVERED)
+        self.assertEqual(len(server.capture.messages), 1)
+        self.assertEqual(server.capture.messages[0][2], body)
+        self.assertEqual(server.verbs().count(b"MAIL"), 1)
