@@ -1,0 +1,222 @@
+"""
+The gateway as an administrator runs it: C{twistd -n esa-tls --config FILE}
+as a child process.  It starts, takes mail, refuses a bad file with a clear
+message, stops cleanly, and never loses a message it said 250 for, even when
+killed with SIGKILL in the middle of DATA.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from esa_tls.spool import DurableSpool
+from tests.support import in_thread, wait_until
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def config_text(data_dir: str, port: int) -> str:
+    return f"""
+[system]
+hostname = "mx.test.example"
+data_dir = "{data_dir}"
+
+[interfaces.Loopback]
+address = "127.0.0.1/8"
+
+[listeners.InboundMail]
+type = "public"
+interface = "Loopback"
+port = {port}
+rat = ["example.com"]
+"""
+
+
+class Child:
+    """
+    A gateway child process on a free port.
+    """
+
+    def __init__(self, testcase: TestCase, directory: str, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.config = os.path.join(directory, "gateway.toml")
+        with open(self.config, "w") as f:
+            f.write(config_text(os.path.join(directory, "var"), port))
+        self.process: subprocess.Popen[bytes] | None = None
+        testcase.addCleanup(self.kill)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "--logfile",
+                os.path.join(self.directory, "twistd.log"),
+                "esa-tls",
+                "--config",
+                self.config,
+            ],
+            cwd=self.directory,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+
+        if not wait_until(listening, 30):
+            raise AssertionError(f"gateway did not start: {self.log()}")
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.directory, "twistd.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+
+
+def send_one(port: int, n: int) -> int:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as s:
+        s.ehlo()
+        s.mail("a@b.test")
+        s.rcpt("u@example.com")
+        code, reply = s.data(b"Subject: %d\r\n\r\n" % n + b"line\r\n" * 200)
+        assert code == 250, (code, reply)
+        return int(reply.split()[3])
+
+
+class GatewayProcessTests(TestCase):
+    @inlineCallbacks
+    def test_runsTakesMailStops(self) -> Any:
+        """
+        C{twistd -n esa-tls --config FILE} takes mail, writes the ESA mail
+        log, and on SIGTERM exits leaving the message in the spool.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        child = Child(self, directory, free_port())
+        yield in_thread(child.start)
+        mid = yield in_thread(send_one, child.port, 1)
+        child.kill(signal.SIGTERM)
+        # twistd stops cleanly, then re-raises the signal so that its exit
+        # status says what stopped it (the Unix convention).
+        self.assertIn(child.process.returncode if child.process else None, (0, -signal.SIGTERM))
+        self.assertIn("Server Shut Down.", child.log())
+        spool = DurableSpool(os.path.join(directory, "var", "spool"), reactor)
+        self.addCleanup(spool.close)
+        self.assertEqual([q.mid for q in spool.queued()], [mid])
+        with open(os.path.join(directory, "var", "logs", "mail.log")) as f:
+            log = f.read()
+        self.assertIn(f"Info: MID {mid} queued for delivery", log)
+
+    def test_badConfigRefused(self) -> None:
+        """
+        A bad file stops start-up with one line per fault naming the file,
+        line and key, and nothing listens.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "bad.toml")
+        with open(path, "w") as f:
+            f.write(config_text(directory, 70000).replace('rat = ["example.com"]', 'rat = ["ALL"]'))
+        result = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "esa-tls", "--config", path],
+            cwd=directory,
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertNotEqual(result.returncode, 0)
+        output = (result.stdout + result.stderr).decode()
+        self.assertIn(
+            f"{path}:12: listeners.InboundMail.port: 70000 is out of range 1-65535", output
+        )
+        self.assertIn(
+            f"{path}:13: listeners.InboundMail.rat[0]: ALL is not allowed in a RAT", output
+        )
+
+    @inlineCallbacks
+    def test_crashSafety(self) -> Any:
+        """
+        Killed with SIGKILL at random moments while clients send, the
+        gateway never loses a message it acknowledged: after each restart
+        every acknowledged MID is in the spool, complete, and nothing
+        half-written is queued.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        child = Child(self, directory, free_port())
+        acknowledged: dict[int, int] = {}
+        rng = random.Random(os.getpid())
+
+        def load_and_kill() -> None:
+            stop = threading.Event()
+            counter = iter(range(10**6))
+            lock = threading.Lock()
+
+            def client() -> None:
+                while not stop.is_set():
+                    with lock:
+                        n = next(counter)
+                    try:
+                        mid = send_one(child.port, n)
+                    except (OSError, smtplib.SMTPException, AssertionError):
+                        continue
+                    with lock:
+                        acknowledged[mid] = n
+
+            threads = [threading.Thread(target=client) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.3, 1.2))
+            child.kill(signal.SIGKILL)
+            stop.set()
+            for t in threads:
+                t.join(30)
+
+        for _ in range(3):
+            yield in_thread(child.start)
+            yield in_thread(load_and_kill)
+        self.assertTrue(acknowledged, "no message was acknowledged before the kills")
+        spool = DurableSpool(os.path.join(directory, "var", "spool"), reactor)
+        self.addCleanup(spool.close)
+        queued = {q.mid: q for q in spool.queued()}
+        for mid, n in acknowledged.items():
+            self.assertIn(mid, queued)
+            with spool.open_body(mid) as f:
+                body = f.read()
+            self.assertIn(b"\r\nSubject: %d\r\n\r\n" % n, body)
+            self.assertTrue(body.endswith(b"line\r\n" * 200))
+        for mid in queued:
+            with spool.open_body(mid) as f:
+                self.assertTrue(f.read().endswith(b"line\r\n" * 200))
