@@ -32,7 +32,6 @@ from esa_tls.inbound.limits import RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.maillog import MailLog, MailLogObserver, mail_log_path
 from esa_tls.spool import DurableSpool
-from esa_tls.summary import listener_summary
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
 from esa_tls.tls.store import CertificateStore
 
@@ -113,7 +112,6 @@ class GatewayService(MultiService):
             icids=self.icids,
             rates=self.rates,
             certificates=self.certificates,
-            summary_text=listener_summary(listener, self.config),
         )
 
     def _endpoint(self, listener: Listener) -> IStreamServerEndpoint:
@@ -199,7 +197,6 @@ class GatewayService(MultiService):
                 continue
             factory.config = listener
             factory.hat = HostAccessTable(listener, self.resolver, clock=self.reactor)
-            factory._summary = listener_summary(listener, new_config)
         self.config = new_config
         for problem in problems:
             log.warn("reload: {problem}", problem=problem)

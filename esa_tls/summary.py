@@ -15,7 +15,7 @@ from __future__ import annotations
 from esa_tls.config.model import GatewayConfig, Listener, ListenerType
 
 
-def listener_summary(listener: Listener, config: GatewayConfig) -> str:
+def listener_summary(listener: Listener, config: GatewayConfig | None = None) -> str:
     """
     Describe one listener.
 

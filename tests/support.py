@@ -31,7 +31,6 @@ from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.maillog import MailLog, format_maillog_line
 from esa_tls.spool import DurableSpool
 from esa_tls.spool.values import QueuedMessage
-from esa_tls.summary import listener_summary
 from esa_tls.tls.store import CertificateStore
 
 BASE = """
@@ -106,7 +105,6 @@ class Gateway:
             icids=IdAllocator(os.path.join(self.data_dir, "icid.counter")),
             rates=RecipientRateLimiter(self.clock),
             certificates=self.certificates,
-            summary_text=listener_summary(self.listener, self.config),
         )
         served: Any = self.factory
         if self.listener.implicit_tls:

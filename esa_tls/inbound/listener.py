@@ -10,6 +10,7 @@ globals and a test can build one with fakes of its own choosing.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -25,6 +26,7 @@ from esa_tls.inbound.limits import ConnectionCounter, RecipientRateLimiter
 from esa_tls.inbound.session import InboundSession
 from esa_tls.interfaces import ICertificateStore, IHostAccessTable, IListener, IMessageStore
 from esa_tls.maillog import MailLog
+from esa_tls.summary import listener_summary
 from esa_tls.values import HATVerdict
 
 log = Logger()
@@ -32,6 +34,19 @@ log = Logger()
 
 class IdSource(TypingProtocol):
     def next(self) -> int: ...
+
+
+class _Counter:
+    """
+    Connection IDs for a listener that has no shared, durable allocator.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> int:
+        self._last += 1
+        return self._last
 
 
 class _Busy(Protocol):
@@ -58,31 +73,43 @@ class ListenerFactory(ServerFactory):
         self,
         config: Listener,
         *,
-        hostname: str,
-        settings: ListenerSettings,
         hat: IHostAccessTable,
         store: IMessageStore,
-        maillog: MailLog,
         clock: IReactorTime,
-        icids: IdSource,
-        rates: RecipientRateLimiter,
+        hostname: str = "",
+        settings: ListenerSettings | None = None,
+        maillog: MailLog | None = None,
+        icids: IdSource | None = None,
+        rates: RecipientRateLimiter | None = None,
         certificates: ICertificateStore | None = None,
-        summary_text: str = "",
     ) -> None:
+        """
+        @param hat: classifies each connecting host.
+        @param store: where accepted messages go.
+        @param clock: runs the session timers.
+        @param hostname: the name in banners and C{Received:} headers
+            (the listener's own C{hostname} wins; default: the machine's).
+        @param settings: the global listener settings (default: the ESA's).
+        @param maillog: where the ESA mail log lines go.
+        @param icids: hands out connection IDs; a gateway shares one
+            between listeners (and worker processes) so that they are unique.
+        @param rates: the recipients-per-hour counter; shared by all
+            listeners of a gateway, as on the ESA.
+        @param certificates: what STARTTLS serves; without it TLS is off.
+        """
         self.config = config
         self.name = config.name
-        self.hostname = config.hostname or hostname
-        self.settings = settings
+        self.hostname = config.hostname or hostname or socket.getfqdn()
+        self.settings = settings if settings is not None else ListenerSettings()
         self.hat = hat
         self.store = store
-        self.maillog = maillog
+        self.maillog = maillog if maillog is not None else MailLog()
         self.clock = clock
-        self.icids = icids
-        self.rates = rates
+        self.icids: IdSource = icids if icids is not None else _Counter()
+        self.rates = rates if rates is not None else RecipientRateLimiter(clock)
         self.certificates = certificates
         self.connections = ConnectionCounter()
         self.sessions: set[InboundSession] = set()
-        self._summary = summary_text
         self._closing: list[Deferred[None]] = []
 
     @property
@@ -94,7 +121,7 @@ class ListenerFactory(ServerFactory):
         return self.certificates is not None
 
     def summary(self) -> str:
-        return self._summary
+        return listener_summary(self.config)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if len(self.sessions) >= self.config.max_concurrency:
