@@ -274,7 +274,9 @@ class InboundSession(ESMTP):
                 self.factory.maillog.icid_tls_failed(
                     self.icid, f"client certificate not verified: {status.error}"
                 )
-                self._reply(421, b"4.7.1 " + self._host_bytes() + b" Client certificate not accepted")
+                self._reply(
+                    421, b"4.7.1 " + self._host_bytes() + b" Client certificate not accepted"
+                )
                 self._close()
 
     # -- input --------------------------------------------------------------
