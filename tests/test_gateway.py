@@ -220,3 +220,49 @@ class GatewayProcessTests(TestCase):
         for mid in queued:
             with spool.open_body(mid) as f:
                 self.assertTrue(f.read().endswith(b"line\r\n" * 200))
+
+
+def ehlo_and_mail(port: int) -> tuple[bytes, bytes]:
+    from tests.support import Raw
+
+    raw = Raw(port)
+    try:
+        raw.reply()
+        return raw.chat(b"EHLO c\r\n"), raw.chat(b"MAIL FROM:<a@b.test>\r\n")
+    finally:
+        raw.close()
+
+
+class ReloadTests(TestCase):
+    @inlineCallbacks
+    def test_sighupReloads(self) -> Any:
+        """
+        SIGHUP makes a running gateway apply an edited policy to new
+        connections without restarting; an invalid edit is refused and the
+        gateway goes on with what it had.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        child = Child(self, directory, free_port())
+        yield in_thread(child.start)
+        ehlo, mail = yield in_thread(ehlo_and_mail, child.port)
+        self.assertNotIn(b"STARTTLS", ehlo)
+        self.assertEqual(mail, b"250 2.1.0 Ok\r\n")
+        assert child.process is not None
+
+        with open(child.config, "a") as f:
+            f.write('\n[listeners.InboundMail.policies.default]\ntls = "required"\n')
+        child.process.send_signal(signal.SIGHUP)
+
+        def required() -> bool:
+            ehlo, mail = ehlo_and_mail(child.port)
+            return b"STARTTLS" in ehlo and mail.startswith(b"530 5.7.0")
+
+        self.assertTrue((yield in_thread(wait_until, required, 20)), child.log())
+
+        with open(child.config, "a") as f:
+            f.write("\nnot valid toml ===\n")
+        child.process.send_signal(signal.SIGHUP)
+        self.assertTrue((yield in_thread(wait_until, lambda: "reload refused" in child.log(), 20)))
+        self.assertTrue((yield in_thread(required)))
+        self.assertIsNone(child.process.poll())
