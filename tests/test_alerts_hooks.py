@@ -1,0 +1,395 @@
+"""
+The built-in alert hooks against real things: the mail hook queues a real
+message in a real durable spool; the log hook writes its file; the command
+hook runs a real program; the webhook posts to a real HTTP server on
+loopback; third-party hooks load by dotted name.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from esa_tls.alerts import Alert, AlertDispatcher, AlertType, FilteredHook, Severity, make_alert
+from esa_tls.alerts.commandhook import CommandAlertHook, CommandFailed
+from esa_tls.alerts.hooks import (
+    HookConfig,
+    HookConfigError,
+    HookContext,
+    build_hook,
+    build_hooks,
+    load_factory,
+)
+from esa_tls.alerts.loghook import LogAlertHook, alert_log_path
+from esa_tls.alerts.mailhook import ALERT_LISTENER, MailAlertHook
+from esa_tls.alerts.webhook import WebhookAlertHook, WebhookFailed
+from esa_tls.config.model import AlertRecipient, AlertSettings
+from esa_tls.interfaces import IAlertHook
+from esa_tls.spool import DurableSpool
+
+SETTINGS = AlertSettings(
+    tls_failure_alert=True,
+    recipients=(
+        AlertRecipient("admin@example.com", ("warning",), ("system",)),
+        AlertRecipient("noc@example.net", ("warning", "critical"), ("system",)),
+        AlertRecipient("hw@example.com", ("critical",), ("hardware",)),
+    ),
+)
+
+
+def tls_alert() -> Alert:
+    """
+    A routed TLS-failure alert, as the dispatcher hands it to hooks.
+    """
+    hooks: list[Alert] = []
+
+    @implementer(IAlertHook)
+    class Keep:
+        def alert(self, alert: object) -> None:
+            assert isinstance(alert, Alert)
+            hooks.append(alert)
+
+    dispatcher = AlertDispatcher(SETTINGS, [Keep()], Clock())
+    dispatcher.tls_failure(
+        "partner.example",
+        result_type="certificate-host-mismatch",
+        level="required-verify",
+        host="mx.partner.example",
+        address="192.0.2.7",
+        detail="certificate names other.example, not mx.partner.example",
+        mid=11,
+    )
+    return hooks[0]
+
+
+@implementer(IAlertHook)
+class ThirdPartyHook:
+    def __init__(self, context: HookContext) -> None:
+        self.context = context
+
+    def alert(self, alert: object) -> None:
+        pass
+
+
+def make_hook(context: HookContext) -> ThirdPartyHook:
+    return ThirdPartyHook(context)
+
+
+def not_a_hook(context: HookContext) -> object:
+    return object()
+
+
+class MailHookTests(TestCase):
+    def setUp(self) -> None:
+        self.spool = DurableSpool(self.mktemp(), IReactorTime(reactor))
+        self.addCleanup(self.spool.close)
+
+    @inlineCallbacks
+    def test_queuesMessageToSubscribers(self) -> Any:
+        """
+        The mail hook commits one message into the spool whose envelope
+        goes to exactly the subscribed recipients, from alert@HOSTNAME;
+        the message is RFC 5322 with the ESA subject, Auto-Submitted, and
+        a body naming the domain and the cause.
+        """
+        hook = MailAlertHook(self.spool, "mx.test.example")
+        verifyObject(IAlertHook, hook)
+        mid = yield hook.alert(tls_alert())
+        (queued,) = self.spool.queued()
+        self.assertEqual(queued.mid, mid)
+        self.assertEqual(queued.envelope.mail_from, "alert@mx.test.example")
+        self.assertEqual(queued.envelope.rcpt_to, ("admin@example.com", "noc@example.net"))
+        self.assertEqual(queued.envelope.listener, ALERT_LISTENER)
+        with self.spool.open_body(mid) as f:
+            raw = f.read()
+        self.assertNotIn(b"\n", raw.replace(b"\r\n", b""))
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        self.assertEqual(
+            message["Subject"],
+            "Warning <System> esa_tls: TLS failure for destination domain partner.example",
+        )
+        self.assertEqual(message["Auto-Submitted"], "auto-generated")
+        self.assertEqual(message["From"], "alert@mx.test.example")
+        self.assertEqual(message["To"], "admin@example.com, noc@example.net")
+        self.assertTrue(message["Message-ID"].endswith("@mx.test.example>"))
+        self.assertIn("tls-failure; severity=warning", message["X-ESA-TLS-Alert"])
+        body = message.get_content()
+        self.assertIn("The TLS connection to partner.example failed.", body)
+        self.assertIn("certificate-host-mismatch", body)
+        self.assertIn("  domain: partner.example", body)
+        self.assertIn("  mids: 11", body)
+
+    @inlineCallbacks
+    def test_nobodySubscribed(self) -> Any:
+        """
+        An alert with no subscribed recipient queues nothing.
+        """
+        hook = MailAlertHook(self.spool, "mx.test.example", sender="postmaster@example.com")
+        alert = make_alert(Severity.INFO, AlertType.UPDATER, "u", "Updated", "b")
+        result = yield hook.alert(alert)
+        self.assertIsNone(result)
+        self.assertEqual(self.spool.queued(), [])
+
+    @inlineCallbacks
+    def test_nonASCIISubjectEncoded(self) -> Any:
+        """
+        A subject with non-ASCII text is RFC 2047-encoded: the message
+        stays 7-bit headers, and decodes back to the text.
+        """
+        hook = MailAlertHook(self.spool, "mx.test.example", sender="postmaster@example.com")
+        alert = make_alert(
+            Severity.WARNING, AlertType.SYSTEM, "x", "Zertifikat läuft ab", "Text ü\n"
+        )
+        alert = Alert(
+            alert.severity,
+            alert.type,
+            alert.kind,
+            alert.subject,
+            alert.body,
+            recipients=("a@example.com",),
+        )
+        mid = yield hook.alert(alert)
+        with self.spool.open_body(mid) as f:
+            raw = f.read()
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        head.decode("ascii")
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        self.assertEqual(message["Subject"], "Warning <System> esa_tls: Zertifikat läuft ab")
+        self.assertIn("Text ü", message.get_content())
+        self.assertEqual(self.spool.get(mid).envelope.mail_from, "postmaster@example.com")
+
+
+class LogHookTests(TestCase):
+    def test_jsonLines(self) -> None:
+        """
+        Each alert is one JSON line in data_dir/logs/alerts.log (created
+        with its directory), with the fields and the recipients.
+        """
+        data_dir = self.mktemp()
+        path = alert_log_path(data_dir)
+        self.assertEqual(path, os.path.join(data_dir, "logs", "alerts.log"))
+        hook = LogAlertHook(path)
+        verifyObject(IAlertHook, hook)
+        hook.alert(tls_alert())
+        hook.alert(make_alert(Severity.INFO, AlertType.SYSTEM, "k", "multi\nline", "a\nb\r\n"))
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 2)
+        first = json.loads(lines[0])
+        self.assertEqual(first["severity"], "warning")
+        self.assertEqual(first["type"], "system")
+        self.assertEqual(first["kind"], "tls-failure")
+        self.assertEqual(first["fields"]["domain"], "partner.example")
+        self.assertEqual(first["fields"]["mids"], [11])
+        self.assertEqual(first["recipients"], ["admin@example.com", "noc@example.net"])
+        self.assertEqual(json.loads(lines[1])["body"], "a\nb\r\n")
+
+
+SCRIPT = """
+import os, sys
+data = sys.stdin.buffer.read()
+with open(sys.argv[1], "wb") as f:
+    f.write(data)
+with open(sys.argv[1] + ".env", "w") as f:
+    f.write(os.environ["ESA_TLS_ALERT_KIND"] + " " + os.environ["ESA_TLS_ALERT_SEVERITY"])
+"""
+
+
+class CommandHookTests(TestCase):
+    @inlineCallbacks
+    def test_programGetsJSON(self) -> Any:
+        """
+        The program runs with the alert's JSON on standard input and its
+        kind and severity in the environment.
+        """
+        out = os.path.abspath(self.mktemp())
+        hook = CommandAlertHook(reactor, [sys.executable, "-c", SCRIPT, out])
+        verifyObject(IAlertHook, hook)
+        status = yield hook.alert(tls_alert())
+        self.assertEqual(status, 0)
+        with open(out, "rb") as f:
+            received = json.loads(f.read())
+        self.assertEqual(received["fields"]["domain"], "partner.example")
+        self.assertEqual(received["subject"], tls_alert().subject)
+        with open(out + ".env") as f:
+            self.assertEqual(f.read(), "tls-failure warning")
+
+    @inlineCallbacks
+    def test_failingProgram(self) -> Any:
+        """
+        A program exiting non-zero fails the hook with its status and the
+        end of its standard error.
+        """
+        hook = CommandAlertHook(
+            reactor,
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.stderr.write('no route to pager'); sys.exit(3)",
+            ],
+        )
+        with self.assertRaises(CommandFailed) as caught:
+            yield hook.alert(tls_alert())
+        self.assertIn("exited with status 3", str(caught.exception))
+        self.assertIn("no route to pager", str(caught.exception))
+
+    @inlineCallbacks
+    def test_hangingProgramKilled(self) -> Any:
+        """
+        A program that outlives its timeout is killed, and the hook fails
+        saying so.
+        """
+        hook = CommandAlertHook(
+            reactor,
+            [sys.executable, "-c", "import time; time.sleep(120)"],
+            timeout=0.5,
+        )
+        with self.assertRaises(CommandFailed) as caught:
+            yield hook.alert(tls_alert())
+        self.assertIn("timed out", str(caught.exception))
+
+
+class _Receiver(Resource):
+    isLeaf = True
+
+    def __init__(self, code: int = 200) -> None:
+        super().__init__()
+        self.code = code
+        self.posts: list[tuple[bytes, dict[bytes, Sequence[bytes]]]] = []
+
+    def render_POST(self, request: Request) -> bytes:
+        assert request.content is not None
+        headers = dict(request.requestHeaders.getAllRawHeaders())
+        self.posts.append((request.content.read(), headers))
+        request.setResponseCode(self.code)
+        return b"ok"
+
+
+class WebhookTests(TestCase):
+    def serve(self, code: int = 200) -> tuple[_Receiver, str]:
+        receiver = _Receiver(code)
+        root = Resource()
+        root.putChild(b"hook", receiver)
+        port: Any = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[arg-type]
+        self.addCleanup(port.stopListening)
+        return receiver, f"http://127.0.0.1:{port.getHost().port}/hook"
+
+    @inlineCallbacks
+    def test_postsJSON(self) -> Any:
+        """
+        The webhook POSTs the alert's JSON, with the configured headers, to
+        a real HTTP server.
+        """
+        receiver, url = self.serve()
+        hook = WebhookAlertHook(reactor, url, headers={"Authorization": "Bearer t0k"})
+        verifyObject(IAlertHook, hook)
+        code = yield hook.alert(tls_alert())
+        self.assertEqual(code, 200)
+        ((body, headers),) = receiver.posts
+        self.assertEqual(json.loads(body)["fields"]["result_type"], "certificate-host-mismatch")
+        self.assertEqual(headers[b"Content-Type"], [b"application/json"])
+        self.assertEqual(headers[b"Authorization"], [b"Bearer t0k"])
+
+    @inlineCallbacks
+    def test_errorStatusFails(self) -> Any:
+        """
+        A non-2xx answer fails the hook with the status.
+        """
+        receiver, url = self.serve(503)
+        hook = WebhookAlertHook(reactor, url)
+        with self.assertRaises(WebhookFailed) as caught:
+            yield hook.alert(tls_alert())
+        self.assertEqual(caught.exception.code, 503)
+        self.assertEqual(len(receiver.posts), 1)
+
+    def test_badURL(self) -> None:
+        """
+        Only http and https URLs are accepted.
+        """
+        self.assertRaises(ValueError, WebhookAlertHook, reactor, "ftp://example.com/")
+
+
+class BuildTests(TestCase):
+    def build(self, config: HookConfig, store: Any = None) -> IAlertHook:
+        return build_hook(
+            config, reactor=reactor, store=store, data_dir="/data", hostname="mx.example"
+        )
+
+    def test_defaults(self) -> None:
+        """
+        Without configured hooks, alerts go by mail and to the log.
+        """
+        spool = DurableSpool(self.mktemp(), IReactorTime(reactor))
+        self.addCleanup(spool.close)
+        hooks = build_hooks(None, reactor=reactor, store=spool, data_dir="/d", hostname="h")
+        self.assertEqual([type(h).__name__ for h in hooks], ["MailAlertHook", "LogAlertHook"])
+        assert isinstance(hooks[1], LogAlertHook)
+        self.assertEqual(hooks[1].path, "/d/logs/alerts.log")
+
+    def test_dottedFactory(self) -> None:
+        """
+        A python hook is made by the named factory, which gets the context.
+        """
+        hook = self.build(HookConfig("python", object="tests.test_alerts_hooks:make_hook"))
+        assert isinstance(hook, ThirdPartyHook)
+        self.assertEqual(hook.context.hostname, "mx.example")
+        self.assertIs(load_factory("tests.test_alerts_hooks:make_hook"), make_hook)
+
+    def test_filtered(self) -> None:
+        """
+        Severities or types in a hook's config wrap it in a filter.
+        """
+        hook = self.build(HookConfig("command", command=("/bin/true",), severities=("critical",)))
+        assert isinstance(hook, FilteredHook)
+        self.assertEqual(hook.severities, {Severity.CRITICAL})
+
+    def test_errors(self) -> None:
+        """
+        Unusable hook configurations are refused with a reason.
+        """
+        for config, words in [
+            (
+                HookConfig("python", object="tests.test_alerts_hooks:not_a_hook"),
+                "not an IAlertHook",
+            ),
+            (HookConfig("python", object="tests.test_alerts_hooks:nothing"), "has no"),
+            (HookConfig("python", object="no_such_module_x:f"), "cannot import"),
+            (HookConfig("python", object="no-such-entry-point"), "entry point"),
+            (HookConfig("command"), "needs command"),
+            (HookConfig("webhook", url="gopher://x"), "http"),
+            (HookConfig("pager"), "unknown hook type"),
+            (HookConfig("log", types=("bogus",)), "bogus"),
+            (HookConfig("mail"), "message store"),
+        ]:
+            with self.assertRaises(HookConfigError) as caught:
+                self.build(config)
+            self.assertIn(words, str(caught.exception))
+
+    def test_errorNamesHook(self) -> None:
+        """
+        The error from build_hooks names the hook's position.
+        """
+        with self.assertRaises(HookConfigError) as caught:
+            build_hooks(
+                (HookConfig("log"), HookConfig("command")),
+                reactor=reactor,
+                store=None,
+                data_dir="/d",
+                hostname="h",
+            )
+        self.assertTrue(str(caught.exception).startswith("alerts.hooks[1] (command): "))
