@@ -206,6 +206,22 @@ class MailLog:
             reason=reason,
         )
 
+    def icid_auth(self, icid: int, user: str, mechanism: str, succeeded: bool) -> None:
+        """
+        An SMTP AUTH attempt, in the ESA's words:
+        C{SMTP Auth: (ICID 5) succeeded for user: bob using AUTH mechanism: PLAIN}.
+        """
+        outcome = "succeeded" if succeeded else "failed"
+        self._emit(
+            "icid_auth",
+            f"SMTP Auth: (ICID {icid}) {outcome} for user: {_clean(user)}"
+            f" using AUTH mechanism: {_clean(mechanism)}",
+            icid=icid,
+            user=user,
+            mechanism=mechanism,
+            succeeded=succeeded,
+        )
+
     def start_mid(self, mid: int, icid: int) -> None:
         """
         A message was started on a connection (MAIL FROM accepted).

@@ -28,6 +28,7 @@ from esa_tls.config.load import LoadResult, load_config_with_warnings
 from esa_tls.config.model import GatewayConfig, Listener
 from esa_tls.hat.table import HostAccessTable
 from esa_tls.ids import IdAllocator
+from esa_tls.inbound.auth import PasswordFile
 from esa_tls.inbound.limits import RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.maillog import MailLog, MailLogObserver, mail_log_path
@@ -82,6 +83,8 @@ class GatewayService(MultiService):
         self.icids = IdAllocator(os.path.join(self.data_dir, "icid.counter"))
         self.rates = RecipientRateLimiter(reactor)
         self.resolver = resolver if resolver is not None else make_resolver(config)
+        users = config.system.smtp_auth_users
+        self.auth_checker = PasswordFile(users) if users else None
         self.factories: dict[str, ListenerFactory] = {}
         self._observer: MailLogObserver | None = None
         for listener in config.listeners.values():
@@ -112,6 +115,7 @@ class GatewayService(MultiService):
             icids=self.icids,
             rates=self.rates,
             certificates=self.certificates,
+            auth_checker=self.auth_checker,
         )
 
     def _endpoint(self, listener: Listener) -> IStreamServerEndpoint:

@@ -26,6 +26,7 @@ from esa_tls.config.load import parse_config
 from esa_tls.config.model import GatewayConfig
 from esa_tls.hat.table import HostAccessTable
 from esa_tls.ids import IdAllocator
+from esa_tls.inbound.auth import PasswordFile
 from esa_tls.inbound.limits import RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.maillog import MailLog, format_maillog_line
@@ -37,6 +38,7 @@ BASE = """
 [system]
 hostname = "mx.test.example"
 data_dir = "{data_dir}"
+{system_extra}
 
 [interfaces.Loopback]
 address = "127.0.0.1/8"
@@ -80,10 +82,12 @@ class Gateway:
         free_bytes: Callable[[], int] | None = None,
         store: Any = None,
         extra_base: str = "",
+        users: str = "",
     ) -> None:
         self.data_dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.data_dir)
-        text = BASE.format(data_dir=self.data_dir) + extra_base + toml
+        system_extra = f'smtp_auth_users = "{users}"' if users else ""
+        text = BASE.format(data_dir=self.data_dir, system_extra=system_extra) + extra_base + toml
         self.config: GatewayConfig = parse_config(text, "test.toml", base_dir=self.data_dir)
         (self.listener,) = self.config.listeners.values()
         self.events: list[dict[str, Any]] = []
@@ -105,6 +109,11 @@ class Gateway:
             icids=IdAllocator(os.path.join(self.data_dir, "icid.counter")),
             rates=RecipientRateLimiter(self.clock),
             certificates=self.certificates,
+            auth_checker=(
+                PasswordFile(self.config.system.smtp_auth_users)
+                if self.config.system.smtp_auth_users
+                else None
+            ),
         )
         served: Any = self.factory
         if self.listener.implicit_tls:

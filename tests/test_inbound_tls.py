@@ -43,7 +43,9 @@ class TLSGatewayMixin:
     Builds a gateway whose listener serves a certificate from a test CA.
     """
 
-    def gateway(self: Any, tls: str, extra: str = "", protocol: str = "SMTP") -> Gateway:
+    def gateway(
+        self: Any, tls: str, extra: str = "", protocol: str = "SMTP", users: str = ""
+    ) -> Gateway:
         self.ca = CertificateAuthority.generate()
         directory = os.path.abspath(self.mktemp())
         cert, key, chain = self.ca.issue(["mx.test.example"]).write(directory)
@@ -51,7 +53,7 @@ class TLSGatewayMixin:
         with open(self.ca_file, "wb") as f:
             f.write(self.ca.cert_pem)
         certificates = f'[certificates.MX]\ncert = "{cert}"\nkey = "{key}"\nchain = "{chain}"\n'
-        return Gateway(self, listener(tls, extra, protocol), extra_base=certificates)
+        return Gateway(self, listener(tls, extra, protocol), extra_base=certificates, users=users)
 
     def client_context(self: Any, cert: Any = None) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca_file)
@@ -511,7 +513,7 @@ class DemoWarningTests(TestCase):
         """
         data_dir = os.path.abspath(self.mktemp())
         text = (
-            BASE.format(data_dir=data_dir)
+            BASE.format(data_dir=data_dir, system_extra="")
             + """
 [listeners.Inboundmail]
 type = "public"

@@ -560,6 +560,7 @@ class _Loader:
                 "hostname": self.hostname,
                 "data_dir": self.string,
                 "resolvers": self.array(self.endpoint(53)),
+                "smtp_auth_users": self.file,
             },
         )
         if values is None:

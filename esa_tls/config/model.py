@@ -321,11 +321,15 @@ class AlertSettings:
 class SystemSettings:
     """
     C{[system]}: the gateway's own name and where it keeps its data.
+
+    @ivar smtp_auth_users: a C{user:hash} password file for SMTP AUTH
+        (lines made by C{esa-tls passwd}); without it AUTH is never offered.
     """
 
     hostname: str
     data_dir: str = "var"
     resolvers: tuple[str, ...] = ()
+    smtp_auth_users: str = ""
 
 
 @frozen

@@ -14,6 +14,7 @@ import socket
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -82,6 +83,7 @@ class ListenerFactory(ServerFactory):
         icids: IdSource | None = None,
         rates: RecipientRateLimiter | None = None,
         certificates: ICertificateStore | None = None,
+        auth_checker: ICredentialsChecker | None = None,
     ) -> None:
         """
         @param hat: classifies each connecting host.
@@ -96,6 +98,8 @@ class ListenerFactory(ServerFactory):
         @param rates: the recipients-per-hour counter; shared by all
             listeners of a gateway, as on the ESA.
         @param certificates: what STARTTLS serves; without it TLS is off.
+        @param auth_checker: checks SMTP AUTH user names and passwords;
+            without it AUTH is not offered, whatever the policies say.
         """
         self.config = config
         self.name = config.name
@@ -108,6 +112,7 @@ class ListenerFactory(ServerFactory):
         self.icids: IdSource = icids if icids is not None else _Counter()
         self.rates = rates if rates is not None else RecipientRateLimiter(clock)
         self.certificates = certificates
+        self.auth_checker = auth_checker
         self.connections = ConnectionCounter()
         self.sessions: set[InboundSession] = set()
         self._closing: list[Deferred[None]] = []

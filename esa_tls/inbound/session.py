@@ -24,6 +24,8 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, ISSLTransport
 from twisted.logger import Logger
@@ -31,8 +33,9 @@ from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from esa_tls.config.model import AccessRule, ListenerType, MailFlowPolicy
+from esa_tls.config.model import AccessRule, ListenerType, MailFlowPolicy, SMTPAuthMode
 from esa_tls.inbound.address import AddressError, Mailbox, parse_mail_from, parse_rcpt_to
+from esa_tls.inbound.auth import MECHANISMS, SASLError, decode_response, parse_plain
 from esa_tls.inbound.framing import DataReader
 from esa_tls.inbound.tlspolicy import InboundTLSPolicy
 from esa_tls.interfaces import IIncomingMessage, StoreError
@@ -46,6 +49,8 @@ log = Logger()
 
 #: RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 MAX_COMMAND_LINE = 512
+#: RFC 4954 section 4: an AUTH command line or SASL response.
+MAX_AUTH_LINE = 12288
 #: How much pipelined input is held while a reply is pending before the
 #: socket is paused.
 _MAX_HELD = 64 * 1024
@@ -112,6 +117,10 @@ class InboundSession(ESMTP):
         self._tls_pending = False
         self._skip_line = False
         self._envelope: Envelope | None = None
+        # SMTP AUTH: the authenticated user, and the handler of the next
+        # line while a SASL exchange is under way.
+        self.user: str | None = None
+        self._sasl: Callable[[str], None] | None = None
 
     @property
     def _t(self) -> Any:
@@ -304,8 +313,9 @@ class InboundSession(ESMTP):
                 self._endOfData()
                 continue
             end = self._held.find(b"\r\n")
+            limit = self._line_limit()
             if end < 0:
-                if len(self._held) > MAX_COMMAND_LINE:
+                if len(self._held) > limit:
                     self._held = b""
                     self._badCommand(500, b"5.5.2 Line too long")
                     self._skip_line = True
@@ -315,8 +325,12 @@ class InboundSession(ESMTP):
                 # The tail of an over-long line: never run it as a command.
                 self._skip_line = False
                 continue
-            if len(line) + 2 > MAX_COMMAND_LINE:
+            if len(line) + 2 > limit:
                 self._badCommand(500, b"5.5.2 Line too long")
+                self._sasl = None
+                continue
+            if self._sasl is not None:
+                self._saslResponse(line)
                 continue
             self._command(line)
         if self._busy and len(self._held) > _MAX_HELD and not self._paused:
@@ -325,6 +339,15 @@ class InboundSession(ESMTP):
         elif self._paused and not self._busy:
             self._paused = False
             self._t.resumeProducing()
+
+    def _line_limit(self) -> int:
+        """
+        RFC 5321 allows 512 octets per command line; RFC 4954 allows AUTH
+        lines (and SASL responses) up to 12288.
+        """
+        if self._sasl is not None or self._held[:5].upper() == b"AUTH ":
+            return MAX_AUTH_LINE
+        return MAX_COMMAND_LINE
 
     def _command(self, line: bytes) -> None:
         try:
@@ -395,6 +418,8 @@ class InboundSession(ESMTP):
         lines.append(b"ENHANCEDSTATUSCODES")
         if self.tls_policy.offer_starttls(self.secure):
             lines.append(b"STARTTLS")
+        if self._auth_available() and self.tls_policy.offer_auth(self.secure):
+            lines.append(b"AUTH " + b" ".join(MECHANISMS))
         self._reply(250, b"\n".join(lines))
 
     def smtp_HELO(self, argument: str) -> None:
@@ -446,6 +471,7 @@ class InboundSession(ESMTP):
         # again from the greeting.
         self._held = b""
         self._reset()
+        self.user = None
         self._helo_name = None
         self._esmtp = False
         self.secure = True
@@ -453,8 +479,102 @@ class InboundSession(ESMTP):
         self._tls_pending = True
         self._t.startTLS(creator)
 
+    def _auth_available(self) -> bool:
+        return (
+            self.factory.auth_checker is not None
+            and self.policy.smtp_auth is not SMTPAuthMode.DISALLOW
+        )
+
     def smtp_AUTH(self, argument: str) -> None:
-        self._reply(502, b"5.5.1 AUTH not available")
+        if not self._auth_available():
+            self._reply(502, b"5.5.1 AUTH not available")
+            return
+        if not self.tls_policy.offer_auth(self.secure):
+            self._reply(538, b"5.7.11 Encryption required for requested authentication mechanism")
+            return
+        if self.user is not None:
+            self._reply(503, b"5.5.1 Already authenticated")
+            return
+        if self._sender is not None:
+            self._reply(503, b"5.5.1 AUTH not permitted during a mail transaction")
+            return
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism == "PLAIN":
+            if initial:
+                self._saslPlain(initial)
+            else:
+                self._sasl = self._saslPlain
+                self._reply(334, b"")
+        elif mechanism == "LOGIN":
+            if initial:
+                self._saslLoginUser(initial)
+            else:
+                self._sasl = self._saslLoginUser
+                self._reply(334, b"VXNlcm5hbWU6")
+        else:
+            self._reply(504, b"5.5.4 Unrecognized authentication type")
+
+    def _saslResponse(self, line: bytes) -> None:
+        handler, self._sasl = self._sasl, None
+        assert handler is not None
+        text = line.decode("ascii", "replace").strip()
+        if text == "*":
+            self._reply(501, b"5.0.0 Authentication cancelled")
+            return
+        handler(text)
+
+    def _saslPlain(self, text: str) -> None:
+        try:
+            credentials = parse_plain(decode_response(text))
+        except SASLError as e:
+            self._reply(501, str(e).encode("ascii"))
+            return
+        self._authenticate(credentials, "PLAIN")
+
+    def _saslLoginUser(self, text: str) -> None:
+        try:
+            user = decode_response(text)
+        except SASLError as e:
+            self._reply(501, str(e).encode("ascii"))
+            return
+
+        def password(text: str) -> None:
+            try:
+                secret = decode_response(text)
+            except SASLError as e:
+                self._reply(501, str(e).encode("ascii"))
+                return
+            self._authenticate(UsernamePassword(user, secret), "LOGIN")
+
+        self._sasl = password
+        self._reply(334, b"UGFzc3dvcmQ6")
+
+    def _authenticate(self, credentials: UsernamePassword, mechanism: str) -> None:
+        checker = self.factory.auth_checker
+        assert checker is not None
+        self._busy = True
+        d = maybeDeferred(checker.requestAvatarId, credentials)
+
+        def succeeded(avatar: bytes) -> None:
+            self.user = avatar.decode("utf-8", "replace")
+            self.factory.maillog.icid_auth(self.icid, self.user, mechanism, True)
+            self._reply(235, b"2.7.0 Authentication successful")
+
+        def failed(reason: Failure) -> None:
+            user = credentials.username.decode("utf-8", "replace")
+            self.factory.maillog.icid_auth(self.icid, user, mechanism, False)
+            if reason.check(UnauthorizedLogin):
+                self._badCommand(535, b"5.7.8 Authentication credentials invalid")
+            else:
+                log.failure("ICID {icid}: checking credentials failed", reason, icid=self.icid)
+                self._reply(454, b"4.7.0 Temporary authentication failure")
+
+        def done(_: object) -> None:
+            self._busy = False
+            self._process()
+
+        d.addCallbacks(succeeded, failed).addBoth(done)
 
     def smtp_MAIL(self, argument: str) -> None:
         if self._helo_name is None:
@@ -462,6 +582,9 @@ class InboundSession(ESMTP):
             return
         if self._sender is not None:
             self._reply(503, b"5.5.1 Error: nested MAIL command")
+            return
+        if self.policy.smtp_auth is SMTPAuthMode.REQUIRE and self.user is None:
+            self._reply(530, b"5.7.0 Authentication required")
             return
         if self._messages >= self.policy.max_msgs_per_session:
             self._reply(
@@ -517,7 +640,7 @@ class InboundSession(ESMTP):
         if self.policy.rule is AccessRule.REJECT:
             self._reply(self.policy.reject_banner_code, self._reject_text())
             return
-        if self.policy.rule is not AccessRule.RELAY:
+        if self.policy.rule is not AccessRule.RELAY and self.user is None:
             if mailbox.routed:
                 self._reply(
                     550,
@@ -664,6 +787,8 @@ class InboundSession(ESMTP):
             else "unknown"
         )
         with_ = "ESMTPS" if self.secure else ("ESMTP" if self._esmtp else "SMTP")
+        if self.user is not None:
+            with_ += "A"
         lines = [
             f"Received: from {envelope.helo} ({rdns} [{envelope.peer_ip}])",
             f"\tby {self._hostname} (esa_tls) with {with_}",

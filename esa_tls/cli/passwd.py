@@ -1,0 +1,41 @@
+# -*- test-case-name: tests.test_inbound_auth -*-
+"""
+Print a password file line (user:hash) for SMTP AUTH users.
+
+Append the line to the file named by C{[system] smtp_auth_users}; the
+gateway reads the file at each login, so no restart is needed.  The
+password is read from standard input (one line), or asked for without echo
+when standard input is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from esa_tls.cli.main import EXIT_CONFIG_ERROR, CommandContext
+from esa_tls.inbound.auth import hash_password
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("user", metavar="USER", help="the SMTP AUTH user name")
+
+
+def run(options: argparse.Namespace, context: CommandContext) -> int:
+    user: str = options.user
+    if not user or ":" in user or any(c.isspace() for c in user):
+        print(
+            "esa-tls passwd: a user name cannot be empty or contain ':' or spaces",
+            file=context.stderr,
+        )
+        return EXIT_CONFIG_ERROR
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("esa-tls passwd: the password is empty", file=context.stderr)
+        return EXIT_CONFIG_ERROR
+    context.stdout.write(f"{user}:{hash_password(password)}\n")
+    return 0

@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.test_inbound_auth -*-
+"""
+SMTP AUTH (RFC 4954): the SASL PLAIN and LOGIN exchanges, and a password
+file checker for the gateway.
+
+Both mechanisms send the password itself, so a mail flow policy that allows
+AUTH should also set C{smtp_auth_requires_tls}; the session then neither
+advertises nor accepts AUTH before STARTTLS.
+
+The password file holds one C{user:hash} per line, where the hash is
+C{$scrypt$N$r$p$salt$key} (base64 salt and key) as written by
+L{hash_password} (C{esa-tls passwd}).  scrypt is deliberately slow, so it is
+run in a thread, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from zope.interface import implementer
+
+MECHANISMS = (b"PLAIN", b"LOGIN")
+
+_N, _R, _P = 2**14, 8, 1
+
+
+class SASLError(ValueError):
+    """
+    A client response that is not valid for its mechanism (501).
+    """
+
+
+def decode_response(text: str) -> bytes:
+    """
+    Decode one base64 client response; C{=} is the empty response.
+    """
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
+        raise SASLError("5.5.2 Invalid base64 in the response") from e
+
+
+def parse_plain(response: bytes) -> UsernamePassword:
+    """
+    RFC 4616: C{authzid NUL authcid NUL passwd}.  An authorization identity
+    other than the user itself is refused: nobody may act as someone else.
+    """
+    parts = response.split(b"\x00")
+    if len(parts) != 3 or not parts[1]:
+        raise SASLError("5.5.2 Malformed PLAIN response")
+    authzid, user, password = parts
+    if authzid and authzid != user:
+        raise SASLError("5.7.0 Authorization identity must be the user itself")
+    return UsernamePassword(user, password)
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """
+    The password file form of C{password}.
+    """
+    salt = salt if salt is not None else os.urandom(16)
+    key = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_N, r=_R, p=_P)
+    b64 = base64.b64encode
+    return f"$scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(key).decode()}"
+
+
+def verify_password(password: bytes, stored: str) -> bool:
+    """
+    Whether C{password} matches a L{hash_password} hash (constant time).
+    """
+    try:
+        _, scheme, n, r, p, salt, key = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(key)
+        got = hashlib.scrypt(
+            password, salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+@implementer(ICredentialsChecker)
+class PasswordFile:
+    """
+    Checks user names and passwords against a C{user:hash} file, read at
+    each check so that edits apply without a restart.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _lookup(self, user: bytes) -> str | None:
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                name, _, stored = line.partition(":")
+                if name.encode("utf-8") == user:
+                    return stored
+        return None
+
+    def _check(self, user: bytes, password: bytes) -> bytes:
+        stored = self._lookup(user)
+        # Hash even for an unknown user, so that timing does not tell which
+        # user names exist.
+        ok = verify_password(password, stored or hash_password("", b"\x00" * 16))
+        if stored is None or not ok:
+            raise UnauthorizedLogin("bad user name or password")
+        return user
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        return deferToThread(self._check, credentials.username, credentials.password)

@@ -1,0 +1,214 @@
+"""
+SMTP AUTH (RFC 4954) per mail flow policy: PLAIN and LOGIN, never before
+TLS when the policy says so, required when the policy says so, and relaying
+for authenticated users only.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import smtplib
+import subprocess
+import sys
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from esa_tls.inbound.auth import SASLError, hash_password, parse_plain, verify_password
+from tests.support import Gateway, in_thread
+from tests.test_inbound_tls import TLSGatewayMixin, session
+
+PLAIN_GOOD = base64.b64encode(b"\x00alice\x00s3cret").decode()
+PLAIN_BAD = base64.b64encode(b"\x00alice\x00wrong").decode()
+
+
+class AuthGatewayMixin(TLSGatewayMixin):
+    def auth_gateway(
+        self: Any, auth: str, requires_tls: bool = True, tls: str = "preferred"
+    ) -> Gateway:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        users = os.path.join(directory, "users")
+        with open(users, "w") as f:
+            f.write("# test users\n")
+            f.write(f"alice:{hash_password('s3cret')}\n")
+        extra = (
+            f'smtp_auth = "{auth}"\nsmtp_auth_requires_tls = {"true" if requires_tls else "false"}'
+        )
+        gateway: Gateway = self.gateway(tls, extra, users=users)
+        return gateway
+
+
+class AuthTests(AuthGatewayMixin, TestCase):
+    @inlineCallbacks
+    def test_requiresTLS(self) -> Any:
+        """
+        With C{smtp_auth_requires_tls}, AUTH is not advertised in the clear
+        and is refused there (538); inside TLS it is offered and works, and
+        the authenticated user may relay.
+        """
+        gw = self.auth_gateway("allow")
+        replies = yield in_thread(
+            session,
+            gw.port,
+            [b"EHLO c\r\n", b"AUTH PLAIN " + PLAIN_GOOD.encode() + b"\r\n"],
+            [
+                b"EHLO c\r\n",
+                b"AUTH PLAIN " + PLAIN_GOOD.encode() + b"\r\n",
+                b"MAIL FROM:<alice@b.test>\r\n",
+                b"RCPT TO:<friend@elsewhere.test>\r\n",
+                b"DATA\r\n",
+                b"Subject: relayed\r\n\r\nx\r\n.\r\n",
+            ],
+            self.client_context(),
+        )
+        self.assertNotIn(b"AUTH", replies[1])
+        self.assertEqual(
+            replies[2], b"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+        )
+        self.assertRegex(replies[4], rb"250[ -]AUTH PLAIN LOGIN\r\n")
+        self.assertEqual(replies[5], b"235 2.7.0 Authentication successful\r\n")
+        self.assertEqual(replies[7], b"250 2.1.5 Ok\r\n")
+        (queued,) = gw.queued()
+        self.assertIn(b"with ESMTPSA", gw.body(queued.mid))
+        self.assertIn(
+            "SMTP Auth: (ICID 1) succeeded for user: alice using AUTH mechanism: PLAIN", gw.lines
+        )
+
+    @inlineCallbacks
+    def test_badPasswordAndNoRelay(self) -> Any:
+        """
+        A wrong password gets 535 5.7.8, and an unauthenticated session
+        still may not relay.
+        """
+        gw = self.auth_gateway("allow")
+        replies = yield in_thread(
+            session,
+            gw.port,
+            [b"EHLO c\r\n"],
+            [
+                b"EHLO c\r\n",
+                b"AUTH PLAIN " + PLAIN_BAD.encode() + b"\r\n",
+                b"MAIL FROM:<a@b.test>\r\n",
+                b"RCPT TO:<friend@elsewhere.test>\r\n",
+            ],
+            self.client_context(),
+        )
+        self.assertEqual(replies[4], b"535 5.7.8 Authentication credentials invalid\r\n")
+        self.assertTrue(replies[6].startswith(b"550 5.7.1 "))
+        self.assertIn(
+            "SMTP Auth: (ICID 1) failed for user: alice using AUTH mechanism: PLAIN", gw.lines
+        )
+
+    @inlineCallbacks
+    def test_loginMechanismAndCancel(self) -> Any:
+        """
+        AUTH LOGIN asks for the user and password in two 334 steps; C{*}
+        cancels an exchange with 501.
+        """
+        gw = self.auth_gateway("allow", requires_tls=False)
+        user, password = base64.b64encode(b"alice"), base64.b64encode(b"s3cret")
+        replies = yield in_thread(
+            session,
+            gw.port,
+            [
+                b"EHLO c\r\n",
+                b"AUTH PLAIN\r\n",
+                b"*\r\n",
+                b"AUTH LOGIN\r\n",
+                user + b"\r\n",
+                password + b"\r\n",
+                b"AUTH PLAIN\r\n",
+            ],
+            [],
+            None,
+        )
+        self.assertEqual(replies[2], b"334 \r\n")
+        self.assertEqual(replies[3], b"501 5.0.0 Authentication cancelled\r\n")
+        self.assertEqual(replies[4], b"334 VXNlcm5hbWU6\r\n")
+        self.assertEqual(replies[5], b"334 UGFzc3dvcmQ6\r\n")
+        self.assertEqual(replies[6], b"235 2.7.0 Authentication successful\r\n")
+        self.assertEqual(replies[7], b"503 5.5.1 Already authenticated\r\n")
+
+    @inlineCallbacks
+    def test_required(self) -> Any:
+        """
+        C{smtp_auth = "require"}: MAIL before AUTH gets 530 5.7.0.
+        """
+        gw = self.auth_gateway("require", requires_tls=False)
+        replies = yield in_thread(
+            session, gw.port, [b"EHLO c\r\n", b"MAIL FROM:<a@b.test>\r\n"], [], None
+        )
+        self.assertEqual(replies[2], b"530 5.7.0 Authentication required\r\n")
+
+    @inlineCallbacks
+    def test_disallowed(self) -> Any:
+        """
+        With the ESA default C{smtp_auth = "disallow"} AUTH is neither
+        offered nor accepted, even with a password file.
+        """
+        gw = self.auth_gateway("disallow", requires_tls=False)
+        replies = yield in_thread(
+            session,
+            gw.port,
+            [b"EHLO c\r\n", b"AUTH PLAIN " + PLAIN_GOOD.encode() + b"\r\n"],
+            [],
+            None,
+        )
+        self.assertNotIn(b"AUTH", replies[1])
+        self.assertEqual(replies[2], b"502 5.5.1 AUTH not available\r\n")
+
+    @inlineCallbacks
+    def test_smtplibLogin(self) -> Any:
+        """
+        Python's smtplib logs in over STARTTLS and relays.
+        """
+        gw = self.auth_gateway("allow")
+        context = self.client_context()
+        context.check_hostname = False  # smtplib names the server by its IP
+
+        def send() -> Any:
+            with smtplib.SMTP("127.0.0.1", gw.port, local_hostname="client.test", timeout=10) as s:
+                s.starttls(context=context)
+                s.login("alice", "s3cret")
+                return s.sendmail("alice@b.test", ["x@elsewhere.test"], b"Subject: s\r\n\r\nx\r\n")
+
+        refused = yield in_thread(send)
+        self.assertEqual(refused, {})
+
+
+class PasswordTests(SynchronousTestCase):
+    def test_hashes(self) -> None:
+        """
+        A password verifies against its own hash only.
+        """
+        stored = hash_password("pässword")
+        self.assertTrue(stored.startswith("$scrypt$"))
+        self.assertTrue(verify_password("pässword".encode(), stored))
+        self.assertFalse(verify_password(b"password", stored))
+        self.assertFalse(verify_password(b"x", "garbage"))
+
+    def test_plainAuthzid(self) -> None:
+        """
+        PLAIN refuses acting as someone else and malformed responses.
+        """
+        self.assertEqual(parse_plain(b"alice\x00alice\x00pw").username, b"alice")
+        self.assertRaises(SASLError, parse_plain, b"root\x00alice\x00pw")
+        self.assertRaises(SASLError, parse_plain, b"alice\x00pw")
+
+    def test_passwdCommand(self) -> None:
+        """
+        C{esa-tls passwd USER} prints a line the gateway accepts.
+        """
+        result = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "esa-tls"), "passwd", "bob"],
+            input=b"hunter2\n",
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        user, _, stored = result.stdout.decode().strip().partition(":")
+        self.assertEqual(user, "bob")
+        self.assertTrue(verify_password(b"hunter2", stored))
