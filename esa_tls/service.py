@@ -35,6 +35,7 @@ from esa_tls.maillog import MailLog, MailLogObserver, mail_log_path
 from esa_tls.spool import DurableSpool
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
 from esa_tls.tls.store import CertificateStore
+from esa_tls.watch import FileWatcher
 
 log = Logger()
 
@@ -65,6 +66,7 @@ class GatewayService(MultiService):
         loaded: LoadResult,
         reactor: Any | None = None,
         resolver: IResolver | None = None,
+        watch_interval: float = 5.0,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -87,6 +89,7 @@ class GatewayService(MultiService):
         self.auth_checker = PasswordFile(users) if users else None
         self.factories: dict[str, ListenerFactory] = {}
         self._observer: MailLogObserver | None = None
+        self.watcher = FileWatcher(self._watched_files, self.reload, reactor, watch_interval)
         for listener in config.listeners.values():
             factory = self._factory(listener)
             self.factories[listener.name] = factory
@@ -152,6 +155,7 @@ class GatewayService(MultiService):
         except ValueError:  # not the main thread (tests)
             pass
         super().startService()
+        self.watcher.start()
         for listener in self.config.listeners.values():
             log.info(
                 "listener {name} on {ip} port {port} ({protocol})",
@@ -160,6 +164,18 @@ class GatewayService(MultiService):
                 port=listener.port,
                 protocol=listener.protocol,
             )
+
+    def _watched_files(self) -> list[str]:
+        """
+        The files a change of which should reload the gateway.
+        """
+        config = self.config
+        paths = [] if config.source.startswith("<") else [config.source]
+        for certificate in config.certificates.values():
+            paths += [p for p in (certificate.cert, certificate.key, certificate.chain) if p]
+        for listener in config.listeners.values():
+            paths += [p.client_ca for p in listener.policies.values() if p.client_ca]
+        return sorted(set(paths))
 
     def _sighup(self, signum: int, frame: object) -> None:
         self.reactor.callFromThread(self.reload)
@@ -213,6 +229,7 @@ class GatewayService(MultiService):
         Stop listening, say 421 to the sessions still open, and wait for
         messages already being committed to reach the disk.
         """
+        self.watcher.stop()
         yield super().stopService()
         waits: list[Deferred[Any]] = [f.shutdown() for f in self.factories.values()]
         yield DeferredList(waits)

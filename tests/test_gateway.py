@@ -266,3 +266,78 @@ class ReloadTests(TestCase):
         self.assertTrue((yield in_thread(wait_until, lambda: "reload refused" in child.log(), 20)))
         self.assertTrue((yield in_thread(required)))
         self.assertIsNone(child.process.poll())
+
+
+def served_certificate(port: int) -> bytes:
+    """
+    The DER certificate the listener serves after STARTTLS.
+    """
+    import ssl
+
+    from tests.support import Raw
+
+    raw = Raw(port)
+    try:
+        raw.reply()
+        raw.chat(b"EHLO c\r\n")
+        raw.chat(b"STARTTLS\r\n")
+        raw.starttls()
+        der = raw.sock.getpeercert(binary_form=True)  # type: ignore[attr-defined]
+        assert isinstance(der, bytes)
+        return der
+    except ssl.SSLError:
+        return b""
+    finally:
+        raw.close()
+
+
+class WatchTests(TestCase):
+    @inlineCallbacks
+    def test_renewedCertificateServed(self) -> Any:
+        """
+        A certificate renewed in place (files replaced) is served to new
+        connections within moments, without SIGHUP or restart; a bad
+        replacement is refused and the good one stays in service.
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+        from twisted.names.client import Resolver
+
+        from esa_tls.config.load import load_config_with_warnings
+        from esa_tls.service import GatewayService
+        from esa_tls.testing import CertificateAuthority, expired
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        ca = CertificateAuthority.generate()
+        first = ca.issue(["mx.test.example"])
+        cert, key, chain = first.write(os.path.join(directory, "tls"))
+        port = free_port()
+        path = os.path.join(directory, "gateway.toml")
+        with open(path, "w") as f:
+            f.write(
+                config_text(os.path.join(directory, "var"), port).replace(
+                    'rat = ["example.com"]', 'rat = ["example.com"]\ncertificate = "MX"'
+                )
+                + '\n[listeners.InboundMail.policies.default]\ntls = "preferred"\n'
+                + f'\n[certificates.MX]\ncert = "{cert}"\nkey = "{key}"\nchain = "{chain}"\n'
+            )
+        service = GatewayService(
+            load_config_with_warnings(path),
+            resolver=Resolver(servers=[("127.0.0.1", 53)]),
+            watch_interval=0.1,
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+
+        def der(issued: Any) -> bytes:
+            return x509.load_pem_x509_certificate(issued.cert_pem).public_bytes(Encoding.DER)
+
+        self.assertEqual((yield in_thread(served_certificate, port)), der(first))
+        second = ca.issue(["mx.test.example"])
+        second.write(os.path.join(directory, "tls"))
+        renewed = yield in_thread(wait_until, lambda: served_certificate(port) == der(second), 20)
+        self.assertTrue(renewed)
+        expired(ca, ["mx.test.example"]).write(os.path.join(directory, "tls"))
+        yield in_thread(wait_until, lambda: False, 1)
+        self.assertEqual((yield in_thread(served_certificate, port)), der(second))

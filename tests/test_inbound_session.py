@@ -497,6 +497,56 @@ class LimitTests(TestCase):
         self.flushLoggedErrors(StoreError)
 
 
+class WriteErrorTests(TestCase):
+    @inlineCallbacks
+    def test_writeErrorIsTransient(self) -> Any:
+        """
+        A write error while the body arrives (a full disk) is answered 451
+        4.3.0 at the end of DATA, never 250, and nothing is queued.
+        """
+
+        class FullDisk:
+            def __init__(self, spool: Any) -> None:
+                self.spool = spool
+
+            def has_space(self, size: int) -> bool:
+                return True
+
+            def new_message(self, envelope: Any) -> Any:
+                message = self.spool.new_message(envelope)
+                writes = [0]
+                original = message.write
+
+                def write(data: bytes) -> None:
+                    writes[0] += 1
+                    if writes[0] > 1:  # the Received: header fits, the body does not
+                        raise StoreError("No space left on device")
+                    original(data)
+
+                message.write = write
+                return message
+
+        holder: list[Any] = []
+        gw = Gateway(self, store=_Lazy(holder))
+        holder.append(FullDisk(gw.spool))
+        replies = yield in_thread(
+            conversation,
+            gw.port,
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a@b.test>\r\n",
+            b"RCPT TO:<u@example.com>\r\n",
+            b"DATA\r\n",
+            b"x\r\n.\r\n",
+            b"NOOP\r\n",
+        )
+        self.assertEqual(
+            replies[5],
+            b"451 4.3.0 Temporary error storing the message: No space left on device\r\n",
+        )
+        self.assertEqual(replies[6], b"250 2.0.0 Ok\r\n")
+        self.assertEqual(gw.queued(), [])
+
+
 class _Lazy:
     """
     A store whose implementation is supplied after the gateway is built.

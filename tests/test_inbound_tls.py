@@ -541,3 +541,57 @@ tls = "required"
             texts,
         )
         self.assertTrue(any("Demo" in t and "not secure" in t for t in texts), texts)
+
+
+class SNITests(TLSGatewayMixin, TestCase):
+    @inlineCallbacks
+    def test_sniPicksCertificate(self) -> Any:
+        """
+        A listener with an C{sni} map serves the named certificate to a
+        client asking for that name (openssl C{-servername}) and its own to
+        everyone else.
+        """
+        openssl = require("openssl")
+        ca = CertificateAuthority.generate()
+        directory = os.path.abspath(self.mktemp())
+        own = ca.issue(["mx.test.example"]).write(os.path.join(directory, "own"))
+        other = ca.issue(["mx2.test.example"]).write(os.path.join(directory, "other"))
+        ca_file = os.path.join(directory, "ca.pem")
+        with open(ca_file, "wb") as f:
+            f.write(ca.cert_pem)
+        certificates = "".join(
+            f'[certificates.{name}]\ncert = "{c}"\nkey = "{k}"\nchain = "{ch}"\n'
+            for name, (c, k, ch) in (("MX", own), ("OTHER", other))
+        )
+        toml = listener("preferred").replace(
+            'certificate = "MX"', 'certificate = "MX"\nsni = { "mx2.test.example" = "OTHER" }'
+        )
+        gw = Gateway(self, toml, extra_base=certificates)
+
+        def subject(name: str) -> str:
+            result = subprocess.run(
+                [
+                    openssl,
+                    "s_client",
+                    "-starttls",
+                    "smtp",
+                    "-connect",
+                    f"127.0.0.1:{gw.port}",
+                    "-servername",
+                    name,
+                    "-CAfile",
+                    ca_file,
+                    "-verify_hostname",
+                    name,
+                    "-verify_return_error",
+                ],
+                input=b"QUIT\r\n",
+                capture_output=True,
+                timeout=30,
+            )
+            out = result.stdout.decode("utf-8", "replace")
+            assert "Verify return code: 0 (ok)" in out, out
+            return next(line for line in out.splitlines() if line.startswith("subject="))
+
+        self.assertIn("mx2.test.example", (yield in_thread(subject, "mx2.test.example")))
+        self.assertIn("mx.test.example", (yield in_thread(subject, "mx.test.example")))
