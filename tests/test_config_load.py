@@ -802,7 +802,8 @@ class ResolutionTests(SynchronousTestCase):
     def test_destinations(self) -> None:
         """
         Destination rows are keyed by lower-cased domain; a C{default} row is
-        always there, with TLS off unless the file says otherwise.
+        always there, with opportunistic TLS (preferred) unless the file says
+        otherwise.
         """
         loaded = config(
             HEAD
@@ -810,7 +811,7 @@ class ResolutionTests(SynchronousTestCase):
             + '[destinations."Partner.Example"]\ntls = "required-verify"\nmax_host_concurrency = 5\n'
         )
         self.assertEqual(sorted(loaded.destinations), ["default", "partner.example"])
-        self.assertEqual(loaded.destinations["default"].tls, DestinationTLS.NO)
+        self.assertEqual(loaded.destinations["default"].tls, DestinationTLS.PREFERRED)
         row = loaded.destinations["partner.example"]
         self.assertEqual((row.tls, row.max_host_concurrency), (DestinationTLS.REQUIRED_VERIFY, 5))
 

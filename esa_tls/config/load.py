@@ -737,9 +737,11 @@ class _Loader:
                             "or required-verify-hosted)",
                         )
                         continue
-                    values.setdefault("tls", DestinationTLS.NO)
+                    values.setdefault("tls", DestinationTLS.PREFERRED)
                 out[key] = DestinationControl(key, **values)
-        out.setdefault("default", DestinationControl("default", tls=DestinationTLS.NO))
+        # Without a Default row, TLS is opportunistic (like Postfix 3.11 "may"):
+        # encrypted whenever the destination offers it, never refused for it.
+        out.setdefault("default", DestinationControl("default", tls=DestinationTLS.PREFERRED))
         return out
 
     def smtp_routes(self, value: object) -> dict[str, tuple[str, ...]]:
