@@ -1,0 +1,365 @@
+# -*- test-case-name: tests.test_report_counters -*-
+"""
+The live TLS Connections counters of one gateway process.
+
+The inbound session and the delivery engine call L{TLSCounters.incoming}
+and L{TLSCounters.outgoing} once per connection, when it ends (or when
+its TLS story is settled, with the messages it carried).  Both only add to
+in-memory counts: no I/O, no waiting.  A periodic flush (every minute by
+default, and when the service stops) writes the buckets that changed to
+C{data_dir/reports/} from a thread, so the reactor never waits on an
+fsync; see L{esa_tls.report.storage} for the files.  At start the
+process's own buckets are read back, so its counts survive a restart;
+counts not yet flushed when the process dies are lost (at most one flush
+interval's worth).
+
+Example, from the inbound side::
+
+    counters.incoming("sender.example", "192.0.2.1", TLSMode.REQUIRED,
+                      tls=True, messages=3)
+
+and from the outbound side, with the effective Destination Controls
+setting::
+
+    counters.outgoing("partner.example", DestinationTLS.PREFERRED_VERIFY,
+                      tls=False, messages=1)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from esa_tls.report.counts import Direction, TLSCounts, level_of
+from esa_tls.report.storage import (
+    Key,
+    ReportFormatError,
+    bucket_path,
+    decode_bucket,
+    decode_totals,
+    encode_bucket,
+    encode_totals,
+    list_buckets,
+    read_buckets,
+    read_totals,
+    totals_path,
+    valid_worker,
+    write_atomic,
+)
+from esa_tls.report.table import TLSReport, build_report
+
+__all__ = [
+    "DEFAULT_BUCKET_SECONDS",
+    "DEFAULT_FLUSH_INTERVAL",
+    "DEFAULT_RETENTION",
+    "Executor",
+    "TLSCounters",
+]
+
+log = Logger()
+
+DEFAULT_BUCKET_SECONDS = 3600
+DEFAULT_FLUSH_INTERVAL = 60.0
+#: How long buckets are kept: 90 days, as the ESA keeps its reports.
+DEFAULT_RETENTION = 90 * 86400.0
+
+#: Runs a blocking callable away from the reactor thread; its Deferred
+#: fires on the reactor thread.
+Executor = Callable[[Callable[[], Any]], Deferred[Any]]
+
+
+def _thread_executor(reactor: Any) -> Executor:
+    from twisted.internet.threads import deferToThreadPool
+
+    def execute(f: Callable[[], Any]) -> Deferred[Any]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
+    return execute
+
+
+def _domain(domain: str | None) -> str:
+    return (domain or "").strip().lower().rstrip(".")
+
+
+class TLSCounters:
+    """
+    Counts connections and messages per direction, domain and (incoming)
+    sender address, in time buckets.
+
+    @ivar directory: where the files are (C{data_dir/reports}).
+    @ivar worker: this process's name in file names.
+    @ivar bucket_seconds: the length of a bucket (divides a day).
+    @ivar retention: seconds buckets are kept.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        clock: IReactorTime,
+        *,
+        worker: str = "0",
+        bucket_seconds: int = DEFAULT_BUCKET_SECONDS,
+        retention: float = DEFAULT_RETENTION,
+        executor: Executor | None = None,
+    ) -> None:
+        """
+        Read back this worker's buckets and totals (a blocking read at
+        start-up, like the spool's recovery: build the counters before the
+        gateway listens).
+
+        @param clock: gives the time that picks the bucket.
+        @param worker: must be letters, digits, C{_} or C{.}; each process
+            sharing C{directory} needs its own.
+        @param executor: runs the blocking writes; by default the thread
+            pool of C{clock} (which must then be the reactor).
+        """
+        if not valid_worker(worker):
+            raise ValueError(f"worker name {worker!r}: use letters, digits, _ and .")
+        if bucket_seconds <= 0 or 86400 % bucket_seconds:
+            raise ValueError("bucket_seconds must divide a day")
+        self.directory = directory
+        self.worker = worker
+        self.bucket_seconds = bucket_seconds
+        self.retention = retention
+        self._clock = clock
+        self._executor = executor if executor is not None else _thread_executor(clock)
+        self._buckets: dict[int, dict[Key, TLSCounts]] = {}
+        self._totals: dict[tuple[Direction, str], TLSCounts] = {}
+        self._dirty: set[int] = set()
+        self._totals_dirty = False
+        self._lock = DeferredLock()
+        self._swept: int | None = None
+        self._load()
+
+    # -- start-up --------------------------------------------------------------
+
+    def _load(self) -> None:
+        horizon = self._clock.seconds() - self.retention
+        for bucket, worker, path in list_buckets(self.directory):
+            if worker != self.worker or bucket + self.bucket_seconds <= horizon:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    start, _, rows = decode_bucket(f.read())
+            except (OSError, ReportFormatError) as e:
+                log.warn("Skipping report file {path}: {problem}", path=path, problem=str(e))
+                continue
+            slot = self._slot(start)
+            mine = self._buckets.setdefault(slot, {})
+            for key, counts in rows.items():
+                mine[key] = mine.get(key, TLSCounts()) + counts
+        path = totals_path(self.directory, self.worker)
+        try:
+            with open(path, "rb") as f:
+                self._totals = decode_totals(f.read())
+        except FileNotFoundError:
+            pass
+        except (OSError, ReportFormatError) as e:
+            log.warn("Skipping report file {path}: {problem}", path=path, problem=str(e))
+
+    # -- counting --------------------------------------------------------------
+
+    def _slot(self, when: float) -> int:
+        return int(when // self.bucket_seconds) * self.bucket_seconds
+
+    def add(self, direction: Direction, domain: str | None, ip: str, counts: TLSCounts) -> None:
+        """
+        Add C{counts} to the row C{(direction, domain, ip)} of the current
+        bucket.  The domain is compared without case or trailing dot.
+        """
+        domain = _domain(domain)
+        slot = self._slot(self._clock.seconds())
+        bucket = self._buckets.setdefault(slot, {})
+        key: Key = (direction, domain, ip)
+        bucket[key] = bucket.get(key, TLSCounts()) + counts
+        # The totals count incoming mail per direction only: sender domains
+        # are unbounded, and /metrics must not grow with every spammer.
+        total_key = (direction, domain if direction is Direction.OUTGOING else "")
+        self._totals[total_key] = self._totals.get(total_key, TLSCounts()) + counts
+        self._dirty.add(slot)
+        self._totals_dirty = True
+
+    def incoming(
+        self,
+        sender_domain: str | None,
+        ip: str,
+        level: object,
+        tls: bool | None,
+        messages: int = 0,
+    ) -> None:
+        """
+        Count one incoming connection when it ends.
+
+        @param sender_domain: the domain the row is filed under (the
+            verified reverse DNS name's domain, or the envelope sender's
+            domain: the caller's choice, consistently); C{None} or C{""}
+            when unknown.
+        @param ip: the client's address.
+        @param level: the mail flow policy's L{TLSMode} (or a report
+            L{Level} or its name).
+        @param tls: C{True} if TLS was up, C{False} if a handshake failed,
+            C{None} if the client never started TLS.  Under C{required}, no
+            TLS at all counts as a required failure.
+        @param messages: messages accepted on the connection.
+        """
+        self.add(
+            Direction.INCOMING,
+            sender_domain,
+            ip,
+            TLSCounts.of_connection(level_of(level), tls, messages),
+        )
+
+    def outgoing(self, domain: str, level: object, tls: bool | None, messages: int = 0) -> None:
+        """
+        Count one delivery connection when it ends.
+
+        @param domain: the destination domain.
+        @param level: the effective L{DestinationTLS} (never C{default}).
+        @param tls: C{True} if TLS was up, C{False} if it failed (including
+            a required setting whose server did not offer STARTTLS),
+            C{None} if it was not attempted (C{no}, or C{preferred} and
+            STARTTLS not offered).
+        @param messages: messages the next hop accepted on it.
+        """
+        self.add(
+            Direction.OUTGOING, domain, "", TLSCounts.of_connection(level_of(level), tls, messages)
+        )
+
+    # -- reading --------------------------------------------------------------
+
+    def rows(self, since: float | None = None) -> list[tuple[int, int, Key, TLSCounts]]:
+        """
+        This process's rows, as L{esa_tls.report.storage.read_buckets}
+        gives them, for buckets overlapping C{since} or later.
+        """
+        out: list[tuple[int, int, Key, TLSCounts]] = []
+        for slot, bucket in self._buckets.items():
+            if since is not None and slot + self.bucket_seconds <= since:
+                continue
+            out.extend((slot, self.bucket_seconds, key, c) for key, c in bucket.items())
+        return out
+
+    def report(self, window: float, now: float | None = None) -> Deferred[TLSReport]:
+        """
+        The report for the last C{window} seconds: this process's counts
+        from memory, those of other workers sharing the directory from
+        their files (read in a thread).
+        """
+        end = self._clock.seconds() if now is None else now
+        start = end - window
+        mine = self.rows(start)
+        d = self._executor(lambda: read_buckets(self.directory, start, exclude_worker=self.worker))
+        return d.addCallback(
+            lambda others: build_report([*mine, *others], start, end, self.bucket_seconds)
+        )
+
+    def totals(self) -> Deferred[dict[tuple[Direction, str], TLSCounts]]:
+        """
+        The counts since the data directory was made, by direction and
+        (outgoing) destination domain, of every worker: what /metrics
+        exposes.
+        """
+        mine = dict(self._totals)
+
+        def merge(
+            others: dict[tuple[Direction, str], TLSCounts],
+        ) -> dict[tuple[Direction, str], TLSCounts]:
+            for key, counts in mine.items():
+                others[key] = others.get(key, TLSCounts()) + counts
+            return others
+
+        d = self._executor(lambda: read_totals(self.directory, exclude_worker=self.worker))
+        return d.addCallback(merge)
+
+    # -- persistence -----------------------------------------------------------
+
+    def flush(self) -> Deferred[None]:
+        """
+        Write the buckets changed since the last flush, and the totals, in
+        a thread; drop buckets older than the retention (from memory and
+        disk).  Flushes never overlap.
+
+        @return: a L{Deferred} firing when the files are durable; it fails
+            if they could not be written (their changes then stay pending
+            for the next flush).
+        """
+        return self._lock.run(self._flush)
+
+    def _flush(self) -> Deferred[None]:
+        now = self._clock.seconds()
+        horizon = now - self.retention
+        for slot in [s for s in self._buckets if s + self.bucket_seconds <= horizon]:
+            del self._buckets[slot]
+            self._dirty.discard(slot)
+        dirty = sorted(self._dirty)
+        writes = [
+            (
+                bucket_path(self.directory, slot, self.worker),
+                encode_bucket(slot, self.bucket_seconds, self.worker, self._buckets[slot]),
+            )
+            for slot in dirty
+            if slot in self._buckets
+        ]
+        if self._totals_dirty:
+            writes.append(
+                (totals_path(self.directory, self.worker), encode_totals(self.worker, self._totals))
+            )
+        self._dirty.clear()
+        totals_dirty, self._totals_dirty = self._totals_dirty, False
+        if not writes and not self._expired_on_disk(horizon):
+            return succeed(None)
+
+        def work() -> None:
+            for path, data in writes:
+                write_atomic(path, data)
+            for bucket, worker, path in list_buckets(self.directory):
+                if worker == self.worker and bucket + self.bucket_seconds <= horizon:
+                    os.unlink(path)
+
+        def failed(failure: Any) -> Any:
+            self._dirty.update(s for s in dirty if s in self._buckets)
+            self._totals_dirty = self._totals_dirty or totals_dirty
+            log.failure("Could not write the TLS report counters", failure)
+            return failure
+
+        return self._executor(work).addErrback(failed)
+
+    def _expired_on_disk(self, horizon: float) -> bool:
+        """
+        Whether a retention sweep is due: at most once per bucket.
+        """
+        slot = self._slot(horizon)
+        due = self._swept != slot
+        self._swept = slot
+        return due
+
+    def service(self, interval: float = DEFAULT_FLUSH_INTERVAL) -> Service:
+        """
+        A service that flushes every C{interval} seconds and once more when
+        it stops (stopping waits for that flush).
+        """
+        return _FlushService(self, interval)
+
+
+class _FlushService(TimerService):
+    def __init__(self, counters: TLSCounters, interval: float) -> None:
+        super().__init__(interval, self._tick)
+        self.counters = counters
+        self.clock = counters._clock
+
+    def _tick(self) -> Deferred[None]:
+        # A failed flush is logged and retried at the next tick.
+        return self.counters.flush().addErrback(lambda _: None)
+
+    def stopService(self) -> Deferred[None]:
+        d: Deferred[Any] = maybeDeferred(TimerService.stopService, self)
+        d.addCallback(lambda _: self.counters.flush())
+        # A failed last flush is already logged; stopping goes on.
+        return d.addErrback(lambda _: None)
