@@ -37,11 +37,11 @@ called with a L{HookContext} and must return an L{IAlertHook} provider.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from attrs import field, frozen
+from attrs import frozen
 
 from esa_tls.alerts.alert import AlertType, Severity
 from esa_tls.alerts.commandhook import CommandAlertHook
@@ -49,6 +49,7 @@ from esa_tls.alerts.dispatcher import FilteredHook
 from esa_tls.alerts.loghook import LogAlertHook, alert_log_path
 from esa_tls.alerts.mailhook import MailAlertHook
 from esa_tls.alerts.webhook import WebhookAlertHook
+from esa_tls.config.model import AlertHookConfig
 from esa_tls.interfaces import IAlertHook, IMessageStore
 
 __all__ = [
@@ -75,22 +76,9 @@ class HookConfigError(ValueError):
     """
 
 
-@frozen
-class HookConfig:
-    """
-    One C{[[alerts.hooks]]} table; field names are the proposed TOML keys.
-    """
-
-    type: str
-    command: tuple[str, ...] = ()
-    url: str = ""
-    object: str = ""
-    timeout: float = 10.0
-    sender: str = ""
-    headers: Mapping[str, str] = field(factory=dict)
-    options: Mapping[str, Any] = field(factory=dict)
-    severities: tuple[str, ...] = ()
-    types: tuple[str, ...] = ()
+#: One C{[[alerts.hooks]]} table (the configuration value lives with the
+#: rest of the configuration model).
+HookConfig = AlertHookConfig
 
 
 #: The hooks when none are configured.

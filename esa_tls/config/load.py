@@ -43,6 +43,8 @@ from esa_tls.config.model import (
     POLICY_PARAMETER_KEYS,
     UNIMPLEMENTED_POLICY_KEYS,
     AccessRule,
+    AdminSettings,
+    AlertHookConfig,
     AlertRecipient,
     AlertSettings,
     CertificateConfig,
@@ -80,6 +82,7 @@ _TOP_KEYS = (
     "destinations",
     "smtp_routes",
     "alerts",
+    "admin",
 )
 _LISTENER_KEYS = (
     "type",
@@ -103,6 +106,7 @@ _LISTENER_KEYS = (
 _TLS_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 _ALERT_SEVERITIES = ("critical", "warning", "info")
 _ALERT_TYPES = ("system", "hardware", "updater")
+_HOOK_TYPES = ("mail", "log", "command", "webhook", "python")
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\Z")
@@ -534,7 +538,8 @@ class _Loader:
         destinations = self.destinations(document.get("destinations", {}))
         routes = self.smtp_routes(document.get("smtp_routes", {}))
         alerts = self.alerts(document.get("alerts", {}))
-        if self.faults or system is None or settings is None or alerts is None:
+        admin = self.admin(document.get("admin", {}))
+        if self.faults or system is None or settings is None or alerts is None or admin is None:
             return None
         return GatewayConfig(
             system=system,
@@ -545,6 +550,7 @@ class _Loader:
             destinations=destinations,
             smtp_routes=routes,
             alerts=alerts,
+            admin=admin,
             source=self.source,
         )
 
@@ -772,8 +778,10 @@ class _Loader:
         table = self.table(path, value)
         if table is None:
             return None
-        self.known_keys(path, table, ["tls_failure_alert", "recipients"])
+        self.known_keys(path, table, ["tls_failure_alert", "recipients", "merge_interval", "hooks"])
         enabled = self.boolean((*path, "tls_failure_alert"), table.get("tls_failure_alert", False))
+        merge_interval = self.seconds((*path, "merge_interval"), table.get("merge_interval", 900))
+        hooks = self.alert_hooks(table.get("hooks", []))
         recipients: list[AlertRecipient] = []
         raw = table.get("recipients", [])
         if not isinstance(raw, list):
@@ -801,9 +809,102 @@ class _Loader:
                 self.fault(rpath, 'missing key "address"')
                 continue
             recipients.append(AlertRecipient(**values))
-        if enabled is _INVALID:
+        if enabled is _INVALID or merge_interval is _INVALID or hooks is None:
             return None
-        return AlertSettings(tls_failure_alert=enabled, recipients=tuple(recipients))
+        return AlertSettings(
+            tls_failure_alert=enabled,
+            recipients=tuple(recipients),
+            merge_interval=merge_interval,
+            hooks=hooks,
+        )
+
+    def alert_hooks(self, raw: object) -> tuple[AlertHookConfig, ...] | None:
+        path: KeyPath = ("alerts", "hooks")
+        if not isinstance(raw, list):
+            self.fault(path, "expected an array of tables ([[alerts.hooks]])")
+            return None
+        hooks: list[AlertHookConfig] = []
+        ok = True
+        for index, body in enumerate(raw):
+            hpath: KeyPath = (*path, index)
+            entry = self.table(hpath, body)
+            if entry is None:
+                ok = False
+                continue
+            values = self.fields(
+                hpath,
+                entry,
+                {
+                    "type": self.choice(_HOOK_TYPES),
+                    "command": self.nonempty(self.array(self.string)),
+                    "url": self.url,
+                    "object": self.string,
+                    "timeout": self.seconds,
+                    "sender": self.address,
+                    "headers": self.string_table,
+                    "options": self.any_table,
+                    "severities": self.nonempty(
+                        self.array(self.choice(_ALERT_SEVERITIES), unique=True)
+                    ),
+                    "types": self.nonempty(self.array(self.choice(_ALERT_TYPES), unique=True)),
+                },
+            )
+            if values is None:
+                ok = False
+                continue
+            kind = values.get("type")
+            needed = {"command": "command", "webhook": "url", "python": "object"}.get(kind or "")
+            if kind is None:
+                self.fault(hpath, 'missing key "type" (' + " | ".join(_HOOK_TYPES) + ")")
+                ok = False
+            elif needed and not values.get(needed):
+                self.fault(hpath, f'a {kind} hook needs "{needed}"')
+                ok = False
+            else:
+                hooks.append(AlertHookConfig(**values))
+        return tuple(hooks) if ok else None
+
+    def url(self, path: KeyPath, value: object) -> Any:
+        text = self.string(path, value)
+        if text is _INVALID:
+            return text
+        if not re.match(r"https?://[^\s/]+", text):
+            return self.fault(path, f"{_toml_string(text)} is not an http:// or https:// URL")
+        return text
+
+    def string_table(self, path: KeyPath, value: object) -> Any:
+        table = self.table(path, value)
+        if table is None:
+            return _INVALID
+        for key, item in table.items():
+            if not isinstance(item, str):
+                return self.fault((*path, key), f"expected a string, got {_describe(item)}")
+        return dict(table)
+
+    def any_table(self, path: KeyPath, value: object) -> Any:
+        table = self.table(path, value)
+        return _INVALID if table is None else dict(table)
+
+    def admin(self, value: object) -> AdminSettings | None:
+        path: KeyPath = ("admin",)
+        table = self.table(path, value)
+        if table is None:
+            return None
+        values = self.fields(path, table, {"listen": self.server_endpoint})
+        return None if values is None else AdminSettings(**values)
+
+    def server_endpoint(self, path: KeyPath, value: object) -> Any:
+        text = self.string(path, value)
+        if text is _INVALID or not text:
+            return text
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            serverFromString(reactor, text)
+        except (ValueError, TypeError, KeyError) as e:
+            return self.fault(path, f"{_toml_string(text)} is not a server endpoint: {e}")
+        return text
 
     def nonempty(self, check: Check) -> Check:
         def nonempty(path: KeyPath, value: object) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from ipaddress import IPv4Interface, IPv6Interface
+from typing import Any
 
 import attrs
 from attrs import field, frozen
@@ -312,9 +313,57 @@ class AlertRecipient:
 
 
 @frozen
+class AlertHookConfig:
+    """
+    One C{[[alerts.hooks]]} table: where alerts go besides (or instead of)
+    the built-in mail and log hooks.
+
+    @ivar type: C{mail}, C{log}, C{command}, C{webhook} or C{python} (a
+        third-party factory named by C{object}, C{package.module:factory},
+        or an C{esa_tls.alert_hooks} entry point).
+    @ivar severities: only these severities reach the hook (empty: all).
+    @ivar types: only these alert types reach the hook (empty: all).
+    """
+
+    type: str
+    command: tuple[str, ...] = ()
+    url: str = ""
+    object: str = ""
+    timeout: float = 10.0
+    sender: str = ""
+    headers: Mapping[str, str] = field(factory=dict)
+    options: Mapping[str, Any] = field(factory=dict)
+    severities: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+
+
+@frozen
 class AlertSettings:
+    """
+    C{[alerts]}: the global TLS-failure alert switch (ESA C{destconfig ->
+    setup}), who is told, and how.
+
+    @ivar merge_interval: seconds during which repeated TLS failures for one
+        domain are folded into one alert (with a count).
+    @ivar hooks: empty means the built-in mail and log hooks.
+    """
+
     tls_failure_alert: bool = False
     recipients: tuple[AlertRecipient, ...] = ()
+    merge_interval: float = 900.0
+    hooks: tuple[AlertHookConfig, ...] = ()
+
+
+@frozen
+class AdminSettings:
+    """
+    C{[admin]}: the admin web page (TLS report, recent alerts, C{/metrics}).
+
+    @ivar listen: a Twisted server endpoint string such as
+        C{tcp:8025:interface=127.0.0.1}; empty (the default) means off.
+    """
+
+    listen: str = ""
 
 
 @frozen
@@ -349,4 +398,5 @@ class GatewayConfig:
     destinations: Mapping[str, DestinationControl] = field(factory=dict)
     smtp_routes: Mapping[str, tuple[str, ...]] = field(factory=dict)
     alerts: AlertSettings = AlertSettings()
+    admin: AdminSettings = AdminSettings()
     source: str = "<embedded default>"

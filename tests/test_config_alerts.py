@@ -1,0 +1,87 @@
+"""
+The C{[alerts]} hooks and merge interval and the C{[admin]} page keys.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from esa_tls.config.errors import ConfigError
+from esa_tls.config.load import parse_config
+from esa_tls.config.model import AlertHookConfig
+from tests.test_config_load import HEAD, LISTENER
+
+ALERTS = """
+[alerts]
+tls_failure_alert = true
+merge_interval = 600
+
+[[alerts.recipients]]
+address = "admin@example.com"
+severities = ["warning", "critical"]
+types = ["system"]
+
+[[alerts.hooks]]
+type = "log"
+
+[[alerts.hooks]]
+type = "webhook"
+url = "https://hooks.example.com/esa"
+timeout = 5
+headers = { Authorization = "Bearer x" }
+severities = ["critical"]
+
+[admin]
+listen = "tcp:8025:interface=127.0.0.1"
+"""
+
+
+class AlertConfigTests(SynchronousTestCase):
+    def test_loaded(self) -> None:
+        """
+        Hooks, merge interval and the admin endpoint load as values.
+        """
+        config = parse_config(HEAD + LISTENER + ALERTS, "site.toml")
+        self.assertEqual(config.alerts.merge_interval, 600.0)
+        self.assertEqual(
+            config.alerts.hooks,
+            (
+                AlertHookConfig("log"),
+                AlertHookConfig(
+                    "webhook",
+                    url="https://hooks.example.com/esa",
+                    timeout=5.0,
+                    headers={"Authorization": "Bearer x"},
+                    severities=("critical",),
+                ),
+            ),
+        )
+        self.assertEqual(config.admin.listen, "tcp:8025:interface=127.0.0.1")
+
+    def test_defaults(self) -> None:
+        """
+        Without the keys: 15 minutes, the built-in hooks, no admin page.
+        """
+        config = parse_config(HEAD + LISTENER, "site.toml")
+        self.assertEqual((config.alerts.merge_interval, config.alerts.hooks), (900.0, ()))
+        self.assertEqual(config.admin.listen, "")
+
+    def test_faults(self) -> None:
+        """
+        A hook without what its type needs, an unknown type, a bad URL and a
+        bad endpoint are named with file, line and key.
+        """
+        text = (
+            HEAD
+            + LISTENER
+            + '[alerts]\n[[alerts.hooks]]\ntype = "command"\n'
+            + '[[alerts.hooks]]\ntype = "pager"\n'
+            + '[[alerts.hooks]]\ntype = "webhook"\nurl = "ftp://x"\n'
+            + '[admin]\nlisten = "bogus:1"\n'
+        )
+        e = self.assertRaises(ConfigError, parse_config, text, "site.toml")
+        message = str(e)
+        self.assertIn('alerts.hooks[0]: a command hook needs "command"', message)
+        self.assertIn('alerts.hooks[1].type: "pager" is not one of mail | log | command | webhook | python', message)
+        self.assertIn('alerts.hooks[2].url: "ftp://x" is not an http:// or https:// URL', message)
+        self.assertIn('admin.listen: "bogus:1" is not a server endpoint', message)
