@@ -121,6 +121,15 @@ class InboundSession(ESMTP):
         # line while a SASL exchange is under way.
         self.user: str | None = None
         self._sasl: Callable[[str], None] | None = None
+        # For the TLS Connections report: a handshake was tried and failed.
+        self.tls_failed = False
+
+    @property
+    def messages_accepted(self) -> int:
+        """
+        Messages this session got a 250 for.
+        """
+        return self._messages
 
     @property
     def _t(self) -> Any:
@@ -215,6 +224,7 @@ class InboundSession(ESMTP):
             self._counted = False
             self.factory.connections.release(self.peer_ip)
         if self._tls_pending and reason is not None:
+            self.tls_failed = True
             self.factory.maillog.icid_tls_failed(self.icid, _reason_text(reason))
         self.factory.session_closed(self)
         self.factory.maillog.icid_close(self.icid)
