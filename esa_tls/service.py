@@ -24,6 +24,10 @@ from twisted.names.client import createResolver
 from twisted.names.common import ResolverBase
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from esa_tls.alerts.certificates import CertificateWatch
+from esa_tls.alerts.dispatcher import AlertDispatcher
+from esa_tls.alerts.hooks import HookConfigError, build_hooks
+from esa_tls.config.errors import ConfigError, ConfigFault
 from esa_tls.config.load import LoadResult, load_config_with_warnings
 from esa_tls.config.model import GatewayConfig, Listener
 from esa_tls.hat.table import HostAccessTable
@@ -32,6 +36,9 @@ from esa_tls.inbound.auth import PasswordFile
 from esa_tls.inbound.limits import RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.maillog import MailLog, MailLogObserver, mail_log_path
+from esa_tls.report.admin import admin_service, make_admin_site
+from esa_tls.report.counters import TLSCounters
+from esa_tls.report.storage import report_directory
 from esa_tls.spool import DurableSpool
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
 from esa_tls.tls.store import CertificateStore
@@ -87,6 +94,26 @@ class GatewayService(MultiService):
         self.resolver = resolver if resolver is not None else make_resolver(config)
         users = config.system.smtp_auth_users
         self.auth_checker = PasswordFile(users) if users else None
+        try:
+            hooks = build_hooks(
+                config.alerts.hooks,
+                reactor=reactor,
+                store=self.spool,
+                data_dir=self.data_dir,
+                hostname=config.system.hostname,
+            )
+        except HookConfigError as e:
+            raise ConfigError([ConfigFault(config.source, None, "alerts.hooks", str(e))]) from None
+        self.alerts = AlertDispatcher(
+            config.alerts, hooks, reactor, merge_interval=config.alerts.merge_interval
+        )
+        self.counters = TLSCounters(report_directory(self.data_dir), reactor)
+        self.counters.service().setServiceParent(self)
+        self.certificate_watch = CertificateWatch(config, self.certificates, self.alerts.dispatch)
+        self.certificate_watch.service(reactor).setServiceParent(self)
+        if config.admin.listen:
+            site = make_admin_site(self.counters, self.alerts)
+            admin_service(config.admin.listen, site, reactor).setServiceParent(self)
         self.factories: dict[str, ListenerFactory] = {}
         self._observer: MailLogObserver | None = None
         self.watcher = FileWatcher(self._watched_files, self.reload, reactor, watch_interval)
@@ -119,6 +146,7 @@ class GatewayService(MultiService):
             rates=self.rates,
             certificates=self.certificates,
             auth_checker=self.auth_checker,
+            counters=self.counters,
         )
 
     def _endpoint(self, listener: Listener) -> IStreamServerEndpoint:
@@ -193,8 +221,6 @@ class GatewayService(MultiService):
 
         @return: the problems found, one per line (empty: all applied).
         """
-        from esa_tls.config.errors import ConfigError
-
         problems: list[str] = []
         if self.config.source.startswith("<"):
             new_config = self.config
@@ -218,6 +244,8 @@ class GatewayService(MultiService):
             factory.config = listener
             factory.hat = HostAccessTable(listener, self.resolver, clock=self.reactor)
         self.config = new_config
+        self.alerts.settings = new_config.alerts
+        self.certificate_watch.config = new_config
         for problem in problems:
             log.warn("reload: {problem}", problem=problem)
         log.info("configuration reloaded from {source}", source=new_config.source)

@@ -341,3 +341,64 @@ class WatchTests(TestCase):
         expired(ca, ["mx.test.example"]).write(os.path.join(directory, "tls"))
         yield in_thread(wait_until, lambda: False, 1)
         self.assertEqual((yield in_thread(served_certificate, port)), der(second))
+
+
+class ReportTests(TestCase):
+    @inlineCallbacks
+    def test_incomingCountedInReport(self) -> Any:
+        """
+        A running gateway counts its inbound sessions for the TLS
+        Connections report: after a clear and a TLS delivery to a Preferred
+        listener and a stop, C{esa-tls report tls --json} shows one
+        preferred success, the clear connections, and one encrypted and one
+        clear message.
+        """
+        import json
+        import ssl
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        child = Child(self, directory, free_port())
+        with open(child.config, "a") as f:
+            f.write('\n[listeners.InboundMail.policies.default]\ntls = "preferred"\n')
+        yield in_thread(child.start)
+
+        def send(tls: bool) -> None:
+            with smtplib.SMTP(
+                "127.0.0.1", child.port, local_hostname="client.test", timeout=10
+            ) as s:
+                if tls:
+                    context = ssl.create_default_context()
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    s.starttls(context=context)
+                s.sendmail("a@b.test", ["u@example.com"], b"Subject: r\r\n\r\nx\r\n")
+
+        yield in_thread(send, False)
+        yield in_thread(send, True)
+        child.kill(signal.SIGTERM)
+        result = subprocess.run(
+            [
+                os.path.join(os.path.dirname(sys.executable), "esa-tls"),
+                "--config",
+                child.config,
+                "report",
+                "tls",
+                "--json",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        total = json.loads(result.stdout)["incoming"]["total"]
+        self.assertEqual(
+            (
+                total["preferred_success"],
+                total["unencrypted"],
+                total["encrypted_messages"],
+                total["unencrypted_messages"],
+            ),
+            # Two clear connections: the start-up probe that waited for the
+            # port, and the clear delivery.
+            (1, 2, 1, 1),
+        )

@@ -27,6 +27,7 @@ from esa_tls.inbound.limits import ConnectionCounter, RecipientRateLimiter
 from esa_tls.inbound.session import InboundSession
 from esa_tls.interfaces import ICertificateStore, IHostAccessTable, IListener, IMessageStore
 from esa_tls.maillog import MailLog
+from esa_tls.report.counters import TLSCounters
 from esa_tls.summary import listener_summary
 from esa_tls.values import HATVerdict
 
@@ -84,6 +85,7 @@ class ListenerFactory(ServerFactory):
         rates: RecipientRateLimiter | None = None,
         certificates: ICertificateStore | None = None,
         auth_checker: ICredentialsChecker | None = None,
+        counters: TLSCounters | None = None,
     ) -> None:
         """
         @param hat: classifies each connecting host.
@@ -100,6 +102,8 @@ class ListenerFactory(ServerFactory):
         @param certificates: what STARTTLS serves; without it TLS is off.
         @param auth_checker: checks SMTP AUTH user names and passwords;
             without it AUTH is not offered, whatever the policies say.
+        @param counters: the TLS Connections report; each session is
+            counted when it ends.
         """
         self.config = config
         self.name = config.name
@@ -113,6 +117,7 @@ class ListenerFactory(ServerFactory):
         self.rates = rates if rates is not None else RecipientRateLimiter(clock)
         self.certificates = certificates
         self.auth_checker = auth_checker
+        self.counters = counters
         self.connections = ConnectionCounter()
         self.sessions: set[InboundSession] = set()
         self._closing: list[Deferred[None]] = []
@@ -139,6 +144,18 @@ class ListenerFactory(ServerFactory):
 
     def session_closed(self, session: InboundSession) -> None:
         self.sessions.discard(session)
+        verdict = session.verdict
+        if self.counters is not None and session.counted:
+            # Incoming rows are filed under the sender's verified host
+            # domain (the ESA's "sender domain"), else its address.
+            domain = None
+            if verdict is not None and verdict.verified and verdict.reverse_dns:
+                labels = verdict.reverse_dns.rstrip(".").lower().split(".")
+                domain = ".".join(labels[1:] if len(labels) > 2 else labels)
+            tls = True if session.tls_info is not None else (False if session.tls_failed else None)
+            self.counters.incoming(
+                domain, session.peer_ip, session.policy.tls, tls, session.messages_accepted
+            )
         if not self.sessions:
             waiting, self._closing = self._closing, []
             for d in waiting:

@@ -125,6 +125,17 @@ class InboundSession(ESMTP):
         self.tls_failed = False
 
     @property
+    def counted(self) -> bool:
+        """
+        Whether the session got past the HAT into SMTP (a TCPREFUSE or
+        REJECT connection is not a TLS report row).
+        """
+        return self.verdict is not None and self.policy.rule in (
+            AccessRule.ACCEPT,
+            AccessRule.RELAY,
+        )
+
+    @property
     def messages_accepted(self) -> int:
         """
         Messages this session got a 250 for.
