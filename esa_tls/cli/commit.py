@@ -1,0 +1,158 @@
+# -*- test-case-name: tests.test_cli_commit -*-
+"""
+Validate and apply the pending changes, then tell a running gateway to reload (commit [comment]).
+
+C{esa-tls --config FILE commit [COMMENT]} checks the whole pending
+configuration with the gateway's own loader; a configuration with any fault
+is refused with every fault listed and nothing is written.  Otherwise the
+file is replaced atomically, the previous one kept as C{FILE.bak}, the
+commit recorded in C{FILE.history} (time, user, digest, comment), and the
+gateway whose process id is in the pid file (C{--pidfile}, default
+C{twistd.pid} in the current directory, as C{twistd} writes it) is sent
+C{SIGHUP}: it re-reads the file and applies policies, HAT, RAT and
+certificates to new connections without dropping the sessions in progress.
+
+Inside the shell, C{commit} without a comment asks for one, as the ESA does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+
+from esa_tls.cli._pending import PendingError
+from esa_tls.cli._prompt import PromptAborted, Prompter
+from esa_tls.cli._session import EXIT_ABORTED, ShellContext, open_session, show_faults
+from esa_tls.cli.main import EXIT_CONFIG_ERROR, CommandContext
+from esa_tls.config.errors import ConfigError
+
+__all__ = ["DEFAULT_PIDFILE", "add_arguments", "reload_gateway", "run"]
+
+#: Where C{twistd} writes its process id unless told otherwise.
+DEFAULT_PIDFILE = "twistd.pid"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "comment", nargs="*", help="why the change was made (recorded in FILE.history)"
+    )
+    parser.add_argument(
+        "--pidfile",
+        default=DEFAULT_PIDFILE,
+        metavar="FILE",
+        help="pid file of the running gateway (default: %(default)s in the current directory)",
+    )
+    parser.add_argument(
+        "--no-reload",
+        action="store_true",
+        help="write the file but do not signal the gateway",
+    )
+
+
+def _looks_like_gateway(pid: int) -> bool:
+    """
+    Whether process C{pid} may be our gateway.  A stale pid file can name a
+    process that has since been reused by something else, and C{SIGHUP}
+    terminates most programs; where C{/proc} tells, only a C{twistd} or
+    C{esa-tls} process is signalled.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read()
+    except OSError:
+        return True
+    return b"twistd" in command or b"esa" in command
+
+
+def reload_gateway(pidfile: str) -> str:
+    """
+    Send C{SIGHUP} to the gateway named by C{pidfile}.
+
+    @return: one line saying what happened, for the administrator.
+    """
+    try:
+        with open(pidfile) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return (
+            f"No running gateway found (no pid file {pidfile}): the configuration "
+            "applies when it starts."
+        )
+    except OSError as e:
+        return f"Cannot read the pid file {pidfile}: {e.strerror}; the gateway was not told."
+    if not text.isdigit() or int(text) <= 1:
+        return f"The pid file {pidfile} does not hold a process id; the gateway was not told."
+    pid = int(text)
+    if not _looks_like_gateway(pid):
+        return (
+            f"Process {pid} named by {pidfile} is not an esa-tls gateway (stale pid file); "
+            "it was not signalled."
+        )
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return (
+            f"The gateway of {pidfile} (pid {pid}) is not running: the configuration "
+            "applies when it starts."
+        )
+    except PermissionError:
+        return f"Not allowed to signal the gateway (pid {pid}): reload it with SIGHUP yourself."
+    return f"The gateway (pid {pid}) was told to reload its configuration."
+
+
+def run(options: argparse.Namespace, context: CommandContext) -> int:
+    """
+    Commit the pending changes; see the module docstring.
+
+    @return: 0 when committed (or nothing to commit), 1 when refused.
+    """
+    comment = " ".join(options.comment)
+    try:
+        session = open_session(context)
+    except PendingError as e:
+        print(f"esa-tls: {e}", file=context.stderr)
+        return EXIT_CONFIG_ERROR
+    prompter = Prompter(
+        context.stdin if isinstance(context, ShellContext) else io.StringIO(),
+        context.stdout,
+    )
+    pending = session.pending
+    if not pending.changed:
+        pending.forget()
+        prompter.say("There are no changes to commit.")
+        return 0
+    if isinstance(context, ShellContext) and not comment:
+        try:
+            comment = prompter.text(
+                "Please enter some comments describing your changes:", required=False
+            )
+        except PromptAborted:
+            prompter.say("Commit aborted: nothing was written.")
+            return EXIT_ABORTED
+    try:
+        result = pending.commit(comment)
+    except ConfigError as e:
+        show_faults(
+            prompter,
+            e.faults,
+            f"The configuration cannot be committed; {pending.path} was not changed:",
+        )
+        return EXIT_ABORTED
+    except PendingError as e:
+        prompter.say(str(e))
+        return EXIT_ABORTED
+    except OSError as e:
+        prompter.say(f"Cannot write {pending.path}: {e.strerror}; nothing was committed.")
+        return EXIT_ABORTED
+    if result.loaded is not None:
+        for warning in result.loaded.warnings:
+            print(f"warning: {warning}", file=context.stderr)
+    local = result.when.astimezone()
+    prompter.say(f"Changes committed: {local.strftime('%a %b %d %H:%M:%S %Y')}")
+    if result.backup is not None:
+        prompter.say(f"The previous configuration is kept in {result.backup}.")
+    if not options.no_reload:
+        prompter.say(reload_gateway(options.pidfile))
+    return 0
