@@ -182,39 +182,6 @@ class _Walk:
         self._check((*self.path, key), value)
         return value
 
-    def apply(self, current: dict[str, Any], explicit: dict[str, Any]) -> bool:
-        """
-        Write the changes that differ from what is in force.
-
-        @return: whether anything was written.
-        """
-        real = {
-            key: value
-            for key, value in self.changes.items()
-            if (value is None and key in explicit)
-            or (value is not None and (current.get(key) != value or key not in explicit))
-        }
-        # A value equal to the one in force and not set before need not be
-        # written for the Default Policy Parameters (it is the model
-        # default), but must be for a named policy (it would inherit
-        # otherwise) only when it differs from the inherited one; the
-        # callers pass C{current} accordingly.
-        real = {
-            key: value
-            for key, value in real.items()
-            if value is None or current.get(key) != value or key in explicit
-        }
-        if not real:
-            return False
-        table = ensure_policy(self.doc, self.listener, self.name)
-        for key, value in real.items():
-            if value is None:
-                if key in table:
-                    del table[key]
-            else:
-                table[key] = value
-        return True
-
 
 def edit_default_policy(
     doc: ConfigDocument,

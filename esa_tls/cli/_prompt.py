@@ -197,9 +197,15 @@ class Prompter:
         for number, option in enumerate(options, start=1):
             self.say(f"{number}. {option}")
 
+        # Besides its number, a choice may be given by its label, without
+        # any parenthesised remark ("RELAXED" for "RELAXED (RELAY)").
+        names = [option.split(" (")[0].strip().lower() for option in options]
+
         def check(answer: str) -> int:
             if answer.isdigit() and 1 <= int(answer) <= len(options):
                 return int(answer) - 1
+            if answer.lower() in names:
+                return names.index(answer.lower())
             raise BadAnswer(f"Please enter a number from 1 to {len(options)}.")
 
         return self.ask("", check, None if default is None else str(default + 1))

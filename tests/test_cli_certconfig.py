@@ -1,0 +1,229 @@
+"""
+C{esa-tls certconfig}: certificates imported, pasted, created, exported and
+deleted through the dialog, checked against the files and the gateway's
+certificate loader after C{commit}.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.trial.unittest import SynchronousTestCase
+
+from esa_tls.cli.main import main
+from esa_tls.config.load import load_config
+from esa_tls.testing import CertificateAuthority, self_signed
+from esa_tls.tls.certificates import load_certificate
+
+CONFIG = """\
+[system]
+hostname = "mx.test.example"
+data_dir = "var"
+
+[interfaces.Loopback]
+address = "127.0.0.1/8"
+
+[listeners.Inboundmail]
+type = "public"
+interface = "Loopback"
+port = 2525
+rat = ["example.com"]
+"""
+
+
+def answers(*lines: str) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+class CertConfigTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.config = os.path.join(self.directory, "esa.toml")
+        with open(self.config, "w") as f:
+            f.write(CONFIG)
+        cwd = os.getcwd()
+        os.chdir(self.directory)
+        self.addCleanup(os.chdir, cwd)
+
+    def esa_tls(self, *args: str, stdin: str = "") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdin", io.StringIO(stdin))
+        with redirect_stdout(out), redirect_stderr(err):
+            status = main(["--config", self.config, *args])
+        return status, out.getvalue(), err.getvalue()
+
+    def certconfig(self, *lines: str) -> str:
+        status, out, err = self.esa_tls("certconfig", stdin=answers(*lines, ""))
+        self.assertEqual(status, 0, out + err)
+        return out
+
+    def commit(self) -> None:
+        status, out, err = self.esa_tls("commit", "--no-reload")
+        self.assertEqual(status, 0, out + err)
+
+    def test_listing_shows_demo(self) -> None:
+        """
+        The listing names the insecure Demo certificate and the listeners
+        using it.
+        """
+        out = self.certconfig()
+        self.assertIn("1. Demo: INSECURE demonstration certificate", out)
+        self.assertIn("   Listeners: Inboundmail\n", out)
+
+    def test_import_from_files(self) -> None:
+        """
+        IMPORT checks the material and stores it under data_dir/certs (the
+        key mode 0600); after commit the gateway's loader accepts it with
+        its chain.
+        """
+        ca = CertificateAuthority.generate()
+        issued = ca.issue(["mx.test.example"])
+        cert, key, chain = issued.write(os.path.join(self.directory, "incoming"))
+        out = self.certconfig("import", "Demo", "main", cert, key, chain)
+        self.assertIn("Demo is the built-in certificate: choose another name.", out)
+        self.assertIn("Certificate main added: CN=mx.test.example", out)
+        self.commit()
+        config = load_config(self.config)
+        entry = config.certificates["main"]
+        self.assertEqual(entry.key, os.path.join(self.directory, "var", "certs", "main.key"))
+        self.assertEqual(stat.S_IMODE(os.stat(entry.key).st_mode), 0o600)
+        loaded = load_certificate(entry)
+        self.assertEqual(loaded.leaf, issued.certificate)
+        self.assertEqual(len(loaded.chain), 1)
+
+    def test_wrong_key_refused(self) -> None:
+        """
+        A key that does not belong to the certificate is refused with the
+        reason; nothing is added.
+        """
+        one = self_signed(["a.example"]).write(os.path.join(self.directory, "one"))
+        two = self_signed(["b.example"]).write(os.path.join(self.directory, "two"))
+        out = self.certconfig("import", "main", one[0], two[1], "")
+        self.assertIn("the private key does not match the certificate. Nothing was imported.", out)
+        self.assertFalse(os.path.exists(self.config + ".pending"))
+
+    def test_paste(self) -> None:
+        """
+        PASTE takes the PEM text typed or pasted, each ended by a lone
+        period.
+        """
+        issued = self_signed(["mx.test.example"])
+        out = self.certconfig(
+            "paste",
+            "pasted",
+            *issued.cert_pem.decode().splitlines(),
+            ".",
+            *issued.key_pem.decode().splitlines(),
+            ".",
+        )
+        self.assertIn("Certificate pasted added", out)
+        self.commit()
+        self.assertEqual(
+            load_certificate(load_config(self.config).certificates["pasted"]).leaf,
+            issued.certificate,
+        )
+
+    def test_new_self_signed_and_csr(self) -> None:
+        """
+        NEW makes a key, a self-signed certificate for the names given, and
+        prints a CSR for them.
+        """
+        out = self.certconfig(
+            "new", "made", "", "mx.test.example, mx2.test.example", "Example Org", "", "", "",
+            "usa", "uk", "30", "2", "y",
+        )  # fmt: skip
+        self.assertIn("Enter Common Name:\n[mx.test.example]>", out)
+        self.assertIn("Enter a two-letter country code, or nothing.", out)
+        begin = out.index("-----BEGIN CERTIFICATE REQUEST-----")
+        end = out.index("-----END CERTIFICATE REQUEST-----") + len(
+            "-----END CERTIFICATE REQUEST-----"
+        )
+        csr = x509.load_pem_x509_csr(out[begin:end].encode())
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(
+            sans.get_values_for_type(x509.DNSName), ["mx.test.example", "mx2.test.example"]
+        )
+        self.commit()
+        loaded = load_certificate(load_config(self.config).certificates["made"])
+        self.assertEqual(loaded.key.key_size, 2048)  # type: ignore[union-attr]
+        self.assertIn("O=Example Org", loaded.leaf.subject.rfc4514_string())
+        self.assertIn("C=UK", loaded.leaf.subject.rfc4514_string())
+        self.assertEqual(
+            loaded.leaf.not_valid_after_utc - loaded.leaf.not_valid_before_utc,
+            timedelta(days=30, minutes=5),
+        )
+
+    def test_signed_certificate_installed(self) -> None:
+        """
+        EDIT > SIGNED installs the certificate a CA issued for the key of a
+        certificate made with NEW; a certificate for another key is refused.
+        """
+        self.certconfig("new", "made", "", "", "", "", "", "", "", "", "", "n")
+        self.commit()
+        entry = load_config(self.config).certificates["made"]
+        loaded = load_certificate(entry)
+        ca = CertificateAuthority.generate()
+        signed = (
+            x509.CertificateBuilder()
+            .subject_name(loaded.leaf.subject)
+            .issuer_name(ca.certificate.subject)
+            .public_key(loaded.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.now(UTC) - timedelta(minutes=5))
+            .not_valid_after(datetime.now(UTC) + timedelta(days=30))
+            .sign(ca.key, hashes.SHA256())
+        )
+        path = os.path.join(self.directory, "signed.pem")
+        with open(path, "wb") as f:
+            f.write(signed.public_bytes(Encoding.PEM) + ca.cert_pem)
+        other = self_signed(["x.example"]).write(os.path.join(self.directory, "other"))[0]
+        out = self.certconfig("edit", "made", "signed", other, "edit", "made", "signed", path)
+        self.assertIn("the private key does not match the certificate", out)
+        self.assertIn("Certificate made is now CN=mx.test.example, issued by", out)
+        self.commit()
+        installed = load_certificate(load_config(self.config).certificates["made"])
+        self.assertEqual(installed.leaf, signed)
+        self.assertEqual(len(installed.chain), 1)
+
+    def test_delete_rules(self) -> None:
+        """
+        DELETE refuses Demo and a certificate a listener uses, and removes
+        an unused one.
+        """
+        cert, key, _ = self_signed(["mx.test.example"]).write(os.path.join(self.directory, "c"))
+        self.certconfig("import", "main", cert, key, "")
+        self.esa_tls("set", "listeners.Inboundmail.certificate", "main")
+        out = self.certconfig("delete", "Demo", "delete", "main")
+        self.assertIn("The Demo certificate is built in and cannot be deleted.", out)
+        self.assertIn("Certificate main is used by Inboundmail", out)
+        self.esa_tls("set", "listeners.Inboundmail.certificate", "Demo")
+        out = self.certconfig("delete", "main")
+        self.assertIn("Certificate main deleted.", out)
+        self.commit()
+        self.assertNotIn("main", load_config(self.config).certificates)
+
+    def test_export(self) -> None:
+        """
+        EXPORT writes the certificate with its chain and, if asked, the key
+        (mode 0600).
+        """
+        issued = CertificateAuthority.generate().issue(["mx.test.example"])
+        cert, key, chain = issued.write(os.path.join(self.directory, "in"))
+        self.certconfig("import", "main", cert, key, chain)
+        out = self.certconfig("export", "main", "out.pem", "y", "out.key")
+        self.assertIn("Wrote out.pem.", out)
+        with open(os.path.join(self.directory, "out.pem"), "rb") as f:
+            self.assertEqual(len(x509.load_pem_x509_certificates(f.read())), 2)
+        key_path = os.path.join(self.directory, "out.key")
+        self.assertEqual(stat.S_IMODE(os.stat(key_path).st_mode), 0o600)
+        with open(key_path, "rb") as f:
+            self.assertIn(b"PRIVATE KEY", f.read())

@@ -1,0 +1,264 @@
+"""
+Pending changes, C{commit} and C{clear}: what reaches the configuration
+file, when, and what is kept of the previous one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from esa_tls.cli._pending import PendingConfig, PendingError
+from esa_tls.cli.commit import reload_gateway
+from esa_tls.cli.main import main
+from esa_tls.config.errors import ConfigError
+from esa_tls.config.load import load_config
+
+CONFIG = """\
+# Production gateway: keep this comment.
+[system]
+hostname = "mx.test.example"
+
+[interfaces.Loopback]
+address = "127.0.0.1/8"
+
+[listeners.Inboundmail]   # the public one
+type = "public"
+interface = "Loopback"
+port = 2525
+rat = ["example.com"]
+"""
+
+
+class CommitTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.config = os.path.join(self.directory, "esa.toml")
+        with open(self.config, "w") as f:
+            f.write(CONFIG)
+        os.chmod(self.config, 0o640)
+
+    def esa_tls(self, *args: str, stdin: str = "") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdin", io.StringIO(stdin))
+        with redirect_stdout(out), redirect_stderr(err):
+            status = main(["--config", self.config, *args])
+        return status, out.getvalue(), err.getvalue()
+
+    def read(self, path: str | None = None) -> str:
+        with open(path or self.config) as f:
+            return f.read()
+
+
+class PendingConfigTests(CommitTestCase):
+    """
+    L{PendingConfig} directly.
+    """
+
+    def test_commit_writes_backup_history(self) -> None:
+        """
+        A commit replaces the file with the pending text (its mode kept),
+        keeps the old file as C{FILE.bak}, records the comment in
+        C{FILE.history}, removes C{FILE.pending} and leaves no temporary
+        file behind.
+        """
+        pending = PendingConfig.open(self.config)
+        pending.text = CONFIG.replace("port = 2525", "port = 2526")
+        pending.save()
+        self.assertTrue(os.path.exists(self.config + ".pending"))
+        result = PendingConfig.open(self.config).commit("new port")
+        self.assertTrue(result.committed)
+        self.assertEqual(result.backup, self.config + ".bak")
+        self.assertEqual(self.read(), CONFIG.replace("port = 2525", "port = 2526"))
+        self.assertEqual(self.read(self.config + ".bak"), CONFIG)
+        self.assertEqual(stat.S_IMODE(os.stat(self.config).st_mode), 0o640)
+        self.assertIn(" comment=new port\n", self.read(self.config + ".history"))
+        self.assertEqual(
+            sorted(os.listdir(self.directory)), ["esa.toml", "esa.toml.bak", "esa.toml.history"]
+        )
+
+    def test_invalid_refused(self) -> None:
+        """
+        A pending text with a fault raises L{ConfigError} naming it, and
+        nothing is written; the pending changes stay for fixing.
+        """
+        pending = PendingConfig.open(self.config)
+        pending.text = CONFIG.replace('interface = "Loopback"', 'interface = "Nowhere"')
+        pending.save()
+        with self.assertRaises(ConfigError) as caught:
+            PendingConfig.open(self.config).commit()
+        self.assertIn(
+            'listeners.Inboundmail.interface: unknown interface "Nowhere"', str(caught.exception)
+        )
+        self.assertEqual(self.read(), CONFIG)
+        self.assertFalse(os.path.exists(self.config + ".bak"))
+        self.assertTrue(os.path.exists(self.config + ".pending"))
+
+    def test_stale_pending_refused(self) -> None:
+        """
+        Pending changes made before someone else changed the file are
+        refused (committing them would undo that change) until cleared.
+        """
+        pending = PendingConfig.open(self.config)
+        pending.text = CONFIG + "\n[alerts]\ntls_failure_alert = true\n"
+        pending.save()
+        with open(self.config, "a") as f:
+            f.write("# edited by hand\n")
+        with self.assertRaises(PendingError) as caught:
+            PendingConfig.open(self.config)
+        self.assertIn("has changed since the pending changes", str(caught.exception))
+        status, out, _ = self.esa_tls("clear")
+        self.assertEqual(status, 0)
+        self.assertIn("discarded", out)
+        self.assertFalse(PendingConfig.open(self.config).changed)
+
+    def test_new_file(self) -> None:
+        """
+        A configuration file that does not exist yet starts from the
+        embedded default; commit creates it, with no backup.
+        """
+        path = os.path.join(self.directory, "new.toml")
+        pending = PendingConfig.open(path)
+        self.assertFalse(pending.exists)
+        pending.text = pending.text.replace("port = 2525", "port = 2600")
+        result = pending.commit()
+        self.assertIsNone(result.backup)
+        self.assertEqual(load_config(path).listeners["InboundMail"].port, 2600)
+
+
+class CommandTests(CommitTestCase):
+    """
+    The C{commit} and C{clear} commands.
+    """
+
+    def test_nothing_to_commit(self) -> None:
+        """
+        Without pending changes, commit says so and writes nothing.
+        """
+        status, out, _ = self.esa_tls("commit")
+        self.assertEqual((status, out), (0, "There are no changes to commit.\n"))
+        self.assertFalse(os.path.exists(self.config + ".bak"))
+
+    def test_commit_refused_lists_faults(self) -> None:
+        """
+        An invalid pending configuration is refused by the command with every
+        fault and exit status 1.
+        """
+        pending = PendingConfig.open(self.config)
+        pending.text = CONFIG.replace("port = 2525", "port = 0").replace(
+            '"example.com"', '"example.com", "ALL"'
+        )
+        pending.save()
+        status, out, _ = self.esa_tls("commit", "--no-reload")
+        self.assertEqual(status, 1)
+        self.assertIn("cannot be committed", out)
+        self.assertIn("listeners.Inboundmail.port: 0 is out of range 1-65535", out)
+        self.assertIn("listeners.Inboundmail.rat[1]: ALL is not allowed", out)
+        self.assertEqual(self.read(), CONFIG)
+
+    def test_clear(self) -> None:
+        """
+        clear drops the pending changes; the file is untouched.
+        """
+        self.esa_tls("set", "listeners.Inboundmail.port", "2600")
+        status, out, _ = self.esa_tls("clear")
+        self.assertEqual((status, out), (0, "All pending changes have been discarded.\n"))
+        self.assertFalse(os.path.exists(self.config + ".pending"))
+        status, out, _ = self.esa_tls("clear")
+        self.assertEqual(out, "There are no pending changes to discard.\n")
+        self.assertEqual(self.read(), CONFIG)
+
+    def test_no_config(self) -> None:
+        """
+        Commands that change the configuration need C{--config}.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            status = main(["commit"])
+        self.assertEqual(status, 2)
+        self.assertIn("--config FILE", err.getvalue())
+
+    def test_shell_here_document(self) -> None:
+        """
+        The shell reads its commands from a here-document; C{clear} drops
+        what was set; C{commit} with a comment applies the rest.
+        """
+        status, out, _ = self.esa_tls(
+            "cli",
+            stdin=(
+                "set listeners.Inboundmail.port 2600\n"
+                "clear\n"
+                "set listeners.Inboundmail.max_concurrency 77\n"
+                "commit --no-reload shell test\n"
+            ),
+        )
+        self.assertEqual(status, 0, out)
+        self.assertIn("mx.test.example> set listeners.Inboundmail.port 2600\n", out)
+        self.assertIn("All pending changes have been discarded.", out)
+        self.assertIn("Changes committed: ", out)
+        listener = load_config(self.config).listeners["Inboundmail"]
+        self.assertEqual((listener.port, listener.max_concurrency), (2525, 77))
+        self.assertIn("comment=shell test", self.read(self.config + ".history"))
+        self.assertIn("# Production gateway: keep this comment.\n", self.read())
+        self.assertIn("[listeners.Inboundmail]   # the public one\n", self.read())
+
+
+class ReloadGatewayTests(SynchronousTestCase):
+    """
+    L{reload_gateway}: finding the gateway through its pid file.
+    """
+
+    def test_no_pidfile(self) -> None:
+        """
+        Without a pid file there is no gateway to tell.
+        """
+        message = reload_gateway(os.path.abspath(self.mktemp()))
+        self.assertIn("No running gateway found", message)
+
+    def test_garbage_pidfile(self) -> None:
+        """
+        A pid file without a process id is reported, nothing signalled.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a pid\n")
+        self.assertIn("does not hold a process id", reload_gateway(path))
+
+    def test_process_gone(self) -> None:
+        """
+        A pid file naming a process that has exited is reported as a
+        gateway that is not running.
+        """
+        child = subprocess.Popen([sys.executable, "-c", "pass # esa"])
+        child.wait()
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"{child.pid}\n")
+        self.assertIn("is not running", reload_gateway(path))
+
+    def test_not_a_gateway(self) -> None:
+        """
+        A stale pid file naming some other program does not get it signalled
+        (SIGHUP would terminate it).
+        """
+        child = subprocess.Popen(["sleep", "60"])
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"{child.pid}\n")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(f"/proc/{child.pid}/cmdline", "rb") as f:
+                if b"sleep" in f.read():
+                    break
+        self.assertIn("is not an esa-tls gateway", reload_gateway(path))
+        self.assertIsNone(child.poll())

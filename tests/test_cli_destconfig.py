@@ -1,0 +1,177 @@
+"""
+C{esa-tls destconfig} and C{esa-tls alertconfig}: destination controls and
+alert recipients through their dialogs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from esa_tls.cli.destconfig import format_table, parse_table
+from esa_tls.cli.main import main
+from esa_tls.config.load import load_config
+from esa_tls.config.model import AlertRecipient, DestinationTLS
+
+CONFIG = """\
+[system]
+hostname = "mx.test.example"
+
+[interfaces.Loopback]
+address = "127.0.0.1/8"
+
+[listeners.Inboundmail]
+type = "public"
+interface = "Loopback"
+port = 2525
+rat = ["example.com"]
+"""
+
+#: The ESA's TLS question and its six settings.
+TLS_MENU = """\
+Do you wish to apply a specific TLS setting for this domain? [N]>y
+Do you want to use TLS support?
+1. No
+2. Preferred
+3. Required
+4. Preferred (Verify)
+5. Required (Verify)
+6. Required - Verify Hosted Domains
+[1]>6
+You have chosen to enable TLS. Please use the 'certconfig' command to
+ensure that there is a valid certificate configured.
+"""
+
+
+def answers(*lines: str) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+class DialogTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.config = os.path.join(self.directory, "esa.toml")
+        with open(self.config, "w") as f:
+            f.write(CONFIG)
+        cwd = os.getcwd()
+        os.chdir(self.directory)
+        self.addCleanup(os.chdir, cwd)
+
+    def dialog(self, command: str, *lines: str) -> str:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdin", io.StringIO(answers(*lines, "")))
+        with redirect_stdout(out), redirect_stderr(err):
+            status = main(["--config", self.config, command])
+        self.assertEqual(status, 0, out.getvalue() + err.getvalue())
+        return out.getvalue()
+
+    def commit(self) -> None:
+        out = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(out):
+            status = main(["--config", self.config, "commit", "--no-reload"])
+        self.assertEqual(status, 0, out.getvalue())
+
+
+class DestConfigTests(DialogTestCase):
+    def test_new_domain(self) -> None:
+        """
+        NEW asks the ESA's questions, including the exact TLS question and
+        its six settings; the row is written after commit.
+        """
+        out = self.dialog(
+            "destconfig", "new", "Example.NET", "y", "20", "y", "5", "n", "y", "6", "n"
+        )
+        self.assertIn(TLS_MENU, out)
+        self.assertIn("    TLS: Required - Verify Hosted Domains\n", out)
+        self.commit()
+        row = load_config(self.config).destinations["example.net"]
+        self.assertEqual(row.tls, DestinationTLS.REQUIRED_VERIFY_HOSTED)
+        self.assertEqual((row.max_host_concurrency, row.max_messages_per_connection), (20, 5))
+
+    def test_no_specific_tls_uses_default(self) -> None:
+        """
+        Answering no to the specific TLS question leaves the domain on the
+        default row's setting; DEFAULT changes that row; DETAIL shows both.
+        """
+        out = self.dialog(
+            "destconfig",
+            "new", "example.org", "n", "n", "y", "10", "100", "n",
+            "default", "y", "", "n", "n", "3",
+            "detail", "ALL",
+        )  # fmt: skip
+        self.assertIn("    TLS: Default (Required)\n", out)
+        self.assertIn("    Recipient limit: 100 per 10 minutes\n", out)
+        self.commit()
+        config = load_config(self.config)
+        self.assertEqual(config.destinations["example.org"].tls, DestinationTLS.DEFAULT)
+        self.assertEqual(config.destinations["default"].tls, DestinationTLS.REQUIRED)
+
+    def test_export_import(self) -> None:
+        """
+        EXPORT writes the table; IMPORT replaces it, refusing a file whose
+        values the loader refuses.
+        """
+        self.dialog("destconfig", "new", "example.net", "n", "n", "n", "y", "3")
+        self.dialog("destconfig", "export", "dest.ini")
+        with open("dest.ini") as f:
+            text = f.read()
+        self.assertIn("[example.net]\ntls = required\n", text)
+        self.assertEqual(parse_table(text)["example.net"], {"tls": "required"})
+        self.assertEqual(format_table(parse_table(text)), text)
+        with open("bad.ini", "w") as f:
+            f.write("[example.com]\ntls = sometimes\n")
+        out = self.dialog("destconfig", "import", "bad.ini")
+        self.assertIn("bad.ini was not imported:", out)
+        self.assertIn('"sometimes" is not one of', out)
+        with open("good.ini", "w") as f:
+            f.write("[DEFAULT]\ntls = preferred\n\n[example.com]\ntls = required-verify\n")
+        out = self.dialog("destconfig", "import", "good.ini", "list")
+        self.assertIn("Imported 2 entries", out)
+        self.assertIn("Required (Verify)", out)
+        self.commit()
+        config = load_config(self.config)
+        self.assertNotIn("example.net", config.destinations)
+        self.assertEqual(config.destinations["default"].tls, DestinationTLS.PREFERRED)
+
+    def test_setup_alert_switch(self) -> None:
+        """
+        SETUP switches the TLS-failure alert, warning when nobody would
+        receive it.
+        """
+        out = self.dialog("destconfig", "setup", "y")
+        self.assertIn("nobody will receive it", out)
+        self.commit()
+        self.assertTrue(load_config(self.config).alerts.tls_failure_alert)
+
+
+class AlertConfigTests(DialogTestCase):
+    def test_recipients(self) -> None:
+        """
+        NEW, EDIT and DELETE alert recipients with their classes and
+        severities.
+        """
+        out = self.dialog(
+            "alertconfig",
+            "new", "not-an-address", "ops@example.com", "2", "3",
+            "new", "all@example.com", "", "",
+            "edit", "1", "", "2,3", "1",
+            "delete", "all@example.com",
+        )  # fmt: skip
+        self.assertIn("'not-an-address' is not an email address.", out)
+        self.assertIn("1. ops@example.com\n   Class: System - Severities: Warning\n", out)
+        self.commit()
+        self.assertEqual(
+            load_config(self.config).alerts.recipients,
+            (
+                AlertRecipient(
+                    "ops@example.com",
+                    severities=("critical", "warning", "info"),
+                    types=("system", "hardware"),
+                ),
+            ),
+        )
