@@ -27,7 +27,12 @@ from typing import TYPE_CHECKING, Any
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, ISSLTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    ISSLTransport,
+)
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
@@ -54,6 +59,9 @@ MAX_AUTH_LINE = 12288
 #: How much pipelined input is held while a reply is pending before the
 #: socket is paused.
 _MAX_HELD = 64 * 1024
+#: Seconds a closed session waits for its client to take the last replies
+#: before the connection is aborted.
+_LINGER = 30.0
 
 
 class State(enum.Enum):
@@ -71,7 +79,7 @@ _HELP = (
 )
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPushProducer)
 class InboundSession(ESMTP):
     """
     One SMTP conversation on a listener.
@@ -100,6 +108,8 @@ class InboundSession(ESMTP):
         self._held = b""
         self._busy = False
         self._paused = False
+        self._output_full = False
+        self._linger: IDelayedCall | None = None
         self._counted = False
         self._bad_commands = 0
         self._messages = 0
@@ -153,6 +163,9 @@ class InboundSession(ESMTP):
     # -- connection life ----------------------------------------------------
 
     def connectionMade(self) -> None:
+        # The session produces the replies: when the client stops reading
+        # them, the transport pauses it (see L{pauseProducing}).
+        self._t.registerProducer(self, True)
         self.peer_ip = getattr(self._t.getPeer(), "host", "")
         self.secure = ISSLTransport.providedBy(self.transport)
         if self.secure:
@@ -230,6 +243,8 @@ class InboundSession(ESMTP):
             if timer.active():
                 timer.cancel()
         self._timers = []
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         self._abort_message()
         if self._counted:
             self._counted = False
@@ -243,10 +258,17 @@ class InboundSession(ESMTP):
     def _close(self, abort: bool = False) -> None:
         self.state = State.CLOSED
         self._held = b""
+        # A registered producer would keep the connection open (see
+        # FileDescriptor.loseConnection).
+        self._t.unregisterProducer()
         if abort:
             self._t.abortConnection()
-        else:
-            self._t.loseConnection()
+            return
+        self._t.loseConnection()
+        # loseConnection waits for the client to take the replies still
+        # buffered; one that never reads would hold its slot (and per-IP
+        # count) for ever.
+        self._linger = self.factory.clock.callLater(_LINGER, self._t.abortConnection)
 
     def shutdown(self) -> None:
         """
@@ -323,7 +345,11 @@ class InboundSession(ESMTP):
         self._process()
 
     def _process(self) -> None:
-        while not self._busy and self._held and self.state is not State.CLOSED:
+        self._consume()
+        self._flow()
+
+    def _consume(self) -> None:
+        while not self._blocked() and self._held and self.state is not State.CLOSED:
             if self.state is State.DATA:
                 assert self._reader is not None
                 data, self._held = self._held, b""
@@ -337,9 +363,13 @@ class InboundSession(ESMTP):
             limit = self._line_limit()
             if end < 0:
                 if len(self._held) > limit:
-                    self._held = b""
-                    self._badCommand(500, b"5.5.2 Line too long")
-                    self._skip_line = True
+                    # One 500 per over-long line, however many reads it
+                    # takes to arrive; a final CR may be half of its CRLF.
+                    self._held = self._held[-1:] if self._held.endswith(b"\r") else b""
+                    if not self._skip_line:
+                        self._skip_line = True
+                        self._sasl = None
+                        self._badCommand(500, b"5.5.2 Line too long")
                 return
             line, self._held = self._held[:end], self._held[end + 2 :]
             if self._skip_line:
@@ -354,12 +384,55 @@ class InboundSession(ESMTP):
                 self._saslResponse(line)
                 continue
             self._command(line)
-        if self._busy and len(self._held) > _MAX_HELD and not self._paused:
+
+    def _blocked(self) -> bool:
+        """
+        Whether the next command must wait: for the reply to the one before
+        (twisted.md 1.2), or for the client to read the replies it has.
+        """
+        return self._busy or self._output_full
+
+    def _flow(self) -> None:
+        """
+        Stop reading from the socket once the held input reaches its cap
+        while it cannot be consumed (a reply is pending, or the client is
+        not reading its replies); start again when it can.  Called after
+        every turn of L{_consume}, whichever way that ended (an early return
+        that skipped it left a paused session paused for ever).
+        """
+        if self.state is State.CLOSED:
+            return
+        # Only held input pauses the socket: a TLS handshake must go on
+        # reading while its first replies wait in the TLS layer.
+        pause = self._blocked() and len(self._held) > _MAX_HELD
+        if pause and not self._paused:
             self._paused = True
             self._t.pauseProducing()
-        elif self._paused and not self._busy:
+        elif self._paused and not pause:
             self._paused = False
             self._t.resumeProducing()
+
+    # -- IPushProducer: the replies, paused by the transport ------------------
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: the client is not reading its
+        replies.  Answer nothing more until it does (and, once the held
+        input reaches its cap, read nothing more), so that a client cannot
+        make the gateway buffer replies without limit (a pipelined HELP
+        costs 6 octets and its reply 150).
+        """
+        self._output_full = True
+        self._flow()
+
+    def resumeProducing(self) -> None:
+        self._output_full = False
+        self._process()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going; L{connectionLost} cleans up.
+        """
 
     def _line_limit(self) -> int:
         """
