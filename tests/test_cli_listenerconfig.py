@@ -65,10 +65,11 @@ class DialogTestCase(SynchronousTestCase):
             status = main(["--config", self.config, *args])
         return status, out.getvalue(), err.getvalue()
 
-    def commit(self) -> None:
+    def commit(self) -> str:
         status, out, err = self.run_cli("commit", "--no-reload", "test")
         self.assertEqual(status, 0, out + err)
         self.assertIn("Changes committed: ", out)
+        return out
 
     def text(self) -> str:
         with open(self.config) as f:
@@ -106,7 +107,9 @@ class ListenerTests(DialogTestCase):
         self.assertIn("Sender Groups: RELAYLIST (RELAYED), ALL (BLOCKED)", out)
         self.assertIn("2. Outbound (on Loopback, 127.0.0.1/8) SMTP TCP Port 2526 Private", out)
         self.assertEqual(self.text(), CONFIG, "pending until commit")
-        self.commit()
+        out = self.commit()
+        self.assertIn("Listener Outbound is new or has moved: restart the gateway", out)
+        self.assertNotIn("Listener Inboundmail", out)
         listener = load_config(self.config).listeners["Outbound"]
         self.assertEqual(listener.type, ListenerType.PRIVATE)
         self.assertEqual(listener.port, 2526)

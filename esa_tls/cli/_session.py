@@ -32,6 +32,9 @@ __all__ = ["EditSession", "ShellContext", "edit", "open_session"]
 #: Exit status of a command stopped by the end of its input, or refused.
 EXIT_ABORTED = 1
 
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells do).
+EXIT_INTERRUPTED = 130
+
 
 class EditSession:
     """
@@ -181,6 +184,11 @@ def edit(
     except PromptAborted:
         prompter.say("Aborted at the end of the input: the changes of this command were dropped.")
         return EXIT_ABORTED
+    except KeyboardInterrupt:
+        if session.in_shell:
+            raise
+        prompter.say("\nInterrupted: the changes of this command were dropped.")
+        return EXIT_INTERRUPTED
     text = document.text()
     if text != before:
         session.keep(text)

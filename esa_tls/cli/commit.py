@@ -24,7 +24,13 @@ import signal
 
 from esa_tls.cli._pending import PendingError
 from esa_tls.cli._prompt import PromptAborted, Prompter
-from esa_tls.cli._session import EXIT_ABORTED, ShellContext, open_session, show_faults
+from esa_tls.cli._session import (
+    EXIT_ABORTED,
+    EditSession,
+    ShellContext,
+    open_session,
+    show_faults,
+)
 from esa_tls.cli.main import EXIT_CONFIG_ERROR, CommandContext
 from esa_tls.config.errors import ConfigError
 
@@ -119,6 +125,7 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
         context.stdout,
     )
     pending = session.pending
+    before = _committed_listeners(session)
     if not pending.changed:
         pending.forget()
         prompter.say("There are no changes to commit.")
@@ -153,6 +160,29 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
     prompter.say(f"Changes committed: {local.strftime('%a %b %d %H:%M:%S %Y')}")
     if result.backup is not None:
         prompter.say(f"The previous configuration is kept in {result.backup}.")
+    if result.loaded is not None and before is not None:
+        for name, where in result.loaded.config.listeners.items():
+            place = (where.interface.address.ip, where.port, where.protocol)
+            if before.get(name) != place:
+                prompter.say(
+                    f"Listener {name} is new or has moved: restart the gateway to start it "
+                    "there (a reload does not open or close ports)."
+                )
     if not options.no_reload:
         prompter.say(reload_gateway(options.pidfile))
     return 0
+
+
+def _committed_listeners(session: EditSession) -> dict[str, object] | None:
+    """
+    Where each listener of the committed file listens, to tell the
+    administrator which changes a reload cannot apply; C{None} when the
+    committed file is not valid (or absent).
+    """
+    config, _ = session.check(session.pending.base_text)
+    if config is None or not session.pending.exists:
+        return None
+    return {
+        name: (listener.interface.address.ip, listener.port, listener.protocol)
+        for name, listener in config.listeners.items()
+    }

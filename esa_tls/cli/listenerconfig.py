@@ -398,6 +398,13 @@ class ListenerConfig:
             raise BadAnswer("Enter at least one recipient.")
         return entries
 
+    @classmethod
+    def some_senders(cls, answer: str) -> list[str]:
+        senders = cls.senders(answer)
+        if not senders:
+            raise BadAnswer("Enter at least one host.")
+        return senders
+
     @staticmethod
     def senders(answer: str) -> list[str]:
         entries = _split(answer)
@@ -473,9 +480,7 @@ class HostAccess:
         name = self.owner.new_name(
             "Enter a name for this sender group.", [g["group"] for g in groups]
         )
-        senders = p.ask(_HOSTS_HELP, self.owner.senders, None)
-        if not senders:
-            senders = p.ask("Enter at least one host.", self.owner.senders, None)
+        senders = p.ask(_HOSTS_HELP, self.owner.some_senders, None)
         policy = self.choose_policy("ACCEPTED")
         comment = p.text("Enter a comment for this sender group.", required=False)
         array = ensure_hat(self.doc, self.listener)
@@ -554,7 +559,7 @@ class HostAccess:
                 return
             table = ensure_hat(self.doc, self.listener)[index]
             if op == "NEW":
-                added = p.ask(_HOSTS_HELP, self.owner.senders, None)
+                added = p.ask(_HOSTS_HELP, self.owner.some_senders, None)
                 senders = list(group["senders"])
                 senders += [s for s in added if s not in senders]
                 table["senders"] = senders
