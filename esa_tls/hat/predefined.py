@@ -4,9 +4,11 @@ The ESA's factory Host Access Table: the sender groups and mail flow
 policies a new listener starts with (ESA reference sections 2.4 and 3.3).
 
 They are plain values so that the configuration loader can use them for a
-listener whose file gives no HAT, and merge an administrator's policies over
-them: a file that sets only C{[listeners.X.policies.TRUSTED] max_msgs_per_session}
-keeps the rest of C{TRUSTED} as the ESA ships it.
+listener whose file gives no HAT or does not define these policies.  A file
+table with a predefined name replaces that policy (issue 2's contract: unset
+parameters inherit the Default Policy Parameters, only the rule is kept), so
+C{esa-tls listenerconfig} writes a predefined policy out in full before
+changing one of its values.
 
 The policies are given as the parameter overrides a configuration file would
 write (TOML key names and TOML-shaped values: C{rule = "ACCEPT"},
