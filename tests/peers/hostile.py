@@ -287,13 +287,16 @@ class HostileServer:
         ]
 
 
-def start_hostile_server(case: TestCase, script: Script) -> HostileServer:
+def start_hostile_server(
+    case: TestCase, script: Script, interface: str = "127.0.0.1"
+) -> HostileServer:
     """
-    Listen on 127.0.0.1, port 0, for the duration of the test C{case}.
+    Listen on C{interface} (127.0.0.1 by default; C{"::1"} for IPv6),
+    port 0, for the duration of the test C{case}.
     """
     capture = Capture()
     factory: Any = ServerFactory.forProtocol(lambda: _HostileSMTP(script, capture))
-    listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    listening = reactor.listenTCP(0, factory, interface=interface)
     case.addCleanup(listening.stopListening)
     case.addCleanup(capture.all_closed)
     port = listening.getHost().port  # type: ignore[attr-defined]

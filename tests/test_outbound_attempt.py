@@ -1,0 +1,108 @@
+"""
+Tests for L{esa_tls.outbound.attempt.deliver_message}: DNS outcomes turned
+into recipient outcomes, IPv6 delivery, and the mail log of bounces and
+deferrals.
+"""
+
+from __future__ import annotations
+
+import itertools
+from io import BytesIO
+
+from twisted.internet import reactor
+from twisted.names import dns
+from twisted.trial.unittest import TestCase
+
+from esa_tls.config.model import GatewayConfig, SystemSettings
+from esa_tls.maillog import MailLog, MailLogCollector
+from esa_tls.outbound.attempt import address_problem, deliver_message
+from esa_tls.outbound.client import Timeouts
+from esa_tls.outbound.mx import MXResolver
+from esa_tls.outbound.result import DeliveryResult, RecipientStatus
+from tests.peers.dns import start_dns_server
+from tests.peers.hostile import Script, start_hostile_server
+
+CONFIG = GatewayConfig(system=SystemSettings(hostname="gw.test"))
+
+
+class DeliverThroughDNSTests(TestCase):
+    """
+    Delivery that starts with a real DNS lookup.
+    """
+
+    def setUp(self) -> None:
+        self.server = start_hostile_server(self, Script(), interface="::1")
+        self.dns = start_dns_server(
+            self,
+            {
+                "v6.example": [dns.Record_MX(10, b"mx.v6.example")],
+                "mx.v6.example": [dns.Record_AAAA("::1")],
+                "nullmx.example": [dns.Record_MX(0, b"")],
+            },
+            servfail={"broken.example"},
+        )
+        self.collector = MailLogCollector()
+
+    async def deliver(self, domain: str) -> DeliveryResult:
+        return await deliver_message(
+            reactor,
+            None,
+            CONFIG,
+            domain,
+            "sender@gw.test",
+            [(1, f"a@{domain}"), (2, f"b@{domain}")],
+            BytesIO(b"Subject: x\r\n\r\nx\r\n"),
+            dcid_allocator=itertools.count(1).__next__,
+            maillog=MailLog(observer=self.collector),
+            mid=9,
+            timeouts=Timeouts.uniform(5),
+            port=self.server.port,
+            mx_resolver=MXResolver(self.dns.resolver(), timeout=(1,)),
+        )
+
+    async def test_aaaa_only_mx(self) -> None:
+        """
+        An MX with only an AAAA record gets the mail over IPv6.
+        """
+        result = await self.deliver("v6.example")
+        self.assertEqual([r.status for r in result.recipients], [RecipientStatus.DELIVERED] * 2)
+        self.assertEqual(result.address, "::1")
+        self.assertEqual(len(self.server.capture.messages), 1)
+
+    async def test_null_mx_bounces(self) -> None:
+        """
+        A null MX bounces every recipient at once, with 556 5.1.10, and the
+        mail log says so.
+        """
+        result = await self.deliver("nullmx.example")
+        self.assertEqual([r.status for r in result.recipients], [RecipientStatus.BOUNCED] * 2)
+        self.assertEqual(result.recipients[0].code, 556)
+        self.assertTrue(result.recipients[0].text.startswith("5.1.10"))
+        self.assertEqual(len(self.collector.lines), 1)
+        self.assertTrue(self.collector.lines[0].startswith("MID 9 RID [1, 2] bounced: 556 5.1.10"))
+
+    async def test_servfail_defers(self) -> None:
+        """
+        SERVFAIL defers every recipient (4.4.3); nothing is attempted.
+        """
+        result = await self.deliver("broken.example")
+        self.assertEqual([r.status for r in result.recipients], [RecipientStatus.DEFERRED] * 2)
+        self.assertTrue(result.recipients[0].text.startswith("4.4.3"))
+        self.assertIsNone(result.dcid)
+        self.assertTrue(self.collector.lines[0].startswith("MID 9 RID [1, 2] deferred: 451 4.4.3"))
+
+
+class AddressTests(TestCase):
+    """
+    Stored addresses that must not reach an SMTP command line.
+    """
+
+    def test_problems(self) -> None:
+        """
+        Line breaks, spaces, angle brackets and missing C{@} are refused;
+        ordinary and international addresses pass.
+        """
+        for bad in ["a@b\r\nRCPT TO:<c@d>", "a b@c", "a>@b", "nobody", ""]:
+            self.assertIsNotNone(address_problem(bad), bad)
+        for good in ["a@b.example", "first.last+tag@x.example", "jos\u00e9@b.example"]:
+            self.assertIsNone(address_problem(good), good)
