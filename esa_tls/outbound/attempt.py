@@ -188,7 +188,7 @@ class _Attempt:
             if outcome is None:
                 return None
         if outcome.tls_failure or (outcome.handshake_failed and self.plan.require):
-            self._tls_failed(host, address, outcome)
+            self._tls_failed(host, address, outcome, dcid)
             return None
         if self._next_host(outcome):
             return None
@@ -252,7 +252,7 @@ class _Attempt:
             self.last_error = f"{host.name}[{address}]: {outcome.failure}"
         return outcome, dcid
 
-    def _tls_failed(self, host: MailHost, address: str, outcome: SessionOutcome) -> None:
+    def _tls_failed(self, host: MailHost, address: str, outcome: SessionOutcome, dcid: int) -> None:
         event = TLSFailureEvent(
             domain=self.domain,
             level=self.plan.level,
@@ -262,6 +262,7 @@ class _Attempt:
             result_type=outcome.tls.failure or TLSResultType.VALIDATION_FAILURE,
             detail=outcome.tls.detail or outcome.failure or "TLS failed",
             mid=self.mid,
+            dcid=dcid,
         )
         self.tls_failures.append(event)
         self.last_error = (

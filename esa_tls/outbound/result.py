@@ -114,6 +114,7 @@ class TLSFailureEvent:
     @ivar host: the MX or route host tried.
     @ivar address: the IP address connected to.
     @ivar mid: the message that was held back.
+    @ivar dcid: the delivery connection on which TLS failed.
     """
 
     domain: str
@@ -124,6 +125,7 @@ class TLSFailureEvent:
     result_type: TLSResultType
     detail: str
     mid: int | None = None
+    dcid: int | None = None
 
 
 @frozen

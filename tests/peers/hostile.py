@@ -59,6 +59,10 @@ class Script:
         the server stops answering, or C{b"GREETING"} for no banner.
     @ivar hold_ehlo_reply_over_tls: delay the post-TLS EHLO reply, so that
         a client sending before the reply is caught (L{Capture.premature}).
+    @ivar hang_after_messages: once this many messages were accepted, take
+        the next ones' data but never answer the final dot (they go to
+        L{Capture.unanswered}): a server that is slow, or a sender that
+        crashes, at the worst moment.
     """
 
     greeting: bytes = b"220 hostile.test ESMTP"
@@ -73,6 +77,7 @@ class Script:
     final_reply: bytes = b"250 2.0.0 Ok: queued"
     silent_after: bytes | None = None
     hold_ehlo_reply_over_tls: float = 0.0
+    hang_after_messages: int | None = None
 
 
 @define
@@ -81,14 +86,20 @@ class Capture:
     What the server saw, over all connections.
 
     @ivar commands: C{(over_tls, line)} for every command line.
-    @ivar messages: C{(mail_from, rcpts, body)}; the body dot-unstuffed,
-        CRLF line endings, as a receiving MTA would store it.
+    @ivar messages: C{(mail_from, rcpts, body)} of each message accepted
+        (answered 2xx at the final dot); the body dot-unstuffed, CRLF line
+        endings, as a receiving MTA would store it.
     @ivar premature: commands that arrived while a reply was being held.
+    @ivar unanswered: messages whose final dot got no reply (see
+        L{Script.hang_after_messages}); not accepted.
+    @ivar max_open: the most connections open at once.
     """
 
     commands: list[tuple[bool, bytes]] = Factory(list)
     messages: list[tuple[bytes, list[bytes], bytes]] = Factory(list)
+    unanswered: list[tuple[bytes, list[bytes], bytes]] = Factory(list)
     premature: list[bytes] = Factory(list)
+    max_open: int = 0
     connections: int = 0
     open: list[Any] = Factory(list)
     closed_waiters: list[Deferred[None]] = Factory(list)
@@ -136,6 +147,7 @@ class _HostileSMTP(LineReceiver):
     def connectionMade(self) -> None:
         self.capture.connections += 1
         self.capture.open.append(self)
+        self.capture.max_open = max(self.capture.max_open, len(self.capture.open))
         if self.script.silent_after == b"GREETING":
             self.silent = True
             return
@@ -157,8 +169,17 @@ class _HostileSMTP(LineReceiver):
                 body = b"".join(
                     (x[1:] if x.startswith(b".") else x) + b"\r\n" for x in self.data_lines
                 )
-                self.capture.messages.append((self.mail_from, list(self.rcpts), body))
                 self.data_lines = []
+                message = (self.mail_from, list(self.rcpts), body)
+                limit = self.script.hang_after_messages
+                if limit is not None and len(self.capture.messages) >= limit:
+                    self.capture.unanswered.append(message)
+                    self.silent = True
+                    return
+                if self.script.final_reply.startswith(b"2"):
+                    self.capture.messages.append(message)
+                else:
+                    self.capture.unanswered.append(message)
                 self._reply(b"DOT", self.script.final_reply)
             else:
                 self.data_lines.append(line)

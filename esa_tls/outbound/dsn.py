@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_outbound_queue -*-
+"""
+Delivery Status Notifications (RFC 3464): the bounce a sender gets when
+recipients failed for good.
+
+A DSN is a C{multipart/report; report-type=delivery-status} with three
+parts: a human explanation, the machine-readable C{message/delivery-status}
+(one block per failed recipient: C{Final-Recipient}, C{Action: failed},
+C{Status}, C{Diagnostic-Code}), and the original message's headers
+(C{text/rfc822-headers}, not the body: a bounce must not carry the whole
+message back, and must not become a vehicle for backscatter spam).
+
+It is sent from the null reverse path, so that it can never bounce in turn;
+and none is ever made for a message that itself came from the null reverse
+path (a bounce of a bounce, RFC 5321 section 6.1).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from email.utils import formatdate
+
+from attrs import frozen
+
+__all__ = ["FailedRecipient", "build_dsn", "status_of"]
+
+_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+@frozen
+class FailedRecipient:
+    """
+    One recipient the DSN reports.
+
+    @ivar diagnostic: the remote server's reply (C{"550 5.1.1 No such
+        user"}) or our own reason.
+    @ivar remote: whether C{diagnostic} is a reply from the remote MTA
+        (C{Diagnostic-Code: smtp; ...}) rather than our own text.
+    """
+
+    address: str
+    diagnostic: str
+    status: str = ""
+    remote: bool = True
+
+
+def status_of(text: str, code: int | None = None) -> str:
+    """
+    The RFC 3463 status code for a failure: the enhanced code in the text
+    if it has one, else one derived from the reply code.
+    """
+    match = _STATUS.search(text)
+    if match is not None and match.group(1) == "5":
+        return match.group(0)
+    if code is not None and 500 <= code < 600:
+        return "5.0.0"
+    if match is not None:
+        return match.group(0)
+    return "5.0.0"
+
+
+def _ascii(text: str) -> str:
+    """
+    A header-safe, single-line, ASCII rendering of peer text.
+    """
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+
+
+def build_dsn(
+    *,
+    reporting_mta: str,
+    sender: str,
+    failed: Sequence[FailedRecipient],
+    original_headers: bytes,
+    arrival_date: float | None = None,
+    now: float | None = None,
+    original_mid: int | None = None,
+) -> bytes:
+    """
+    The whole DSN message, CRLF line endings, ready for the spool.
+
+    @param reporting_mta: our host name.
+    @param sender: the original envelope sender, who gets the DSN.
+    @param failed: the recipients that failed for good.
+    @param original_headers: the original message's header section.
+    @raise ValueError: for a null C{sender}: never bounce a bounce.
+    """
+    if not sender:
+        raise ValueError("no DSN for the null reverse path")
+    boundary = f"=_{uuid.uuid4().hex}"
+    host = _ascii(reporting_mta)
+    lines = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
+        f"To: <{_ascii(sender)}>",
+        "Subject: Undelivered Mail Returned to Sender",
+        f"Date: {formatdate(now, localtime=False)}",
+        f"Message-ID: <{uuid.uuid4().hex}@{host}>",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=us-ascii",
+        "Content-Description: Notification",
+        "",
+        f"This is the mail system at host {host}.",
+        "",
+        "Your message could not be delivered to one or more recipients.",
+        "It has been returned below (headers only).",
+        "",
+    ]
+    if original_mid is not None:
+        lines.append(f"Message ID on {host}: MID {original_mid}")
+        lines.append("")
+    for recipient in failed:
+        lines.append(f"<{_ascii(recipient.address)}>: {_ascii(recipient.diagnostic)}")
+    lines += [
+        "",
+        f"--{boundary}",
+        "Content-Type: message/delivery-status",
+        "Content-Description: Delivery report",
+        "",
+        f"Reporting-MTA: dns; {host}",
+    ]
+    if arrival_date:
+        lines.append(f"Arrival-Date: {formatdate(arrival_date, localtime=False)}")
+    for recipient in failed:
+        status = recipient.status or status_of(recipient.diagnostic)
+        kind = "smtp" if recipient.remote else "x-local"
+        lines += [
+            "",
+            f"Final-Recipient: rfc822; {_ascii(recipient.address)}",
+            "Action: failed",
+            f"Status: {status}",
+            f"Diagnostic-Code: {kind}; {_ascii(recipient.diagnostic)}",
+        ]
+    lines += [
+        "",
+        f"--{boundary}",
+        "Content-Type: text/rfc822-headers",
+        "Content-Description: Undelivered message headers",
+        "",
+    ]
+    head = "\r\n".join(lines).encode("ascii") + b"\r\n"
+    headers = original_headers.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").rstrip(b"\r\n")
+    return head + headers + b"\r\n\r\n" + f"--{boundary}--\r\n".encode("ascii")
+
+
+def header_section(body: bytes) -> bytes:
+    """
+    The header section of a message (up to the first empty line).
+    """
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        index = body.find(separator)
+        if index >= 0:
+            return body[:index]
+    return body

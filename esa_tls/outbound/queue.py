@@ -1,0 +1,493 @@
+# -*- test-case-name: tests.test_outbound_queue -*-
+"""
+The queue manager: works the durable spool until every recipient is
+delivered or bounced.
+
+What it guarantees, with the spool's help:
+
+  - B{nothing lost}: it reads the spool at start-up, so messages accepted
+    before a crash or a restart are delivered; a recipient's state changes
+    only through C{DurableSpool.update_recipients}, which is durable before
+    the manager goes on;
+  - B{nothing sent twice} that was recorded as delivered: only pending
+    (queued or deferred) recipients are ever tried.  The one window that
+    remains is the classic one of every MTA (RFC 5321 section 6.1): a
+    crash after the next hop's C{250} and before the state is on disk
+    sends that recipient again;
+  - B{per-destination limits} from Destination Controls: at most
+    C{max_host_concurrency} deliveries to a domain at once, and at most
+    C{recipient_limit} recipients per C{recipient_minutes}.  Every delivery
+    uses its own connection, so C{max_messages_per_connection} (at least
+    1) is always honoured;
+  - B{retries} with exponential backoff (first 5 minutes, then doubling,
+    at most an hour apart), until the message is 5 days old: then the
+    recipient bounces;
+  - B{bounces} (RFC 3464 DSNs) to the sender for recipients that failed
+    for good, put into the spool like any message and delivered by this
+    same manager; never for a message from the null sender.  The DSN is
+    made durable I{before} the recipients are marked bounced, so a crash
+    can repeat a DSN but never lose one.
+
+C{esa-tls delivernow [DOMAIN]} talks to a running manager through a
+request file in C{data_dir/delivernow/} (see L{request_delivery_now}),
+which the manager checks every second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+from attrs import evolve, frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from esa_tls.config.model import GatewayConfig
+from esa_tls.maillog import MailLog
+from esa_tls.outbound.attempt import deliver_message
+from esa_tls.outbound.client import Timeouts
+from esa_tls.outbound.dsn import FailedRecipient, build_dsn, header_section, status_of
+from esa_tls.outbound.mx import SMTP_PORT, MXResolver, normalize_name
+from esa_tls.outbound.policy import destination_for
+from esa_tls.outbound.result import DeliveryResult, RecipientStatus, TLSFailureEvent
+from esa_tls.spool.values import (
+    BOUNCED,
+    DEFERRED,
+    DELIVERED,
+    FINAL_STATUSES,
+    QueuedMessage,
+    RecipientState,
+)
+from esa_tls.values import Envelope
+
+log = Logger()
+
+__all__ = ["QueueManager", "RetryPolicy", "delivernow_directory", "request_delivery_now"]
+
+
+@frozen
+class RetryPolicy:
+    """
+    When to try a deferred recipient again, and when to give up.
+
+    @ivar first: seconds before the first retry.
+    @ivar maximum: the longest wait between two attempts.
+    @ivar give_up: seconds after the message arrived after which a
+        recipient that is still deferred bounces.
+    """
+
+    first: float = 300.0
+    maximum: float = 3600.0
+    give_up: float = 5 * 86400.0
+
+    def delay(self, attempts: int) -> float:
+        """
+        The wait after the C{attempts}-th failed attempt: C{first},
+        doubling each time, at most C{maximum}.
+        """
+        return float(min(self.first * (2 ** max(attempts - 1, 0)), self.maximum))
+
+
+def delivernow_directory(config: GatewayConfig) -> str:
+    """
+    Where C{esa-tls delivernow} leaves its requests.
+    """
+    return os.path.join(config.system.data_dir, "delivernow")
+
+
+def request_delivery_now(config: GatewayConfig, domain: str | None = None) -> str:
+    """
+    Ask the running gateway to retry now every deferred recipient (of
+    C{domain} only, when given).  Blocking: for the command-line tool.
+
+    @return: the request file written.
+    """
+    directory = delivernow_directory(config)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{uuid.uuid4().hex}.request")
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write((normalize_name(domain) if domain else "ALL") + "\n")
+    os.rename(temporary, path)
+    return path
+
+
+def _domain_of(address: str) -> str:
+    return normalize_name(address.rpartition("@")[2])
+
+
+class QueueManager(Service):
+    """
+    Delivers what the spool holds.
+
+    @ivar in_flight: the C{(mid, domain)} deliveries running now.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        spool: Any,
+        config: GatewayConfig,
+        resolver: Any,
+        *,
+        dcid_allocator: Callable[[], int],
+        maillog: MailLog | None = None,
+        on_tls_failure: Callable[[TLSFailureEvent], object] | None = None,
+        on_result: Callable[[DeliveryResult], object] | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        scan_interval: float = 30.0,
+        port: int = SMTP_PORT,
+        trust_system: bool = True,
+        mx_resolver: MXResolver | None = None,
+        clock: Any = None,
+    ) -> None:
+        """
+        @param reactor: for connections (and time, unless C{clock}).
+        @param spool: the L{esa_tls.spool.DurableSpool} (or anything with
+            its queue-side methods and C{new_message}).
+        @param config: the configuration (Destination Controls, routes,
+            host name, data directory).
+        @param resolver: the C{IResolver} for MX, A and AAAA.
+        @param on_tls_failure: see L{deliver_message}; the alert
+            dispatcher's entry point.
+        @param on_result: called with every L{DeliveryResult} (the TLS
+            report's C{record_delivery}); its errors are logged.
+        @param scan_interval: how often the whole spool is scanned for
+            recipients whose retry time has come.
+        @param port: the SMTP port of mail exchangers (tests change it).
+        @param clock: the time source for retries and limits.
+        """
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.spool = spool
+        self.config = config
+        self.resolver = resolver
+        self.dcid_allocator = dcid_allocator
+        self.maillog = maillog
+        self.on_tls_failure = on_tls_failure
+        self.on_result = on_result
+        self.retry = retry or RetryPolicy()
+        self.timeouts = timeouts
+        self.scan_interval = scan_interval
+        self.port = port
+        self.trust_system = trust_system
+        self.mx_resolver = mx_resolver or MXResolver(resolver)
+        self.in_flight: dict[tuple[int, str], Deferred[None]] = {}
+        self._active: dict[str, int] = defaultdict(int)
+        self._sent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self._loops: list[LoopingCall] = []
+        self._rescan: Any = None
+
+    # -- service --------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Scan the spool now (mail from before a restart included), on new
+        messages, and every C{scan_interval}.
+        """
+        super().startService()
+        self.spool.subscribe(self._committed)
+        scan = LoopingCall(self._scan_logged)
+        scan.clock = self.clock
+        scan.start(self.scan_interval, now=True)
+        requests = LoopingCall(self._check_requests)
+        requests.clock = self.clock
+        requests.start(1.0, now=False)
+        self._loops = [scan, requests]
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop scanning and wait for the deliveries under way.
+        """
+        super().stopService()
+        if self._rescan is not None and self._rescan.active():
+            self._rescan.cancel()
+        self._rescan = None
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        return DeferredList(list(self.in_flight.values())).addCallback(lambda _: None)
+
+    def _committed(self, mid: int) -> None:
+        """
+        A new message is durable: start on it at once.
+        """
+        if not self.running:
+            return
+        try:
+            message = self.spool.get(mid)
+        except KeyError:
+            return
+        for d in self._schedule(message, self.clock.seconds()):
+            d.addErrback(lambda f: log.failure("Delivery of new MID {mid} failed", f, mid=mid))
+
+    def _scan_logged(self) -> None:
+        self.run_once().addErrback(lambda f: log.failure("Queue scan failed", f))
+
+    def _rescan_soon(self) -> None:
+        """
+        A delivery ended, so a concurrency slot is free: scan again (once,
+        however many deliveries end in the same turn).
+        """
+        if not self.running or self._rescan is not None:
+            return
+
+        def rescan() -> None:
+            self._rescan = None
+            self._scan_logged()
+
+        self._rescan = self.reactor.callLater(0, rescan)
+
+    # -- delivernow -------------------------------------------------------
+
+    def _check_requests(self) -> None:
+        directory = delivernow_directory(self.config)
+        try:
+            names = [n for n in os.listdir(directory) if n.endswith(".request")]
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    target = f.read().strip()
+                os.unlink(path)
+            except OSError:
+                continue
+            self.deliver_now(None if target == "ALL" else target)
+
+    def deliver_now(self, domain: str | None = None) -> Deferred[None]:
+        """
+        Retry now every deferred recipient (of C{domain} only, when given),
+        ignoring their retry times, as ESA C{delivernow} does; resets the
+        recipient-rate counters of the domains concerned.
+        """
+        domain = normalize_name(domain) if domain else None
+        if domain is None:
+            self._sent.clear()
+        else:
+            self._sent.pop(domain, None)
+        log.info("delivernow: {target}", target=domain or "all domains")
+        return self.run_once(force=domain or True)
+
+    # -- scanning ---------------------------------------------------------
+
+    def run_once(self, force: str | bool = False) -> Deferred[None]:
+        """
+        One pass over the spool: start every delivery that is due and
+        allowed by the limits.
+
+        @param force: C{True} to ignore retry times, or a domain to ignore
+            them for that domain only.
+        @return: a L{Deferred} firing once the deliveries started by this
+            pass are finished and recorded.
+        """
+        now = self.clock.seconds()
+        started: list[Deferred[None]] = []
+        for message in self.spool.queued():
+            started.extend(self._schedule(message, now, force))
+        return DeferredList(started).addCallback(lambda _: None)
+
+    def _schedule(
+        self, message: QueuedMessage, now: float, force: str | bool = False
+    ) -> list[Deferred[None]]:
+        """
+        Start the deliveries of one message that are due and allowed.
+        """
+        if not message.pending:
+            return [self._finish(message)]
+        by_domain: dict[str, list[RecipientState]] = defaultdict(list)
+        for state in message.pending:
+            domain = _domain_of(state.address)
+            if force is True or force == domain or state.next_attempt <= now:
+                by_domain[domain].append(state)
+        started = []
+        for domain, states in by_domain.items():
+            if (message.mid, domain) in self.in_flight:
+                continue
+            allowed = self._allowed(domain, len(states), now)
+            if allowed > 0:
+                started.append(self._start(message, domain, states[:allowed], now))
+        return started
+
+    def _allowed(self, domain: str, wanted: int, now: float) -> int:
+        """
+        How many of C{wanted} recipients of C{domain} may be tried now.
+        """
+        control = destination_for(self.config, domain)
+        if (
+            control.max_host_concurrency > 0
+            and self._active[domain] >= control.max_host_concurrency
+        ):
+            return 0
+        if control.recipient_limit <= 0:
+            return wanted
+        window = control.recipient_minutes * 60.0
+        sent = self._sent[domain]
+        while sent and sent[0][0] <= now - window:
+            sent.popleft()
+        used = sum(count for _, count in sent)
+        return min(wanted, control.recipient_limit - used)
+
+    def _start(
+        self, message: QueuedMessage, domain: str, states: list[RecipientState], now: float
+    ) -> Deferred[None]:
+        self._active[domain] += 1
+        self._sent[domain].append((now, len(states)))
+        d = Deferred.fromCoroutine(self._deliver(message, domain, states))
+
+        def done(result: object) -> object:
+            self._active[domain] -= 1
+            self.in_flight.pop((message.mid, domain), None)
+            self._rescan_soon()
+            return result
+
+        d.addBoth(done)
+        d.addErrback(
+            lambda f: log.failure(
+                "Delivery of MID {mid} to {domain} failed", f, mid=message.mid, domain=domain
+            )
+        )
+        self.in_flight[(message.mid, domain)] = d
+        return d
+
+    # -- one delivery -------------------------------------------------------
+
+    async def _deliver(
+        self, message: QueuedMessage, domain: str, states: list[RecipientState]
+    ) -> None:
+        envelope = message.envelope
+        body = self.spool.open_body(message.mid)
+        try:
+            result = await deliver_message(
+                self.reactor,
+                self.resolver,
+                self.config,
+                domain,
+                envelope.mail_from,
+                [(s.rid, s.address) for s in states],
+                body,
+                dcid_allocator=self.dcid_allocator,
+                maillog=self.maillog,
+                mid=message.mid,
+                on_tls_failure=self.on_tls_failure,
+                timeouts=self.timeouts,
+                port=self.port,
+                trust_system=self.trust_system,
+                mx_resolver=self.mx_resolver,
+            )
+        finally:
+            body.close()
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception:
+                log.failure("Delivery result callback failed")
+        now = self.clock.seconds()
+        arrived = self._arrival(message)
+        by_rid = {s.rid: s for s in states}
+        new_states: dict[int, RecipientState] = {}
+        failed: list[FailedRecipient] = []
+        for outcome in result.recipients:
+            old = by_rid[outcome.rid]
+            attempts = old.attempts + 1
+            text = f"{outcome.code} {outcome.text}"
+            if outcome.status is RecipientStatus.DELIVERED:
+                new = evolve(old, status=DELIVERED, attempts=attempts, last_error="")
+            elif outcome.status is RecipientStatus.BOUNCED:
+                new = evolve(old, status=BOUNCED, attempts=attempts, last_error=text)
+                failed.append(
+                    FailedRecipient(
+                        old.address, text, status_of(outcome.text, outcome.code), remote=True
+                    )
+                )
+            elif now - arrived >= self.retry.give_up:
+                reason = f"gave up after {attempts} attempts: {text}"
+                new = evolve(old, status=BOUNCED, attempts=attempts, last_error=reason)
+                failed.append(FailedRecipient(old.address, reason, "4.4.7", remote=False))
+                if self.maillog is not None:
+                    self.maillog.bounced(message.mid, [old.rid], reason)
+            else:
+                new = evolve(
+                    old,
+                    status=DEFERRED,
+                    attempts=attempts,
+                    next_attempt=now + self.retry.delay(attempts),
+                    last_error=text,
+                )
+            new_states[old.rid] = new
+        if failed:
+            await self._bounce(message, failed, arrived)
+        await self.spool.update_recipients(message.mid, new_states)
+        current = self.spool.get(message.mid)
+        if not current.pending:
+            await self._finish(current)
+
+    def _arrival(self, message: QueuedMessage) -> float:
+        if message.envelope.received_at > 0:
+            return message.envelope.received_at
+        try:
+            return os.stat(self.spool.message_path(message.mid)).st_mtime
+        except (OSError, AttributeError):
+            return float(self.clock.seconds())
+
+    def _finish(self, message: QueuedMessage) -> Deferred[None]:
+        """
+        Every recipient is delivered or bounced: forget the message.
+        """
+        if any(s.status not in FINAL_STATUSES for s in message.recipients):
+            return succeed(None)
+        d: Deferred[None] = self.spool.remove(message.mid)
+        return d
+
+    async def _bounce(
+        self, message: QueuedMessage, failed: list[FailedRecipient], arrived: float
+    ) -> None:
+        """
+        Put a DSN for C{failed} into the spool, unless the message came
+        from the null sender.
+        """
+        sender = message.envelope.mail_from
+        if not sender:
+            log.info("MID {mid}: no bounce for a message from the null sender", mid=message.mid)
+            return
+        body = self.spool.open_body(message.mid)
+        try:
+            headers = header_section(body.read(65536))
+        finally:
+            body.close()
+        dsn = build_dsn(
+            reporting_mta=self.config.system.hostname,
+            sender=sender,
+            failed=failed,
+            original_headers=headers,
+            arrival_date=arrived,
+            now=time.time(),
+            original_mid=message.mid,
+        )
+        envelope = Envelope(
+            mail_from="",
+            rcpt_to=(sender,),
+            helo=self.config.system.hostname,
+            peer_ip="127.0.0.1",
+            listener="(bounce)",
+            icid=0,
+            received_at=self.clock.seconds(),
+        )
+        incoming = self.spool.new_message(envelope)
+        incoming.write(dsn)
+        mid = await incoming.commit()
+        log.info(
+            "MID {mid}: bounce MID {dsn} for {n} recipient(s)",
+            mid=message.mid,
+            dsn=mid,
+            n=len(failed),
+        )

@@ -1,0 +1,385 @@
+"""
+Tests for L{esa_tls.outbound.queue}: the queue manager over a real
+L{esa_tls.spool.DurableSpool}, delivering to a capturing SMTP server on
+loopback; retries on a test clock; bounces (RFC 3464); limits; and a
+sending process killed in the middle of a batch.
+"""
+
+from __future__ import annotations
+
+import email
+import itertools
+import os
+import sys
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import TestCase
+
+from esa_tls.config.model import (
+    DestinationControl,
+    DestinationTLS,
+    GatewayConfig,
+    SystemSettings,
+)
+from esa_tls.outbound.client import Timeouts
+from esa_tls.outbound.dsn import build_dsn, status_of
+from esa_tls.outbound.queue import QueueManager, RetryPolicy, request_delivery_now
+from esa_tls.spool import BOUNCED, DEFERRED, QUEUED, DurableSpool
+from esa_tls.values import Envelope
+from tests.peers.hostile import HostileServer, Script, start_hostile_server
+
+
+def make_config(
+    port: int, data_dir: str, *, concurrency: int = 500, limit: int = 0
+) -> GatewayConfig:
+    route = (f"127.0.0.1:{port}",)
+    return GatewayConfig(
+        system=SystemSettings(hostname="gw.test", data_dir=data_dir),
+        destinations={
+            "default": DestinationControl("default", DestinationTLS.NO),
+            "partner.example": DestinationControl(
+                "partner.example",
+                DestinationTLS.NO,
+                max_host_concurrency=concurrency,
+                recipient_limit=limit,
+            ),
+        },
+        smtp_routes={"partner.example": route, "sender.example": route},
+    )
+
+
+async def inject(
+    spool: DurableSpool, mail_from: str, rcpts: list[str], subject: str = "test"
+) -> int:
+    envelope = Envelope(
+        mail_from=mail_from,
+        rcpt_to=tuple(rcpts),
+        helo="client.example",
+        peer_ip="127.0.0.1",
+        listener="InboundMail",
+        icid=1,
+        received_at=time.time(),
+    )
+    message = spool.new_message(envelope)
+    message.write(f"Subject: {subject}\r\nFrom: <{mail_from}>\r\n\r\nbody\r\n".encode())
+    mid: int = await message.commit()
+    return mid
+
+
+def _subjects(server: HostileServer) -> list[str]:
+    out = []
+    for _, _, body in server.capture.messages:
+        message = email.message_from_bytes(body)
+        out.append(str(message["Subject"]))
+    return out
+
+
+class QueueTestCase(TestCase):
+    def setUp(self) -> None:
+        self.server = start_hostile_server(
+            self,
+            Script(
+                rcpt_replies={
+                    "busy@partner.example": b"450 4.2.1 Mailbox busy",
+                    "gone@partner.example": b"550 5.1.1 No such user",
+                }
+            ),
+        )
+        self.spool_dir = os.path.abspath(self.mktemp())
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.data_dir)
+        self.spool = DurableSpool(self.spool_dir, reactor)
+        self.addCleanup(self.spool.close)
+        self.clock = Clock()
+        self.clock.advance(time.time())
+
+    def manager(self, **kw: Any) -> QueueManager:
+        config = kw.pop("config", None) or make_config(self.server.port, self.data_dir)
+        return QueueManager(
+            reactor,
+            self.spool,
+            config,
+            None,
+            dcid_allocator=itertools.count(1).__next__,
+            timeouts=Timeouts.uniform(10),
+            clock=kw.pop("clock", self.clock),
+            **kw,
+        )
+
+
+class DeliveryTests(QueueTestCase):
+    """
+    Messages go out, states are recorded, finished messages leave.
+    """
+
+    async def test_delivers_and_removes(self) -> None:
+        """
+        Every queued message is delivered once and then removed from the
+        spool.
+        """
+        for i in range(3):
+            await inject(self.spool, "a@sender.example", ["x@partner.example"], f"m{i}")
+        await self.manager().run_once()
+        self.assertEqual(sorted(_subjects(self.server)), ["m0", "m1", "m2"])
+        self.assertEqual(self.spool.queued(), [])
+
+    async def test_per_recipient_states(self) -> None:
+        """
+        A 250, a 450 and a 550 leave the recipients delivered, deferred
+        (to retry in 5 minutes, with the reply as last error) and bounced.
+        """
+        mid = await inject(
+            self.spool,
+            "a@sender.example",
+            ["ok@partner.example", "busy@partner.example", "gone@partner.example"],
+        )
+        manager = self.manager()
+        await manager.run_once()
+        states = {s.address: s for s in self.spool.get(mid).recipients}
+        self.assertEqual(states["ok@partner.example"].status, "delivered")
+        busy = states["busy@partner.example"]
+        self.assertEqual((busy.status, busy.attempts), (DEFERRED, 1))
+        self.assertEqual(busy.next_attempt, self.clock.seconds() + 300)
+        self.assertEqual(busy.last_error, "450 4.2.1 Mailbox busy")
+        self.assertEqual(states["gone@partner.example"].status, BOUNCED)
+
+    async def test_retry_backoff(self) -> None:
+        """
+        A deferred recipient is not tried before its time, then is; each
+        failure doubles the wait.
+        """
+        mid = await inject(self.spool, "", ["busy@partner.example"])
+        manager = self.manager()
+        await manager.run_once()
+        await manager.run_once()
+        self.assertEqual(self.server.verbs().count(b"RCPT"), 1)
+        self.clock.advance(300)
+        await manager.run_once()
+        self.assertEqual(self.server.verbs().count(b"RCPT"), 2)
+        [state] = self.spool.get(mid).recipients
+        self.assertEqual((state.attempts, state.next_attempt), (2, self.clock.seconds() + 600))
+        self.assertEqual(RetryPolicy().delay(10), 3600)
+
+    async def test_bounce_dsn(self) -> None:
+        """
+        A bounced recipient gets its sender an RFC 3464 report from the null
+        sender, which the queue then delivers.
+        """
+        await inject(self.spool, "a@sender.example", ["gone@partner.example"], "original")
+        manager = self.manager()
+        await manager.run_once()
+        await manager.run_once()
+        self.assertEqual(self.spool.queued(), [])
+        dsn_from, dsn_to, dsn = self.server.capture.messages[-1]
+        self.assertEqual((dsn_from, dsn_to), (b"", [b"a@sender.example"]))
+        report = email.message_from_bytes(dsn)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        self.assertEqual(report.get_param("report-type"), "delivery-status")
+        parts = [p.get_content_type() for p in report.walk()]
+        self.assertIn("message/delivery-status", parts)
+        self.assertIn("text/rfc822-headers", parts)
+        self.assertIn(b"Final-Recipient: rfc822; gone@partner.example", dsn)
+        self.assertIn(b"Status: 5.1.1", dsn)
+        self.assertIn(b"Diagnostic-Code: smtp; 550 5.1.1 No such user", dsn)
+        self.assertIn(b"Subject: original", dsn)
+
+    async def test_no_bounce_for_bounce(self) -> None:
+        """
+        A message from the null sender that bounces makes no DSN.
+        """
+        await inject(self.spool, "", ["gone@partner.example"])
+        await self.manager().run_once()
+        self.assertEqual(self.spool.queued(), [])
+        self.assertEqual(self.server.capture.messages, [])
+
+    async def test_give_up(self) -> None:
+        """
+        A recipient still deferred when the message is older than the
+        give-up time bounces, with status 4.4.7.
+        """
+        await inject(self.spool, "a@sender.example", ["busy@partner.example"])
+        manager = self.manager(retry=RetryPolicy(give_up=3600))
+        self.clock.advance(3601)
+        await manager.run_once()
+        await manager.run_once()
+        self.assertEqual(self.spool.queued(), [])
+        dsn = self.server.capture.messages[-1][2]
+        self.assertIn(b"Status: 4.4.7", dsn)
+        self.assertIn(b"gave up after 1 attempts", dsn)
+
+
+class LimitTests(QueueTestCase):
+    """
+    Destination Controls limits.
+    """
+
+    async def test_recipient_rate(self) -> None:
+        """
+        With C{recipient_limit = 2}, only two recipients go in the window;
+        C{delivernow} lifts the count.
+        """
+        for i in range(3):
+            await inject(self.spool, "", [f"r{i}@partner.example"])
+        config = make_config(self.server.port, self.data_dir, limit=2)
+        manager = self.manager(config=config)
+        await manager.run_once()
+        self.assertEqual(len(self.server.capture.messages), 2)
+        [left] = self.spool.queued()
+        self.assertEqual(left.recipients[0].status, QUEUED)
+        await manager.deliver_now("partner.example")
+        self.assertEqual(len(self.server.capture.messages), 3)
+
+    async def test_concurrency(self) -> None:
+        """
+        With C{max_host_concurrency = 1}, a running manager delivers every
+        message, one connection at a time.
+        """
+        for i in range(4):
+            await inject(self.spool, "", [f"r{i}@partner.example"])
+        config = make_config(self.server.port, self.data_dir, concurrency=1)
+        manager = self.manager(config=config, clock=reactor)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        while len(self.server.capture.messages) < 4:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.server.capture.max_open, 1)
+
+    async def test_delivernow_request(self) -> None:
+        """
+        C{esa-tls delivernow}'s request file makes a running manager retry
+        deferred recipients at once.
+        """
+        mid = await inject(self.spool, "", ["busy@partner.example"])
+        manager = self.manager()
+        await manager.run_once()
+        self.server.script.rcpt_replies = {}
+        config = make_config(self.server.port, self.data_dir)
+        request_delivery_now(config, "Partner.Example")
+        manager._check_requests()
+        while self.spool.queued():
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.server.capture.messages), 1)
+        self.assertEqual(os.listdir(os.path.join(self.data_dir, "delivernow")), [])
+        self.assertRaises(KeyError, self.spool.get, mid)
+
+
+class _Child(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: Deferred[None] = Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+
+
+def _child_main(spool_dir: str, port: int, data_dir: str) -> None:
+    """
+    A gateway's queue runner in its own process, for the crash test.
+    """
+    from twisted.internet import reactor as child_reactor
+
+    spool = DurableSpool(spool_dir, child_reactor)
+    manager = QueueManager(
+        child_reactor,
+        spool,
+        make_config(port, data_dir, concurrency=1),
+        None,
+        dcid_allocator=itertools.count(1).__next__,
+        timeouts=Timeouts.uniform(60),
+        scan_interval=3600,
+    )
+    child_reactor.callWhenRunning(manager.startService)
+    child_reactor.run()
+
+
+class CrashTests(QueueTestCase):
+    """
+    The sending process dies in the middle of a batch.
+    """
+
+    async def test_restart_delivers_each_recipient_once(self) -> None:
+        """
+        A queue runner is killed (SIGKILL) while its third message waits
+        for the final reply; a new one on the same spool delivers the rest,
+        and the sink has every message exactly once.
+        """
+        subjects = [f"batch {i}" for i in range(5)]
+        for subject in subjects:
+            await inject(self.spool, "", ["x@partner.example"], subject)
+        await self.spool.close()
+        self.server.script.hang_after_messages = 2
+        child = _Child()
+        code = (
+            "import sys; from tests.test_outbound_queue import _child_main; "
+            "_child_main(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
+        )
+        process = reactor.spawnProcess(
+            child,
+            sys.executable,
+            [sys.executable, "-c", code, self.spool_dir, str(self.server.port), self.data_dir],
+            env=dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + _project_root()),
+        )
+        deadline = time.monotonic() + 30
+        while not self.server.capture.unanswered:
+            if time.monotonic() > deadline:
+                process.signalProcess("KILL")
+                await child.ended
+                self.fail(f"child never reached the third message: {child.output!r}")
+            await deferLater(reactor, 0.05, lambda: None)
+        process.signalProcess("KILL")
+        await child.ended
+        self.assertEqual(len(self.server.capture.messages), 2)
+
+        self.server.script.hang_after_messages = None
+        spool = DurableSpool(self.spool_dir, reactor)
+        self.addCleanup(spool.close)
+        manager = QueueManager(
+            reactor,
+            spool,
+            make_config(self.server.port, self.data_dir, concurrency=1),
+            None,
+            dcid_allocator=itertools.count(100).__next__,
+            timeouts=Timeouts.uniform(10),
+        )
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        while spool.queued():
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(sorted(_subjects(self.server)), subjects)
+
+
+def _project_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class DSNTests(TestCase):
+    """
+    The DSN builder on its own.
+    """
+
+    def test_never_for_null_sender(self) -> None:
+        """
+        No DSN can be built for the null reverse path.
+        """
+        self.assertRaises(
+            ValueError, build_dsn, reporting_mta="gw", sender="", failed=[], original_headers=b""
+        )
+
+    def test_status(self) -> None:
+        """
+        The enhanced status comes from the reply when it is a permanent
+        one, else from the reply code.
+        """
+        self.assertEqual(status_of("550 5.7.1 Denied", 550), "5.7.1")
+        self.assertEqual(status_of("550 Denied", 550), "5.0.0")
+        self.assertEqual(status_of("4.2.1 busy", 550), "5.0.0")
