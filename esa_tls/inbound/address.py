@@ -12,6 +12,7 @@ refuse them to anyone whose policy does not say RELAY.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from attrs import frozen
@@ -26,7 +27,7 @@ _DOT_STRING = rf"{_ATOM}(?:\.{_ATOM})*"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
-_LITERAL = r"\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+)\]"
+_LITERAL = r"\[(?:[0-9.]+|[Ii][Pp][Vv]6:[0-9A-Fa-f:.]+)\]"
 
 _MAILBOX = re.compile(rf"(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})\Z")
 _ROUTE = re.compile(rf"(?:@{_DOMAIN}(?:,@{_DOMAIN})*):")
@@ -149,6 +150,7 @@ def parse_mailbox(text: str) -> Mailbox:
         raise AddressError(501, "5.1.7 Bad address syntax: local part longer than 64 octets")
     if len(domain) > MAX_DOMAIN:
         raise AddressError(501, "5.1.2 Bad address syntax: domain longer than 255 octets")
+    domain = _canonical_domain(domain)
     if local.startswith('"'):
         inner = local[1:-1]
         if "@" in inner or "%" in inner or "!" in inner:
@@ -160,7 +162,30 @@ def parse_mailbox(text: str) -> Mailbox:
             local = unescaped
     elif "%" in local or "!" in local:
         routed = True
-    return Mailbox(local=local, domain=domain.lower(), routed=routed)
+    return Mailbox(local=local, domain=domain, routed=routed)
+
+
+def _canonical_domain(domain: str) -> str:
+    """
+    A domain in lower case, or an address literal checked and written the
+    one way it is compared and stored (C{[192.0.2.1]}, C{[IPv6:2001:db8::1]}):
+    the regular expression lets through C{[1.2]} or C{[999.0.0.1]}, which
+    name no host, and C{[ipv6:...]} spelt in another case would not parse
+    again where the envelope is read back.
+
+    @raise AddressError: for a literal that is not an address.
+    """
+    if not domain.startswith("["):
+        return domain.lower()
+    inner = domain[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            return f"[IPv6:{ipaddress.IPv6Address(inner[5:])}]"
+        if inner.count(".") != 3:
+            raise ValueError(inner)
+        return f"[{ipaddress.IPv4Address(inner)}]"
+    except ValueError:
+        raise AddressError(501, f"5.1.3 Bad address syntax: {domain} is not an address") from None
 
 
 def _parse_params(text: str) -> tuple[tuple[str, str | None], ...]:

@@ -20,6 +20,20 @@ MAX_TEXT_LINE = 1000
 
 _TERMINATOR = b"\r\n.\r\n"
 
+#: The faults a message body can have, most serious first: a message with
+#: several gets the reply of the first one here, whatever order they were
+#: found in (that order depends on how the client's bytes were cut into
+#: reads, which must not change the verdict).
+BARE_LINE_END = (550, b"5.6.11 Message contains bare CR or LF characters")
+NUL = (550, b"5.6.0 Message contains NUL characters")
+LINE_TOO_LONG = (500, b"5.5.2 Line too long (RFC 5321 limit is 1000 octets)")
+TOO_BIG = (552, b"5.3.4 Message size exceeds fixed maximum message size")
+_PRECEDENCE = (BARE_LINE_END, NUL, LINE_TOO_LONG, TOO_BIG)
+
+
+def _rank(fault: tuple[int, bytes]) -> int:
+    return _PRECEDENCE.index(fault) if fault in _PRECEDENCE else len(_PRECEDENCE)
+
 
 class DataReader:
     """
@@ -29,7 +43,8 @@ class DataReader:
     a few complete lines at a time; nothing is passed once a fault is noted.
 
     @ivar fault: C{None}, or the (code, text) reply the message gets at its
-        end: the first problem found wins.
+        end: the most serious problem found (see L{_PRECEDENCE}); among
+        others (a store failure the session notes), the first.
     @ivar size: octets of message content seen (after unstuffing).
     """
 
@@ -45,10 +60,11 @@ class DataReader:
 
     def note(self, code: int, text: bytes) -> None:
         """
-        Record a fault; the first one is the reply.
+        Record a fault; the most serious one is the reply.
         """
-        if self.fault is None:
-            self.fault = (code, text)
+        fault = (code, text)
+        if self.fault is None or _rank(fault) < _rank(self.fault):
+            self.fault = fault
 
     def feed(self, data: bytes) -> bytes | None:
         """
@@ -72,7 +88,16 @@ class DataReader:
             # A line with no end in sight: note it, and keep only what could
             # still be the start of the terminator, so that memory stays
             # bounded whatever the client sends.
-            self.note(500, b"5.5.2 Line too long (RFC 5321 limit is 1000 octets)")
+            self.note(*LINE_TOO_LONG)
+            # What is dropped is judged as if it had been kept, so that the
+            # verdict does not depend on where the reads were cut.
+            dropped = buffer[2:-1]
+            if b"\r" in dropped or b"\n" in dropped:
+                self.note(*BARE_LINE_END)
+            if b"\x00" in dropped:
+                self.note(*NUL)
+            stuffed = buffer[:2] == b"\r\n" and dropped[:1] == b"."
+            self._count(len(dropped) - stuffed)
             # The line is not at its start, so the terminator can only begin
             # with this line's own CRLF: the last byte may be its CR.
             buffer = b"xx" + buffer[-1:]
@@ -86,17 +111,20 @@ class DataReader:
         """
         lines = region.count(b"\r\n")
         if region.count(b"\r") != lines or region.count(b"\n") != lines:
-            self.note(550, b"5.6.11 Message contains bare CR or LF characters")
+            self.note(*BARE_LINE_END)
         if b"\x00" in region:
-            self.note(550, b"5.6.0 Message contains NUL characters")
+            self.note(*NUL)
         if (
             len(region) > MAX_TEXT_LINE + 2
             and max(map(len, region.split(b"\r\n"))) > MAX_TEXT_LINE - 2
         ):
-            self.note(500, b"5.5.2 Line too long (RFC 5321 limit is 1000 octets)")
+            self.note(*LINE_TOO_LONG)
         content = region.replace(b"\r\n.", b"\r\n")[2:]
-        self.size += len(content)
-        if self.size > self._max_size:
-            self.note(552, b"5.3.4 Message size exceeds fixed maximum message size")
+        self._count(len(content))
         if self.fault is None and content:
             self._sink(content)
+
+    def _count(self, octets: int) -> None:
+        self.size += octets
+        if self.size > self._max_size:
+            self.note(*TOO_BIG)
