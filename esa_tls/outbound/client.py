@@ -141,6 +141,8 @@ class SessionOutcome:
     @ivar failed_stage: where it failed.
     @ivar tls_failure: the TLS setting kept the mail from being sent.
     @ivar handshake_failed: STARTTLS got its C{220} and then TLS failed.
+    @ivar ready: the session got as far as MAIL FROM (sent, or, for a
+        probe, not sent on purpose).
     """
 
     tls: TLSOutcome
@@ -154,6 +156,7 @@ class SessionOutcome:
     failed_stage: Stage | None = None
     tls_failure: bool = False
     handshake_failed: bool = False
+    ready: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -199,6 +202,7 @@ class DeliveryClient(ESMTPSender):
         mid: int | None = None,
         fallback: Fallback | None = None,
         call_later: Callable[..., Any] | None = None,
+        probe: bool = False,
     ) -> None:
         """
         @param identity: the EHLO name (the gateway's host name).
@@ -215,6 +219,8 @@ class DeliveryClient(ESMTPSender):
         @param fallback: set when this session is the clear reconnection
             after a TLS failure (for the outcome and log).
         @param call_later: the C{callLater} for timeouts (a test clock).
+        @param probe: stop where MAIL FROM would be sent, and QUIT
+            (C{tlsverify}): no mail is sent.
         """
         super().__init__(None, None, None, identity.encode("idna"))
         self.requireAuthentication = False
@@ -253,6 +259,8 @@ class DeliveryClient(ESMTPSender):
         self._pending: deque[tuple[Stage, str]] = deque()
         self._pipelining = False
         self._encoder = DataEncoder()
+        self._probe = probe
+        self._ready = False
 
     # -- bookkeeping -----------------------------------------------------
 
@@ -285,6 +293,7 @@ class DeliveryClient(ESMTPSender):
             failed_stage=self._failed_stage,
             tls_failure=self._tls_failure,
             handshake_failed=self._handshake_failed,
+            ready=self._ready,
         )
 
     def _tls_update(self, **changes: Any) -> None:
@@ -377,6 +386,7 @@ class DeliveryClient(ESMTPSender):
         if self._tlsMode or not self._plan.starttls:
             self.authenticate(code, resp, items)
             return
+        self._tls_update(starttls_offered=b"STARTTLS" in items)
         if b"STARTTLS" not in items:
             if self._maillog is not None:
                 self._maillog.dcid_starttls_not_supported(self._dcid)
@@ -497,6 +507,7 @@ class DeliveryClient(ESMTPSender):
             detail=detail,
             peer_subject=info.peer_certificate_subject,
             fallback=None,
+            chain=tuple(_describe_certificate(c) for c in facts.chain),
         )
         if self._plan.require_verified and not verified:
             if self._maillog is not None:
@@ -565,6 +576,10 @@ class DeliveryClient(ESMTPSender):
         """
         if self._plan.require and not self._tls_ok:
             self._refuse_without_tls("TLS was not negotiated")
+            return
+        self._ready = True
+        if self._probe:
+            self._quit()
             return
         self._pipelining = b"PIPELINING" in self._extensions
         self._expected = list(range(1000))
@@ -710,6 +725,18 @@ class DeliveryClient(ESMTPSender):
 
     def sentMail(self, *args: object) -> None:
         pass
+
+
+def _describe_certificate(certificate: x509.Certificate) -> str:
+    """
+    One line about a certificate: who, by whom, until when.
+    """
+    return (
+        f"subject {certificate.subject.rfc4514_string()}; "
+        f"issuer {certificate.issuer.rfc4514_string()}; "
+        f"valid {certificate.not_valid_before_utc:%Y-%m-%d} to "
+        f"{certificate.not_valid_after_utc:%Y-%m-%d}"
+    )
 
 
 def _describe_tls_error(reason: Failure | None) -> str:

@@ -88,6 +88,10 @@ class TLSOutcome:
     @ivar discarded_plaintext: bytes the server sent after its C{220} to
         STARTTLS and before TLS, which were discarded unread (response
         injection attempts); their count.
+    @ivar starttls_offered: whether the server's EHLO reply offered
+        STARTTLS (C{None} when it was not asked, under C{no}).
+    @ivar chain: the server's certificates as sent, one line each
+        (subject, issuer, validity), for C{tlsverify} and logs.
     """
 
     level: DestinationTLS
@@ -101,6 +105,8 @@ class TLSOutcome:
     fallback: Fallback | None = None
     peer_subject: str | None = None
     discarded_plaintext: int = 0
+    starttls_offered: bool | None = None
+    chain: tuple[str, ...] = ()
 
 
 @frozen

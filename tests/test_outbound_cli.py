@@ -1,0 +1,122 @@
+"""
+Tests for C{esa-tls showrecipients} and C{esa-tls delivernow}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+from io import StringIO
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from esa_tls.cli import delivernow, showrecipients
+from esa_tls.cli.main import CommandContext
+from esa_tls.outbound.client import Timeouts
+from esa_tls.outbound.queue import QueueManager, delivernow_directory
+from esa_tls.spool import DurableSpool
+from esa_tls.values import Envelope
+from tests.peers.hostile import Script, start_hostile_server
+
+#: A listener, which every configuration file needs.
+LISTENER = (
+    '[interfaces.Loopback]\naddress = "127.0.0.1/8"\n'
+    '[listeners.InboundMail]\ntype = "public"\ninterface = "Loopback"\nport = 2525\n'
+    'rat = ["example.com"]\n'
+)
+
+
+class QueueCommandTests(TestCase):
+    """
+    The commands read and poke the queue of a gateway's data directory.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.config_path = os.path.join(self.directory, "gateway.toml")
+        self.server = start_hostile_server(
+            self, Script(rcpt_replies={"busy@partner.example": b"450 4.2.1 Mailbox busy"})
+        )
+        with open(self.config_path, "w") as f:
+            f.write(
+                LISTENER + "[system]\n"
+                'hostname = "gw.test"\n'
+                f'data_dir = "{self.directory}/var"\n'
+                '[destinations.default]\ntls = "no"\n'
+                "[smtp_routes]\n"
+                f'"partner.example" = ["127.0.0.1:{self.server.port}"]\n'
+            )
+        self.out = StringIO()
+        self.context = CommandContext(self.config_path, self.out, StringIO())
+
+    async def test_showrecipients(self) -> None:
+        """
+        Pending recipients are listed under their message with attempts,
+        state, next try and last error; delivered ones are not.
+        """
+        config = self.context.load_config()
+        spool = DurableSpool(os.path.join(config.system.data_dir, "spool"), reactor)
+        self.addCleanup(spool.close)
+        message = spool.new_message(
+            Envelope(
+                mail_from="alice@gw.test",
+                rcpt_to=("ok@partner.example", "busy@partner.example", "new@other.example"),
+                helo="client",
+                peer_ip="127.0.0.1",
+                listener="InboundMail",
+                icid=1,
+                received_at=time.time(),
+            )
+        )
+        message.write(b"Subject: Quarterly figures\r\n\r\nbody\r\n")
+        mid = await message.commit()
+        manager = QueueManager(
+            reactor,
+            spool,
+            config,
+            None,
+            dcid_allocator=itertools.count(1).__next__,
+            timeouts=Timeouts.uniform(5),
+        )
+        await manager.run_once()
+        status = showrecipients.run(
+            argparse.Namespace(domain=None, sender=None, json=False), self.context
+        )
+        self.assertEqual(status, 0)
+        text = self.out.getvalue()
+        self.assertRegex(text, rf"(?m)^{mid}\s+\d+\s+alice@gw.test\s+Quarterly figures$")
+        self.assertRegex(text, r"(?m)^\[1\]\s+\[1\]\s+busy@partner.example\s+deferred, next try ")
+        self.assertIn("last error: 450 4.2.1 Mailbox busy", text)
+        self.assertNotIn("ok@partner.example", text)
+        self.assertIn("1 message(s), 2 recipient(s) pending.", text)
+        listed = showrecipients.read_queue(os.path.join(config.system.data_dir, "spool"))
+        self.assertEqual(
+            [r["address"] for r in listed[0]["recipients"]],
+            [
+                "busy@partner.example",
+                "new@other.example",
+            ],
+        )
+
+    def test_showrecipients_empty(self) -> None:
+        """
+        An empty queue says so.
+        """
+        showrecipients.run(argparse.Namespace(domain=None, sender=None, json=True), self.context)
+        self.assertEqual(self.out.getvalue(), "[]\n")
+
+    def test_delivernow(self) -> None:
+        """
+        C{delivernow DOMAIN} leaves a request the running gateway picks up.
+        """
+        status = delivernow.run(argparse.Namespace(domain="partner.example"), self.context)
+        self.assertEqual(status, 0)
+        config = self.context.load_config()
+        [name] = os.listdir(delivernow_directory(config))
+        with open(os.path.join(delivernow_directory(config), name)) as f:
+            self.assertEqual(f.read(), "partner.example\n")
+        self.assertIn("Delivery now requested for partner.example.", self.out.getvalue())
