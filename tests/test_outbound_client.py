@@ -609,6 +609,16 @@ class TransactionTests(DeliveryTestCase):
         result = await self.deliver(NO, server, recipients=self.RECIPIENTS)
         self.assertStatuses(result, BOUNCED, BOUNCED, BOUNCED)
 
+    async def test_mail_from_temporary(self) -> None:
+        """
+        A 4xx to MAIL FROM on the only host defers every recipient, with
+        that reply as the reason.
+        """
+        server = self.serve(mail_reply=b"451 4.3.2 Not now")
+        result = await self.deliver(NO, server, recipients=self.RECIPIENTS)
+        self.assertStatuses(result, DEFERRED, DEFERRED, DEFERRED)
+        self.assertIn("MAIL FROM: 451 4.3.2 Not now", result.recipients[0].text)
+
     async def test_final_reply_temporary(self) -> None:
         """
         A 4xx after the final dot defers the accepted recipients.

@@ -191,6 +191,9 @@ class _Attempt:
             self._tls_failed(host, address, outcome, dcid)
             return None
         if self._next_host(outcome):
+            if outcome.failure is None and outcome.mail_reply is not None:
+                code, text = outcome.mail_reply
+                self.last_error = f"{host.name}[{address}]: MAIL FROM: {code} {text}"
             return None
         return self._outcomes(outcome, recipients)
 
