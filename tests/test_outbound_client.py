@@ -563,6 +563,16 @@ class CertificateTests(DeliveryTestCase):
         self.assertStatuses(result, DELIVERED)
         assert result.tls is not None and result.tls.match is not None
         self.assertEqual(result.tls.match.kind.value, "SMTP route hostname")
+        self.assertEqual(server.capture.server_names, ["relay.example"])
+
+    async def test_no_sni_for_ip_literal(self) -> None:
+        """
+        A route to an IP literal sends no SNI (an address is never a
+        server name).
+        """
+        server = self.serve(certificate=GOOD)
+        await self.deliver(REQUIRED, server)
+        self.assertEqual(server.capture.server_names, [None])
 
 
 class TransactionTests(DeliveryTestCase):

@@ -17,5 +17,9 @@ The pieces, each in its own module:
   - L{esa_tls.outbound.client}: the hardened C{ESMTPSender} that enforces one
     TLS setting on one connection.
   - L{esa_tls.outbound.attempt}: one delivery attempt of one message to one
-    domain, host by host.
+    domain, host by host; L{esa_tls.outbound.result} holds what it returns.
+  - L{esa_tls.outbound.queue}: the queue manager over the durable spool
+    (limits, retries, give-up), with L{esa_tls.outbound.dsn} for bounces.
+  - L{esa_tls.outbound.probe}: C{tlsverify}, a delivery that stops before
+    MAIL FROM and explains what it saw.
 """

@@ -93,11 +93,14 @@ class Capture:
     @ivar unanswered: messages whose final dot got no reply (see
         L{Script.hang_after_messages}); not accepted.
     @ivar max_open: the most connections open at once.
+    @ivar server_names: the SNI name of each TLS handshake (C{None} when
+        the client sent none).
     """
 
     commands: list[tuple[bool, bytes]] = Factory(list)
     messages: list[tuple[bytes, list[bytes], bytes]] = Factory(list)
     unanswered: list[tuple[bytes, list[bytes], bytes]] = Factory(list)
+    server_names: list[str | None] = Factory(list)
     premature: list[bytes] = Factory(list)
     max_open: int = 0
     connections: int = 0
@@ -252,6 +255,13 @@ class _HostileSMTP(LineReceiver):
             certificate=private.original,
             extraCertChain=chain,
         )
+        capture = self.capture
+
+        def record_sni(connection: Any) -> None:
+            name = connection.get_servername()
+            capture.server_names.append(name.decode("ascii") if name else None)
+
+        options.getContext().set_tlsext_servername_callback(record_sni)
         self.transport.startTLS(options)  # type: ignore[union-attr]
         self.tls = True
 
