@@ -43,6 +43,7 @@ from esa_tls.spool import DurableSpool
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
 from esa_tls.tls.store import CertificateStore
 from esa_tls.watch import FileWatcher
+from esa_tls.workers import SharedListenerFactory, WorkerRole
 
 log = Logger()
 
@@ -74,8 +75,17 @@ class GatewayService(MultiService):
         reactor: Any | None = None,
         resolver: IResolver | None = None,
         watch_interval: float = 5.0,
+        worker: WorkerRole | None = None,
     ) -> None:
+        """
+        @param worker: this process's part in a multi-worker gateway
+            (L{esa_tls.workers}): listen on the sockets the parent bound,
+            count connections in the shared table, and leave the singular
+            jobs (certificate alerts, admin page) to the parent.  C{None}:
+            the whole gateway is this one process.
+        """
         super().__init__()
+        self.worker = worker
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -107,11 +117,17 @@ class GatewayService(MultiService):
         self.alerts = AlertDispatcher(
             config.alerts, hooks, reactor, merge_interval=config.alerts.merge_interval
         )
-        self.counters = TLSCounters(report_directory(self.data_dir), reactor)
+        self.counters = TLSCounters(
+            report_directory(self.data_dir),
+            reactor,
+            worker=str(worker.index) if worker is not None else "0",
+        )
         self.counters.service().setServiceParent(self)
         self.certificate_watch = CertificateWatch(config, self.certificates, self.alerts.dispatch)
-        self.certificate_watch.service(reactor).setServiceParent(self)
-        if config.admin.listen:
+        primary = worker is None or worker.primary
+        if primary:
+            self.certificate_watch.service(reactor).setServiceParent(self)
+        if config.admin.listen and primary:
             site = make_admin_site(self.counters, self.alerts)
             admin_service(config.admin.listen, site, reactor).setServiceParent(self)
         self.factories: dict[str, ListenerFactory] = {}
@@ -134,7 +150,9 @@ class GatewayService(MultiService):
         return cls(load_config_with_warnings(path), reactor)
 
     def _factory(self, listener: Listener) -> ListenerFactory:
-        return ListenerFactory(
+        shared = self.worker.counter(listener.name) if self.worker is not None else None
+        factory_class = ListenerFactory if shared is None else SharedListenerFactory
+        factory = factory_class(
             listener,
             hostname=self.config.system.hostname,
             settings=self.config.listener_settings,
@@ -148,8 +166,15 @@ class GatewayService(MultiService):
             auth_checker=self.auth_checker,
             counters=self.counters,
         )
+        if isinstance(factory, SharedListenerFactory) and shared is not None:
+            factory.share(shared)
+        return factory
 
     def _endpoint(self, listener: Listener) -> IStreamServerEndpoint:
+        if self.worker is not None:
+            adopted = self.worker.endpoint(self.reactor, listener.name)
+            if adopted is not None:
+                return adopted
         ip = listener.interface.ip
         if ":" in ip:
             return TCP6ServerEndpoint(

@@ -18,7 +18,7 @@ class Options(usage.Options):
     C{twistd -n esa-tls [--config FILE]}.
     """
 
-    synopsis = "[--config FILE]"
+    synopsis = "[--config FILE] [--workers N]"
     longdesc = (
         "Run the esa_tls mail gateway.  Without --config the embedded default is used: "
         "listener InboundMail on 127.0.0.1 port 2525 accepting mail for example.com, "
@@ -26,7 +26,29 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "The TOML configuration file (default: the embedded default)."],
+        [
+            "workers",
+            "w",
+            None,
+            "Reactor processes sharing the listeners, spool and limits "
+            "(default: the number of cores; 1: a single process).",
+        ],
     ]
+
+    def postOptions(self) -> None:
+        from esa_tls.workers import default_workers
+
+        value = self["workers"]
+        if value is None:
+            self["workers"] = default_workers()
+            return
+        try:
+            workers = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--workers: not a number: {value!r}") from None
+        if not 1 <= workers <= 256:
+            raise usage.UsageError(f"--workers: {workers} is not in 1-256")
+        self["workers"] = workers
 
 
 def makeService(options: Options) -> IService:
@@ -37,8 +59,26 @@ def makeService(options: Options) -> IService:
     """
     from esa_tls.service import GatewayService
 
+    workers = options["workers"]
     try:
+        if workers > 1:
+            return _multi_worker(options["config"], workers)
         return GatewayService.from_file(options["config"])
     except ConfigError as e:
         sys.stderr.write(f"esa-tls: configuration error\n{e}\n")
         raise SystemExit(2) from None
+
+
+def _multi_worker(config: str | None, workers: int) -> IService:
+    """
+    C{--workers N} with N > 1: the listeners are bound here, before the
+    reactor runs (see L{esa_tls.workers}); failing to bind stops start-up.
+    """
+    from esa_tls.workers import multi_worker_gateway
+
+    try:
+        service: IService = multi_worker_gateway(config, workers)
+    except OSError as e:
+        sys.stderr.write(f"esa-tls: cannot listen: {e}\n")
+        raise SystemExit(1) from None
+    return service

@@ -1,0 +1,943 @@
+# -*- test-case-name: tests.test_workers_process -*-
+"""
+All cores: C{twistd -n esa-tls --workers N} runs N reactor processes that
+share the listening sockets, the spool, and the connection limits.
+
+One Python process runs one reactor on one core.  A gateway on a machine
+with several cores therefore runs several processes, and the questions are
+how they share the work and how they keep the limits an administrator set
+for I{the gateway}, not for each process:
+
+  - B{Sockets.}  The C{twistd} process (worker 0) binds every listener
+    itself, before anything else, and hands the listening descriptors to
+    workers 1..N-1, which it starts as child processes
+    (C{python -m esa_tls.workers}); each worker, the parent included,
+    adopts them with C{reactor.adoptStreamPort}.  The kernel gives each new
+    connection to whichever process accepts first: a busy worker accepts
+    less.  (C{SO_REUSEPORT} would hash connections to workers regardless
+    of how busy they are, and drop the connections queued on a worker that
+    dies.)
+  - B{Spool.}  One spool directory: L{esa_tls.spool.DurableSpool} and
+    L{esa_tls.ids.IdAllocator} are already safe for several processes.
+  - B{Limits.}  A listener's Max Concurrency and each policy's concurrent
+    connections per IP are counted in one small table in shared memory
+    (L{SharedLimits}), changed under a POSIX record lock: every check is
+    exact across workers, costs two system calls, and needs no round trip
+    to a coordinator, so the session code stays synchronous.  Each worker
+    counts in its own column, so that when a worker dies its connections
+    (which died with it) are subtracted by clearing its column, and nothing
+    leaks.
+  - B{Signals.}  SIGTERM stops the parent, which stops every worker
+    (each says 421 to its sessions and finishes its commits) before it
+    exits; SIGHUP is forwarded, so each worker reloads the configuration.
+    A worker whose parent dies is killed by the kernel
+    (C{PR_SET_PDEATHSIG}), or sees its standard input close, so that a
+    killed gateway leaves no orphan holding the ports.
+  - B{Logs.}  Workers send their log events to the parent as JSON lines on
+    their standard output; the parent logs them under C{worker N}.  Mail log
+    lines are the exception: every worker appends them to C{mail.log}
+    itself, one C{write} per line.
+
+C{--workers 1} (and library use) bypasses all of this: the gateway is
+exactly the single process it always was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import fcntl
+import ipaddress
+import mmap
+import os
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+from attrs import frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    eventAsJSON,
+    eventFromJSON,
+    globalLogPublisher,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from esa_tls.config.model import GatewayConfig, Listener
+from esa_tls.inbound.listener import ListenerFactory
+from esa_tls.inbound.session import InboundSession
+from esa_tls.maillog import is_maillog_event
+
+__all__ = [
+    "AdoptedEndpoint",
+    "SharedConnectionCounter",
+    "SharedLimits",
+    "SharedListenerFactory",
+    "WorkerPool",
+    "WorkerRole",
+    "bind_listeners",
+    "default_workers",
+]
+
+log = Logger()
+
+
+def default_workers() -> int:
+    """
+    The number of cores this process may run on.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+# -- the shared table ------------------------------------------------------------
+
+_MAGIC = b"ESAWRK01"
+_HEADER = struct.Struct("<8sII")
+_DIRECTORY_ENTRY = struct.Struct("<64sQI4x")
+_EMPTY_KEY = b"\x00" * 16
+
+
+def _address_key(ip: str) -> bytes:
+    """
+    Sixteen octets naming a peer: the IPv6 address, or the IPv4-mapped one,
+    so that C{192.0.2.1} and C{::ffff:192.0.2.1} are one peer.  Anything
+    else (an empty string for a UNIX socket) gets a digest, never the empty
+    key.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return b"\xff" + zlib.crc32(ip.encode("utf-8", "replace")).to_bytes(4, "big") + b"\xff" * 11
+    if isinstance(address, ipaddress.IPv4Address):
+        return b"\x00" * 10 + b"\xff\xff" + address.packed
+    return address.packed if address.packed != _EMPTY_KEY else b"\x00" * 15 + b"\x01"
+
+
+def _table_slots(max_concurrency: int) -> int:
+    """
+    Slots for a listener's per-IP table: a power of two with room to spare.
+    The addresses counted at once can never outnumber the connections the
+    listener holds, so the table cannot fill while the listener's Max
+    Concurrency is what it was at start.
+    """
+    wanted = max(64, 2 * max_concurrency + 1)
+    slots = 1
+    while slots < wanted:
+        slots *= 2
+    return slots
+
+
+class SharedLimits:
+    """
+    The connection counts of every listener, in a file mapped by every
+    worker.
+
+    Layout: a header (magic, workers, listeners), a directory of listeners
+    (name, offset, slots), and per listener a region: a lock byte, one
+    connection total per worker, then an open-addressing table of
+    C{slots} entries, each an address key, a used flag and one count per
+    worker.  All changes to a region happen under a POSIX record lock on
+    its first byte; POSIX locks belong to processes, so the same inherited
+    file locks correctly between them.
+
+    @ivar workers: the number of worker columns.
+    @ivar index: the column this process counts in.
+    """
+
+    def __init__(self, file: IO[bytes], index: int) -> None:
+        """
+        Map an existing table (see L{create}); C{file} stays open for as
+        long as the table is used.
+        """
+        self._file = file
+        self._fd = file.fileno()
+        size = os.fstat(self._fd).st_size
+        self._map = mmap.mmap(self._fd, size)
+        magic, workers, count = _HEADER.unpack_from(self._map, 0)
+        if magic != _MAGIC:
+            raise ValueError("not a shared limits table")
+        if not 0 <= index < workers:
+            raise ValueError(f"worker index {index} out of range 0-{workers - 1}")
+        self.workers = workers
+        self.index = index
+        self._listeners: dict[str, SharedConnectionCounter] = {}
+        for n in range(count):
+            raw, offset, slots = _DIRECTORY_ENTRY.unpack_from(
+                self._map, _HEADER.size + n * _DIRECTORY_ENTRY.size
+            )
+            name = raw.rstrip(b"\x00").decode("utf-8")
+            self._listeners[name] = SharedConnectionCounter(self, offset, slots)
+
+    @classmethod
+    def create(cls, listeners: Mapping[str, int], workers: int) -> SharedLimits:
+        """
+        Make a new, zeroed table in an anonymous file, for the parent
+        (worker 0).
+
+        @param listeners: each listener's name and Max Concurrency.
+        @param workers: how many workers will count in it.
+        """
+        if workers < 1:
+            raise ValueError("at least one worker")
+        layout: list[tuple[bytes, int, int]] = []
+        offset = _HEADER.size + len(listeners) * _DIRECTORY_ENTRY.size
+        for name, max_concurrency in sorted(listeners.items()):
+            encoded = name.encode("utf-8")
+            if len(encoded) > 64:
+                raise ValueError(f"listener name too long for the shared table: {name!r}")
+            offset = (offset + 63) // 64 * 64
+            slots = _table_slots(max_concurrency)
+            layout.append((encoded, offset, slots))
+            offset += SharedConnectionCounter.region_size(workers, slots)
+        file = tempfile.TemporaryFile()
+        file.truncate(max(offset, mmap.PAGESIZE))
+        header = bytearray(_HEADER.pack(_MAGIC, workers, len(layout)))
+        for encoded, region, slots in layout:
+            header += _DIRECTORY_ENTRY.pack(encoded, region, slots)
+        file.write(bytes(header))
+        file.flush()
+        return cls(file, 0)
+
+    @classmethod
+    def attach(cls, fd: int, index: int) -> SharedLimits:
+        """
+        Map the table a worker inherited as descriptor C{fd}.
+        """
+        return cls(os.fdopen(fd, "r+b", buffering=0), index)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def listener(self, name: str) -> SharedConnectionCounter | None:
+        """
+        The counters of listener C{name}, or C{None} for a listener added
+        since the table was made (it then counts in its own process only,
+        until the restart that adding a listener needs anyway).
+        """
+        return self._listeners.get(name)
+
+    def clear_worker(self, index: int) -> None:
+        """
+        Forget every connection counted by worker C{index}: it has exited,
+        and its connections with it.
+        """
+        for counter in self._listeners.values():
+            counter.clear_column(index)
+
+    def lock(self, offset: int) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, offset)
+
+    def unlock(self, offset: int) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
+
+    @property
+    def buffer(self) -> mmap.mmap:
+        return self._map
+
+    def close(self) -> None:
+        self._map.close()
+        self._file.close()
+
+
+class SharedConnectionCounter:
+    """
+    One listener's connections, counted across workers: the listener-wide
+    total for its Max Concurrency, and the per-address counts for each
+    policy's concurrent connections per IP.  It has the methods of
+    L{esa_tls.inbound.limits.ConnectionCounter}, so a L{ListenerFactory}
+    takes it as its C{connections}.
+    """
+
+    def __init__(self, table: SharedLimits, offset: int, slots: int) -> None:
+        self._table = table
+        self._offset = offset
+        self._slots = slots
+        workers = table.workers
+        self._totals = struct.Struct(f"<{workers}i")
+        self._entry = struct.Struct(f"<16sI{workers}i")
+        self._counts = struct.Struct(f"<{workers}i")
+        self._totals_at = offset + 8
+        self._slots_at = self.slots_offset(offset, workers)
+        self._column = table.index
+
+    @staticmethod
+    def slots_offset(offset: int, workers: int) -> int:
+        return offset + (8 + 4 * workers + 7) // 8 * 8
+
+    @classmethod
+    def region_size(cls, workers: int, slots: int) -> int:
+        entry = struct.calcsize(f"<16sI{workers}i")
+        return cls.slots_offset(0, workers) + slots * entry
+
+    # -- the listener total ----------------------------------------------------
+
+    def acquire_slot(self, limit: int) -> bool:
+        """
+        Count one more connection to the listener unless C{limit}
+        (non-positive: unlimited) connections are open in all workers.
+        """
+        buffer = self._table.buffer
+        self._table.lock(self._offset)
+        try:
+            totals = list(self._totals.unpack_from(buffer, self._totals_at))
+            if limit > 0 and sum(totals) >= limit:
+                return False
+            totals[self._column] += 1
+            self._totals.pack_into(buffer, self._totals_at, *totals)
+            return True
+        finally:
+            self._table.unlock(self._offset)
+
+    def release_slot(self) -> None:
+        buffer = self._table.buffer
+        self._table.lock(self._offset)
+        try:
+            totals = list(self._totals.unpack_from(buffer, self._totals_at))
+            totals[self._column] = max(0, totals[self._column] - 1)
+            self._totals.pack_into(buffer, self._totals_at, *totals)
+        finally:
+            self._table.unlock(self._offset)
+
+    def total(self) -> int:
+        return sum(self._totals.unpack_from(self._table.buffer, self._totals_at))
+
+    # -- per address (the ConnectionCounter interface) --------------------------
+
+    def _home(self, key: bytes) -> int:
+        return zlib.crc32(key) & (self._slots - 1)
+
+    def _at(self, slot: int) -> int:
+        return self._slots_at + slot * self._entry.size
+
+    def _find(self, key: bytes) -> tuple[int, bool]:
+        """
+        @return: the slot holding C{key} and C{True}, or the empty slot
+            where it would go and C{False}; C{(-1, False)} when the table is
+            full without it.
+        """
+        buffer = self._table.buffer
+        slot = self._home(key)
+        for _ in range(self._slots):
+            at = self._at(slot)
+            used = buffer[at + 16 : at + 20] != b"\x00\x00\x00\x00"
+            if not used:
+                return slot, False
+            if buffer[at : at + 16] == key:
+                return slot, True
+            slot = (slot + 1) & (self._slots - 1)
+        return -1, False
+
+    def acquire(self, ip: str, limit: int) -> bool:
+        """
+        Count one more connection from C{ip}, unless that would exceed
+        C{limit} (non-positive: unlimited) in all workers together.
+        """
+        key = _address_key(ip)
+        buffer = self._table.buffer
+        self._table.lock(self._offset)
+        try:
+            slot, found = self._find(key)
+            if slot < 0:
+                # Only after a reload raised Max Concurrency past what the
+                # table was sized for: the listener's own limit still holds.
+                log.warn("shared connection table full; not counting {ip}", ip=ip)
+                return True
+            at = self._at(slot)
+            if found:
+                entry = list(self._entry.unpack_from(buffer, at))
+                counts = entry[2:]
+                if limit > 0 and sum(counts) >= limit:
+                    return False
+            else:
+                entry = [key, 1] + [0] * self._table.workers
+            entry[2 + self._column] += 1
+            self._entry.pack_into(buffer, at, *entry)
+            return True
+        finally:
+            self._table.unlock(self._offset)
+
+    def release(self, ip: str) -> None:
+        key = _address_key(ip)
+        buffer = self._table.buffer
+        self._table.lock(self._offset)
+        try:
+            slot, found = self._find(key)
+            if not found:
+                return
+            at = self._at(slot)
+            entry = list(self._entry.unpack_from(buffer, at))
+            entry[2 + self._column] = max(0, entry[2 + self._column] - 1)
+            if any(entry[2:]):
+                self._entry.pack_into(buffer, at, *entry)
+            else:
+                self._delete(slot)
+        finally:
+            self._table.unlock(self._offset)
+
+    def count(self, ip: str) -> int:
+        key = _address_key(ip)
+        self._table.lock(self._offset)
+        try:
+            slot, found = self._find(key)
+            if not found:
+                return 0
+            return sum(self._entry.unpack_from(self._table.buffer, self._at(slot))[2:])
+        finally:
+            self._table.unlock(self._offset)
+
+    def _delete(self, slot: int) -> None:
+        """
+        Empty C{slot} and move later entries of its probe run back, so that
+        every key stays reachable from its home slot without tombstones
+        (Knuth's algorithm R for linear probing).
+        """
+        buffer = self._table.buffer
+        size = self._entry.size
+        mask = self._slots - 1
+        hole = slot
+        probe = slot
+        while True:
+            probe = (probe + 1) & mask
+            at = self._at(probe)
+            if buffer[at + 16 : at + 20] == b"\x00\x00\x00\x00":
+                break
+            home = self._home(bytes(buffer[at : at + 16]))
+            # The entry may move into the hole unless its home lies
+            # cyclically in (hole, probe].
+            if hole <= probe:
+                stays = hole < home <= probe
+            else:
+                stays = home > hole or home <= probe
+            if stays:
+                continue
+            buffer[self._at(hole) : self._at(hole) + size] = buffer[at : at + size]
+            hole = probe
+        at = self._at(hole)
+        buffer[at : at + size] = b"\x00" * size
+
+    def clear_column(self, column: int) -> None:
+        """
+        Drop worker C{column}'s counts (see L{SharedLimits.clear_worker}).
+        """
+        buffer = self._table.buffer
+        self._table.lock(self._offset)
+        try:
+            totals = list(self._totals.unpack_from(buffer, self._totals_at))
+            totals[column] = 0
+            self._totals.pack_into(buffer, self._totals_at, *totals)
+            keep = []
+            for slot in range(self._slots):
+                at = self._at(slot)
+                entry = list(self._entry.unpack_from(buffer, at))
+                if not entry[1]:
+                    continue
+                entry[2 + column] = 0
+                if any(entry[2:]):
+                    keep.append(entry)
+            size = self._entry.size
+            buffer[self._slots_at : self._slots_at + self._slots * size] = (
+                b"\x00" * self._slots * size
+            )
+            for entry in keep:
+                slot, _ = self._find(entry[0])
+                self._entry.pack_into(buffer, self._at(slot), *entry)
+        finally:
+            self._table.unlock(self._offset)
+
+
+class _Busy(Protocol):
+    """
+    Says 421 and hangs up: the listener is at its Max Concurrency in all
+    workers together.
+    """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(b"421 4.3.2 Too many connections to this listener, try again later\r\n")
+        transport.loseConnection()
+
+
+class SharedListenerFactory(ListenerFactory):
+    """
+    A L{ListenerFactory} whose Max Concurrency counts the sessions of all
+    workers, and whose per-IP counts are shared too.
+    """
+
+    shared: SharedConnectionCounter
+
+    def share(self, counter: SharedConnectionCounter) -> None:
+        self.shared = counter
+        self.connections = counter  # type: ignore[assignment]
+        self._holding: set[InboundSession] = set()
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        if not self.shared.acquire_slot(self.config.max_concurrency):
+            busy = _Busy()
+            busy.factory = self
+            return busy
+        protocol = super().buildProtocol(addr)
+        if isinstance(protocol, InboundSession):
+            self._holding.add(protocol)
+        else:
+            self.shared.release_slot()
+        return protocol
+
+    def session_closed(self, session: InboundSession) -> None:
+        if session in self._holding:
+            self._holding.discard(session)
+            self.shared.release_slot()
+        super().session_closed(session)
+
+
+# -- sockets -------------------------------------------------------------------------------
+
+
+def _family(listener: Listener) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in listener.interface.ip else socket.AF_INET
+
+
+def bind_listeners(config: GatewayConfig) -> dict[str, socket.socket]:
+    """
+    Bind and listen on every listener's address, as Twisted's own TCP port
+    would (C{SO_REUSEADDR}, backlog C{tcp_queue}), so that the sockets
+    exist before any worker does.
+
+    @raise OSError: an address could not be bound; nothing stays bound.
+    """
+    bound: dict[str, socket.socket] = {}
+    try:
+        for listener in config.listeners.values():
+            family = _family(listener)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            bound[listener.name] = sock
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((listener.interface.ip, listener.port))
+            sock.listen(listener.tcp_queue)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in bound.values():
+            sock.close()
+        raise
+    return bound
+
+
+@implementer(IStreamServerEndpoint)
+@frozen
+class AdoptedEndpoint:
+    """
+    A server endpoint over a socket that is already listening (bound by the
+    parent): L{twisted.application.internet.StreamServerEndpointService}
+    listens through it as through any endpoint.
+    """
+
+    reactor: Any
+    fd: int
+    family: socket.AddressFamily
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        port: IListeningPort = self.reactor.adoptStreamPort(self.fd, self.family, factory)
+        return succeed(port)
+
+
+@frozen
+class WorkerRole:
+    """
+    What a gateway process is within a multi-worker gateway.
+
+    @ivar index: 0 for the parent (the C{twistd} process), 1..N-1 for the
+        workers it starts.
+    @ivar workers: N.
+    @ivar sockets: each listener's listening descriptor, by name.
+    @ivar families: each listener's address family, by name.
+    @ivar limits: the shared connection table.
+    """
+
+    index: int
+    workers: int
+    sockets: Mapping[str, int]
+    families: Mapping[str, socket.AddressFamily]
+    limits: SharedLimits
+
+    @property
+    def primary(self) -> bool:
+        """
+        Whether this process does the gateway's singular jobs (certificate
+        alerts, the admin page, delivery): the parent.
+        """
+        return self.index == 0
+
+    def endpoint(self, reactor: Any, name: str) -> AdoptedEndpoint | None:
+        fd = self.sockets.get(name)
+        if fd is None:
+            return None
+        return AdoptedEndpoint(reactor, fd, self.families[name])
+
+    def counter(self, name: str) -> SharedConnectionCounter | None:
+        return self.limits.listener(name)
+
+
+# -- the parent's side -----------------------------------------------------------
+
+
+class _WorkerProtocol(ProcessProtocol):
+    """
+    One worker as its parent sees it: its log events come in on its
+    standard output, and its end is reported to the pool.
+    """
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self._out = b""
+        self._err = b""
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self._out += data
+        *lines, self._out = self._out.split(b"\n")
+        for line in lines:
+            self._event(line)
+
+    def errReceived(self, data: bytes) -> None:
+        self._err += data
+        *lines, self._err = self._err.split(b"\n")
+        for line in lines:
+            if line.strip():
+                log.warn(
+                    "worker {index}: {line}",
+                    index=self.index,
+                    line=line.decode("utf-8", "replace"),
+                )
+
+    def _event(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            event = eventFromJSON(line.decode("utf-8", "replace"))
+        except ValueError:
+            log.info("worker {index}: {line}", index=self.index, line=line.decode(errors="replace"))
+            return
+        event["log_system"] = f"worker {self.index}"
+        globalLogPublisher(event)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._out:
+            self._event(self._out)
+        self.pool.ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerPool(Service):
+    """
+    Starts, restarts, signals and stops workers 1..N-1 (the parent is
+    worker 0 and serves too).
+
+    @ivar processes: the running workers' process transports, by index.
+    """
+
+    #: Seconds before a worker that exited is started again.
+    restart_delay = 1.0
+    #: Seconds a stopping worker gets before it is killed.
+    stop_timeout = 30.0
+
+    def __init__(
+        self,
+        reactor: Any,
+        role: WorkerRole,
+        config_path: str | None,
+        executable: str = sys.executable,
+        sockets: Sequence[socket.socket] = (),
+    ) -> None:
+        """
+        @param role: the parent's L{WorkerRole} (index 0).
+        @param config_path: the configuration file the workers load (C{None}:
+            the embedded default).
+        @param sockets: the listening sockets the parent bound; closed when
+            the pool stops, so that the ports close with the last worker.
+        """
+        self.reactor = reactor
+        self._sockets = list(sockets)
+        self.role = role
+        self.config_path = os.path.abspath(config_path) if config_path else None
+        self.executable = executable
+        self.processes: dict[int, Any] = {}
+        self._protocols: dict[int, _WorkerProtocol] = {}
+        self._restarts: dict[int, Any] = {}
+        self._previous_sighup: Any = None
+
+    def command(self, index: int) -> tuple[list[str], dict[int, int | str]]:
+        """
+        The command line and descriptor map of worker C{index}.
+        """
+        args = [
+            self.executable,
+            "-m",
+            "esa_tls.workers",
+            "--worker",
+            str(index),
+            "--workers",
+            str(self.role.workers),
+            "--parent",
+            str(os.getpid()),
+            "--limits",
+            "3",
+        ]
+        fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", 3: self.role.limits.fileno()}
+        target = 4
+        for name, fd in sorted(self.role.sockets.items()):
+            fds[target] = fd
+            family = "6" if self.role.families[name] == socket.AF_INET6 else "4"
+            args += ["--listen", f"{target}:{family}:{name}"]
+            target += 1
+        if self.config_path is not None:
+            args += ["--config", self.config_path]
+        return args, fds
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self._previous_sighup = signal.getsignal(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, self._sighup)
+        except ValueError:  # not the main thread (tests)
+            self._previous_sighup = None
+        for index in range(1, self.role.workers):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        args, fds = self.command(index)
+        protocol = _WorkerProtocol(self, index)
+        self._protocols[index] = protocol
+        self.processes[index] = self.reactor.spawnProcess(
+            protocol, self.executable, args, env=dict(os.environ), childFDs=fds
+        )
+        log.info("started worker {index} (pid {pid})", index=index, pid=self.processes[index].pid)
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        previous = self._previous_sighup
+        if callable(previous):
+            previous(signum, frame)
+        self.reactor.callFromThread(self.signal_all, "HUP")
+
+    def signal_all(self, name: str) -> None:
+        """
+        Send signal C{name} (C{"HUP"}, C{"TERM"}...) to every worker.
+        """
+        for process in list(self.processes.values()):
+            try:
+                process.signalProcess(name)
+            except (OSError, Exception):
+                pass
+
+    def ended(self, protocol: _WorkerProtocol, reason: Failure) -> None:
+        index = protocol.index
+        if self._protocols.get(index) is not protocol:
+            return
+        del self._protocols[index]
+        self.processes.pop(index, None)
+        # Its connections died with it: take them out of the counts.
+        self.role.limits.clear_worker(index)
+        if self.running:
+            log.error(
+                "worker {index} exited ({reason}); starting it again",
+                index=index,
+                reason=reason.getErrorMessage(),
+            )
+            self._restarts[index] = self.reactor.callLater(self.restart_delay, self._spawn, index)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        if self._previous_sighup is not None:
+            try:
+                signal.signal(signal.SIGHUP, self._previous_sighup)
+            except ValueError:
+                pass
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts = {}
+        waits = [p.ended for p in self._protocols.values()]
+        self.signal_all("TERM")
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+        if not waits:
+            return succeed(None)
+        killer = self.reactor.callLater(self.stop_timeout, self.signal_all, "KILL")
+        done = DeferredList(waits)
+
+        def stopped(result: object) -> object:
+            if killer.active():
+                killer.cancel()
+            return result
+
+        return done.addBoth(stopped)
+
+
+def multi_worker_gateway(config_path: str | None, workers: int, reactor: Any = None) -> Any:
+    """
+    The parent of a gateway of C{workers} processes: bind every listener,
+    make the shared table, and return the parent's L{GatewayService} with
+    the L{WorkerPool} that starts the others as its child service.
+
+    @raise esa_tls.config.errors.ConfigError: the configuration is not valid.
+    @raise OSError: a listener's address could not be bound.
+    """
+    from esa_tls.config.load import load_config_with_warnings
+    from esa_tls.service import GatewayService
+
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    loaded = load_config_with_warnings(config_path)
+    config = loaded.config
+    bound = bind_listeners(config)
+    limits = SharedLimits.create(
+        {name: listener.max_concurrency for name, listener in config.listeners.items()}, workers
+    )
+    role = WorkerRole(
+        index=0,
+        workers=workers,
+        sockets={name: sock.fileno() for name, sock in bound.items()},
+        families={name: _family(listener) for name, listener in config.listeners.items()},
+        limits=limits,
+    )
+    service = GatewayService(loaded, reactor, worker=role)
+    pool = WorkerPool(reactor, role, config_path, sockets=list(bound.values()))
+    pool.setName("workers")
+    pool.setServiceParent(service)
+    return service
+
+
+# -- the worker's side ----------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    """
+    Have the kernel kill this process when its parent dies: a parent killed
+    with SIGKILL must not leave workers holding the listening sockets.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        # The parent died before the request took effect.
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _ParentWatch(Protocol):
+    """
+    Standard input is a pipe from the parent: its end means the parent is
+    gone (the portable twin of C{PR_SET_PDEATHSIG}).
+    """
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@implementer(ILogObserver)
+class _ToParent:
+    """
+    Sends log events to the parent as JSON lines, except mail log events,
+    which this worker's own L{esa_tls.maillog.MailLogObserver} writes.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if is_maillog_event(event):
+            return
+        try:
+            self._stream.write(eventAsJSON(event) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m esa_tls.workers")
+    parser.add_argument("--worker", type=int, required=True)
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--limits", type=int, required=True)
+    parser.add_argument("--listen", action="append", default=[])
+    parser.add_argument("--config", default=None)
+    return parser.parse_args(argv)
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run one worker: started by L{WorkerPool}, never by hand.
+    """
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    _die_with_parent(args.parent)
+
+    from twisted.internet import reactor as _reactor
+    from twisted.internet.stdio import StandardIO
+    from twisted.logger import globalLogBeginner
+
+    from esa_tls.config.errors import ConfigError
+    from esa_tls.config.load import load_config_with_warnings
+    from esa_tls.service import GatewayService
+
+    reactor: Any = _reactor
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="replace")
+    globalLogBeginner.beginLoggingTo([_ToParent(out)], redirectStandardIO=False)
+    sockets: dict[str, int] = {}
+    families: dict[str, socket.AddressFamily] = {}
+    for item in args.listen:
+        fd, family, name = item.split(":", 2)
+        sockets[name] = int(fd)
+        families[name] = socket.AF_INET6 if family == "6" else socket.AF_INET
+    role = WorkerRole(
+        index=args.worker,
+        workers=args.workers,
+        sockets=sockets,
+        families=families,
+        limits=SharedLimits.attach(args.limits, args.worker),
+    )
+    try:
+        loaded = load_config_with_warnings(args.config)
+        service = GatewayService(loaded, reactor, worker=role)
+    except ConfigError as e:
+        sys.stderr.write(f"configuration error\n{e}\n")
+        return 2
+    StandardIO(  # type: ignore[call-arg]
+        _ParentWatch(), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor
+    )
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main())

@@ -1,0 +1,212 @@
+"""
+The table that keeps connection limits exact across worker processes: a
+listener's Max Concurrency and each policy's concurrent connections per IP
+hold for the gateway as a whole, whichever worker accepted each connection,
+and a worker that dies takes its counts with it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import TestCase
+
+from esa_tls.workers import SharedLimits
+
+
+def _pair(max_concurrency: int = 10, workers: int = 2) -> tuple[SharedLimits, SharedLimits]:
+    parent = SharedLimits.create({"In": max_concurrency, "Out": 5}, workers)
+    child = SharedLimits.attach(os.dup(parent.fileno()), 1)
+    return parent, child
+
+
+class SharedLimitsTests(TestCase):
+    def setUp(self) -> None:
+        self.parent, self.child = _pair()
+        self.addCleanup(self.parent.close)
+        self.addCleanup(self.child.close)
+
+    def test_perAddressLimitAcrossWorkers(self) -> None:
+        """
+        Connections from one address count together whichever worker holds
+        them: with a limit of 3, two in one worker and one in the other
+        leave no room for a fourth in either.
+        """
+        a = self.parent.listener("In")
+        b = self.child.listener("In")
+        assert a is not None and b is not None
+        self.assertTrue(a.acquire("192.0.2.1", 3))
+        self.assertTrue(a.acquire("192.0.2.1", 3))
+        self.assertTrue(b.acquire("192.0.2.1", 3))
+        self.assertFalse(b.acquire("192.0.2.1", 3))
+        self.assertFalse(a.acquire("192.0.2.1", 3))
+        self.assertEqual(b.count("192.0.2.1"), 3)
+        self.assertTrue(b.acquire("192.0.2.2", 3), "another address has its own count")
+        a.release("192.0.2.1")
+        self.assertTrue(b.acquire("192.0.2.1", 3))
+
+    def test_mappedAddressesAreOnePeer(self) -> None:
+        """
+        An IPv4 peer seen as an IPv4-mapped IPv6 address (a dual-stack
+        listener) is the same peer.
+        """
+        a = self.parent.listener("In")
+        assert a is not None
+        self.assertTrue(a.acquire("192.0.2.7", 2))
+        self.assertTrue(a.acquire("::ffff:192.0.2.7", 2))
+        self.assertFalse(a.acquire("192.0.2.7", 2))
+
+    def test_listenerTotal(self) -> None:
+        """
+        The listener-wide count is the sum over workers; a non-positive
+        limit means unlimited.
+        """
+        a = self.parent.listener("In")
+        b = self.child.listener("In")
+        assert a is not None and b is not None
+        self.assertTrue(a.acquire_slot(2))
+        self.assertTrue(b.acquire_slot(2))
+        self.assertFalse(a.acquire_slot(2))
+        self.assertEqual(a.total(), 2)
+        b.release_slot()
+        self.assertTrue(a.acquire_slot(2))
+        self.assertTrue(a.acquire_slot(0))
+
+    def test_listenersAreSeparate(self) -> None:
+        """
+        Each listener has its own counts, as each ESA listener has its own
+        Max Concurrency.
+        """
+        a = self.parent.listener("In")
+        out = self.child.listener("Out")
+        assert a is not None and out is not None
+        self.assertTrue(a.acquire("198.51.100.1", 1))
+        self.assertTrue(out.acquire("198.51.100.1", 1))
+        self.assertIsNone(self.parent.listener("Missing"))
+
+    def test_deadWorkerForgotten(self) -> None:
+        """
+        When a worker dies its connections die with it: clearing its column
+        frees the room they held, and keeps the other worker's counts.
+        """
+        a = self.parent.listener("In")
+        b = self.child.listener("In")
+        assert a is not None and b is not None
+        self.assertTrue(a.acquire("192.0.2.1", 2))
+        self.assertTrue(b.acquire("192.0.2.1", 2))
+        self.assertTrue(b.acquire_slot(1))
+        self.parent.clear_worker(1)
+        self.assertEqual(a.count("192.0.2.1"), 1)
+        self.assertEqual(a.total(), 0)
+        self.assertTrue(a.acquire("192.0.2.1", 2))
+        self.assertFalse(a.acquire("192.0.2.1", 2))
+
+    def test_notATable(self) -> None:
+        """
+        A descriptor that is not a table is refused rather than trusted.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+        with self.assertRaises(ValueError):
+            SharedLimits.attach(os.open(path, os.O_RDWR), 0)
+
+
+class TableModelTests(TestCase):
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["acquire", "release"]),
+                st.integers(0, 1),
+                st.integers(0, 40),
+            ),
+            max_size=300,
+        )
+    )
+    def test_behavesLikeADictionary(self, operations: list[tuple[str, int, int]]) -> None:
+        """
+        Any sequence of acquires and releases by two workers over many
+        addresses (enough to collide and wrap around the small table)
+        leaves every count exactly as a plain per-worker dictionary says.
+        """
+        parent, child = _pair(max_concurrency=20)
+        try:
+            counters = [parent.listener("In"), child.listener("In")]
+            model: dict[tuple[str, int], int] = {}
+            for op, worker, n in operations:
+                ip = f"10.0.{n // 8}.{n}"
+                counter = counters[worker]
+                assert counter is not None
+                held = model.get((ip, worker), 0)
+                if op == "acquire":
+                    total = sum(model.get((ip, w), 0) for w in (0, 1))
+                    self.assertEqual(counter.acquire(ip, 3), total < 3)
+                    if total < 3:
+                        model[(ip, worker)] = held + 1
+                elif held:
+                    counter.release(ip)
+                    model[(ip, worker)] = held - 1
+            for n in range(41):
+                ip = f"10.0.{n // 8}.{n}"
+                expected = sum(model.get((ip, w), 0) for w in (0, 1))
+                counter = counters[0]
+                assert counter is not None
+                self.assertEqual(counter.count(ip), expected, ip)
+        finally:
+            parent.close()
+            child.close()
+
+
+def _hammer(fd: int, index: int, rounds: int, seed: int, results: multiprocessing.Queue) -> None:
+    """
+    In a worker process: grab and release connections at random, reporting
+    every moment the per-address count went past the limit.
+    """
+    table = SharedLimits.attach(fd, index)
+    counter = table.listener("In")
+    assert counter is not None
+    rng = random.Random(seed)
+    held: list[str] = []
+    over = 0
+    for _ in range(rounds):
+        ip = f"203.0.113.{rng.randrange(4)}"
+        if held and rng.random() < 0.5:
+            counter.release(held.pop(rng.randrange(len(held))))
+        elif counter.acquire(ip, 5):
+            held.append(ip)
+            if counter.count(ip) > 5:
+                over += 1
+    for ip in held:
+        counter.release(ip)
+    results.put(over)
+
+
+class ProcessTests(TestCase):
+    def test_exactUnderContention(self) -> None:
+        """
+        Four processes acquiring and releasing at once never push an
+        address past its limit, and leave the table empty when they are
+        done.
+        """
+        table = SharedLimits.create({"In": 100}, 4)
+        self.addCleanup(table.close)
+        context = multiprocessing.get_context("fork")
+        results: multiprocessing.Queue = context.Queue()
+        processes = [
+            context.Process(target=_hammer, args=(table.fileno(), i, 3000, i, results))
+            for i in range(4)
+        ]
+        for p in processes:
+            p.start()
+        overs = [results.get(timeout=60) for _ in processes]
+        for p in processes:
+            p.join(60)
+        self.assertEqual(overs, [0, 0, 0, 0])
+        counter = table.listener("In")
+        assert counter is not None
+        self.assertEqual([counter.count(f"203.0.113.{n}") for n in range(4)], [0, 0, 0, 0])

@@ -1,0 +1,302 @@
+"""
+C{twistd -n esa-tls --workers N} as an administrator runs it: N processes
+serve one set of listening sockets and one spool; the limits hold for the
+gateway as a whole; SIGHUP reaches every worker, SIGTERM stops them all, a
+worker that dies is replaced, and a gateway killed with SIGKILL leaves no
+worker behind holding its port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from tests.support import in_thread, wait_until
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+CONFIG = """
+[system]
+hostname = "mx.test.example"
+data_dir = "{data_dir}"
+
+[interfaces.Loopback]
+address = "127.0.0.1/8"
+
+[listeners.InboundMail]
+type = "public"
+interface = "Loopback"
+port = {port}
+rat = ["example.com"]
+max_concurrency = {listener_limit}
+
+[listeners.InboundMail.policies.LIMITED]
+rule = "ACCEPT"
+max_concurrency = {ip_limit}
+
+[[listeners.InboundMail.hat]]
+group = "LOCAL"
+policy = "LIMITED"
+senders = ["127.0.0.0/8"]
+"""
+
+
+def children(pid: int) -> list[int]:
+    """
+    The live child processes of C{pid}.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+class Gateway:
+    """
+    A C{twistd -n esa-tls --workers N} child process on a free port.
+    """
+
+    def __init__(
+        self, case: TestCase, workers: int, listener_limit: int = 1000, ip_limit: int = 10
+    ) -> None:
+        self.directory = os.path.abspath(case.mktemp())
+        os.makedirs(self.directory)
+        self.port = free_port()
+        self.workers = workers
+        self.config = os.path.join(self.directory, "gateway.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                CONFIG.format(
+                    data_dir=os.path.join(self.directory, "var"),
+                    port=self.port,
+                    listener_limit=listener_limit,
+                    ip_limit=ip_limit,
+                )
+            )
+        self.logfile = os.path.join(self.directory, "twistd.log")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.sockets: list[socket.socket] = []
+        case.addCleanup(self.cleanup)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "--logfile",
+                self.logfile,
+                "esa-tls",
+                "--config",
+                self.config,
+                "--workers",
+                str(self.workers),
+            ],
+            cwd=self.directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        ready = [f"[worker {i}] listener InboundMail" for i in range(1, self.workers)]
+        if not wait_until(
+            lambda: "listener InboundMail" in self.log() and all(r in self.log() for r in ready),
+            60,
+        ):
+            raise AssertionError(f"gateway did not start:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log(self) -> str:
+        try:
+            with open(self.logfile) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def connect(self, source: str = "127.0.0.1") -> bytes:
+        """
+        Open a session and return its first reply line; the socket stays
+        open (idle) until the test ends.
+        """
+        sock = socket.create_connection(
+            ("127.0.0.1", self.port), timeout=10, source_address=(source, 0)
+        )
+        self.sockets.append(sock)
+        return sock.makefile("rb").readline()
+
+    def cleanup(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        if self.process is not None and self.process.poll() is None:
+            for pid in [self.pid, *children(self.pid)]:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except OSError:
+                    pass
+            self.process.kill()
+            self.process.wait(30)
+
+
+class WorkerTests(TestCase):
+    @inlineCallbacks
+    def test_limitsHoldAcrossWorkers(self) -> Any:
+        """
+        Concurrent connections per IP and the listener's Max Concurrency
+        count the sessions of every worker: with the limit at 3, two
+        sessions held by the parent and one by worker 1 leave no room for a
+        fourth; when worker 1 is killed, its sessions stop counting and the
+        replacement worker serves again.
+        """
+        gateway = Gateway(self, workers=2, listener_limit=5, ip_limit=3)
+        yield in_thread(gateway.start)
+        [worker] = children(gateway.pid)
+
+        def scenario() -> list[bytes]:
+            replies = []
+            # Only the parent can accept while worker 1 is stopped...
+            os.kill(worker, signal.SIGSTOP)
+            replies += [gateway.connect(), gateway.connect()]
+            # ...and only worker 1 while the parent is.
+            os.kill(gateway.pid, signal.SIGSTOP)
+            os.kill(worker, signal.SIGCONT)
+            replies += [gateway.connect(), gateway.connect()]
+            os.kill(gateway.pid, signal.SIGCONT)
+            # The listener's own limit: 3 sessions from 127.0.0.1, 2 more
+            # from 127.0.0.2 make 5, wherever they land.
+            replies += [gateway.connect("127.0.0.2") for _ in range(3)]
+            return replies
+
+        replies = yield in_thread(scenario)
+        self.assertEqual([r[:4] for r in replies[:3]], [b"220 "] * 3)
+        self.assertTrue(
+            replies[3].startswith(b"421 4.7.0 ") and b"Too many concurrent" in replies[3],
+            replies[3],
+        )
+        self.assertEqual([r[:4] for r in replies[4:6]], [b"220 "] * 2)
+        self.assertEqual(
+            replies[6], b"421 4.3.2 Too many connections to this listener, try again later\r\n"
+        )
+
+        os.kill(worker, signal.SIGKILL)
+
+        def replaced() -> bool:
+            text = gateway.log()
+            restarted = text.split("starting it again", 1)
+            return len(restarted) == 2 and "[worker 1] listener InboundMail" in restarted[1]
+
+        self.assertTrue((yield in_thread(wait_until, replaced, 30)), gateway.log())
+        [replacement] = children(gateway.pid)
+        self.assertNotEqual(replacement, worker)
+        # The killed worker's session no longer counts: one more fits.
+        self.assertEqual((yield in_thread(gateway.connect))[:4], b"220 ")
+
+    @inlineCallbacks
+    def test_signals(self) -> Any:
+        """
+        SIGHUP reaches every worker (each logs its reload); SIGTERM stops
+        them all before the parent exits cleanly.
+        """
+        gateway = Gateway(self, workers=3)
+        yield in_thread(gateway.start)
+        workers = children(gateway.pid)
+        self.assertEqual(len(workers), 2)
+        os.kill(gateway.pid, signal.SIGHUP)
+
+        def reloaded() -> bool:
+            text = gateway.log()
+            return text.count("configuration reloaded from") == 3
+
+        self.assertTrue((yield in_thread(wait_until, reloaded, 30)), gateway.log())
+        for index in (1, 2):
+            self.assertIn(f"[worker {index}] configuration reloaded from", gateway.log())
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        yield in_thread(gateway.process.wait, 60)
+        self.assertIn(gateway.process.returncode, (0, -signal.SIGTERM))
+        self.assertIn("Server Shut Down.", gateway.log())
+        self.assertEqual([pid for pid in workers if alive(pid)], [])
+
+    @inlineCallbacks
+    def test_killedParentLeavesNoWorker(self) -> Any:
+        """
+        A gateway killed with SIGKILL takes its workers with it, so the port
+        is free for the next start.
+        """
+        gateway = Gateway(self, workers=2)
+        yield in_thread(gateway.start)
+        workers = children(gateway.pid)
+        assert gateway.process is not None
+        gateway.process.kill()
+        yield in_thread(gateway.process.wait, 30)
+        self.assertTrue(
+            (yield in_thread(wait_until, lambda: not any(alive(p) for p in workers), 10))
+        )
+
+        def port_free() -> bool:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", gateway.port))
+                    s.listen(1)
+                except OSError:
+                    return False
+                return True
+
+        self.assertTrue((yield in_thread(wait_until, port_free, 10)))
+
+    @inlineCallbacks
+    def test_oneWorkerIsOneProcess(self) -> Any:
+        """
+        C{--workers 1} is the gateway as it always was: one process, which
+        takes mail.
+        """
+        gateway = Gateway(self, workers=1)
+        yield in_thread(gateway.start)
+        self.assertEqual(children(gateway.pid), [])
+        self.assertEqual((yield in_thread(gateway.connect))[:4], b"220 ")
+        self.assertNotIn("started worker", gateway.log())
+
+    def test_badWorkerCount(self) -> None:
+        """
+        A nonsensical C{--workers} stops start-up with a usage message.
+        """
+        result = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "esa-tls", "--workers", "none"],
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(b"--workers: not a number", result.stdout + result.stderr)
