@@ -20,8 +20,6 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IResolver, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogPublisher
-from twisted.names.client import createResolver
-from twisted.names.common import ResolverBase
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from esa_tls.alerts.certificates import CertificateWatch
@@ -29,15 +27,19 @@ from esa_tls.alerts.dispatcher import AlertDispatcher
 from esa_tls.alerts.hooks import HookConfigError, build_hooks
 from esa_tls.config.errors import ConfigError, ConfigFault
 from esa_tls.config.load import LoadResult, load_config_with_warnings
-from esa_tls.config.model import GatewayConfig, Listener
+from esa_tls.config.model import Listener
 from esa_tls.hat.table import HostAccessTable
 from esa_tls.ids import IdAllocator
 from esa_tls.inbound.auth import PasswordFile
 from esa_tls.inbound.limits import RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.maillog import MailLog, MailLogObserver, mail_log_path
+from esa_tls.outbound.mx import resolver_from_config
+from esa_tls.outbound.queue import QueueManager
+from esa_tls.outbound.result import DeliveryResult
 from esa_tls.report.admin import admin_service, make_admin_site
 from esa_tls.report.counters import TLSCounters
+from esa_tls.report.delivery import record_delivery
 from esa_tls.report.storage import report_directory
 from esa_tls.spool import DurableSpool
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
@@ -46,20 +48,6 @@ from esa_tls.watch import FileWatcher
 from esa_tls.workers import SharedListenerFactory, WorkerRole
 
 log = Logger()
-
-
-def make_resolver(config: GatewayConfig) -> ResolverBase:
-    """
-    The DNS resolver for HAT look-ups and MX routing: C{[system] resolvers}
-    when given, else the machine's own (C{/etc/resolv.conf}).
-    """
-    servers: list[tuple[str, int]] = []
-    for entry in config.system.resolvers:
-        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "53")
-        servers.append((host.strip("[]"), int(port or 53)))
-    if servers:
-        return createResolver(servers=servers)
-    return createResolver()
 
 
 class GatewayService(MultiService):
@@ -101,7 +89,7 @@ class GatewayService(MultiService):
         self.spool = DurableSpool(os.path.join(self.data_dir, "spool"), reactor)
         self.icids = IdAllocator(os.path.join(self.data_dir, "icid.counter"))
         self.rates = RecipientRateLimiter(reactor)
-        self.resolver = resolver if resolver is not None else make_resolver(config)
+        self.resolver = resolver if resolver is not None else resolver_from_config(config, reactor)
         users = config.system.smtp_auth_users
         self.auth_checker = PasswordFile(users) if users else None
         try:
@@ -130,6 +118,21 @@ class GatewayService(MultiService):
         if config.admin.listen and primary:
             site = make_admin_site(self.counters, self.alerts)
             admin_service(config.admin.listen, site, reactor).setServiceParent(self)
+        # One delivery engine per spool: in a multi-worker gateway the
+        # primary process delivers what every worker accepted.
+        self.queue: QueueManager | None = None
+        if primary:
+            self.queue = QueueManager(
+                reactor,
+                self.spool,
+                config,
+                self.resolver,
+                dcid_allocator=IdAllocator(os.path.join(self.data_dir, "dcid.counter")).next,
+                maillog=self.maillog,
+                on_tls_failure=self.alerts.on_tls_failure,
+                on_result=self._delivered,
+            )
+            self.queue.setServiceParent(self)
         self.factories: dict[str, ListenerFactory] = {}
         self._observer: MailLogObserver | None = None
         self.watcher = FileWatcher(self._watched_files, self.reload, reactor, watch_interval)
@@ -148,6 +151,9 @@ class GatewayService(MultiService):
         @raise esa_tls.config.errors.ConfigError: the file is not valid.
         """
         return cls(load_config_with_warnings(path), reactor)
+
+    def _delivered(self, result: DeliveryResult) -> None:
+        record_delivery(result, self.counters, self.alerts)
 
     def _factory(self, listener: Listener) -> ListenerFactory:
         shared = self.worker.counter(listener.name) if self.worker is not None else None
@@ -271,6 +277,8 @@ class GatewayService(MultiService):
         self.config = new_config
         self.alerts.settings = new_config.alerts
         self.certificate_watch.config = new_config
+        if self.queue is not None:
+            self.queue.config = new_config
         for problem in problems:
             log.warn("reload: {problem}", problem=problem)
         log.info("configuration reloaded from {source}", source=new_config.source)
