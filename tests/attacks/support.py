@@ -222,6 +222,16 @@ class SegmentTLS:
         return out
 
 
+def hang_up(raw: Raw) -> None:
+    """
+    Really close a L{Raw} connection: C{Raw.close} leaves the socket open
+    while its C{makefile} reader is, so the gateway never sees the client
+    go.
+    """
+    raw.file.close()
+    raw.close()
+
+
 def receive_all(raw: Raw) -> bytes:
     """
     Everything until the server closes the (plain) connection, whatever

@@ -1,0 +1,173 @@
+"""
+Connection floods above the listener's Max Concurrency and the policy's
+per-IP limit: the connections over the limit get 421, and once the flood
+is gone every slot and every per-IP count is given back, including for
+connections that left before the HAT answered and for those the HAT
+turned away (REJECT, TCPREFUSE).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from tests.attacks.support import hang_up, receive_all
+from tests.support import PUBLIC, Gateway, Raw, in_thread
+
+BUSY = b"421 4.3.2 Too many connections to this listener, try again later\r\n"
+PER_IP = b"421 4.7.0 mx.test.example Too many concurrent connections from your address\r\n"
+
+
+def listener(max_concurrency: int, per_ip: int, rule: str = "ACCEPT") -> str:
+    return (
+        PUBLIC
+        + f"""max_concurrency = {max_concurrency}
+
+[listeners.InboundMail.policies.LOCAL]
+rule = "{rule}"
+max_concurrency = {per_ip}
+
+[[listeners.InboundMail.hat]]
+group = "LOCAL"
+policy = "LOCAL"
+senders = ["127.0.0.1"]
+"""
+    )
+
+
+def flood(port: int, count: int) -> tuple[list[Raw], list[bytes]]:
+    """
+    Open C{count} connections at once and read each one's first reply
+    (C{b""} for one closed without a word).
+    """
+    connections = [Raw(port) for _ in range(count)]
+    firsts = []
+    for raw in connections:
+        try:
+            firsts.append(raw.reply())
+        except OSError:
+            firsts.append(b"")
+    return connections, firsts
+
+
+def close_all(connections: list[Raw]) -> None:
+    for raw in connections:
+        hang_up(raw)
+
+
+def banners(port: int, count: int) -> list[bytes]:
+    connections, firsts = flood(port, count)
+    close_all(connections)
+    return firsts
+
+
+class FloodTests(TestCase):
+    @inlineCallbacks
+    def drained(self, gw: Gateway) -> Any:
+        """
+        Wait until the gateway has seen every connection close.
+        """
+        while gw.factory.sessions:
+            yield deferLater(reactor, 0.01, lambda: None)
+
+    def assertNoLeak(self, gw: Gateway) -> None:
+        self.assertEqual(gw.factory.sessions, set())
+        self.assertEqual(gw.factory.connections.count("127.0.0.1"), 0)
+
+    @inlineCallbacks
+    def test_listenerMaxConcurrency(self) -> Any:
+        """
+        Twenty simultaneous connections to a listener of Max Concurrency 3:
+        three get the banner, the others 421 4.3.2.  After they leave, three
+        new ones get the banner again, twice over.
+        """
+        gw = Gateway(self, listener(3, 100))
+        connections, firsts = yield in_thread(flood, gw.port, 20)
+        self.addCleanup(close_all, connections)
+        self.assertEqual(sum(f.startswith(b"220 ") for f in firsts), 3, firsts)
+        self.assertEqual(firsts.count(BUSY), 17, firsts)
+        yield in_thread(close_all, connections)
+        yield self.drained(gw)
+        self.assertNoLeak(gw)
+        for _ in range(2):
+            again = yield in_thread(banners, gw.port, 3)
+            self.assertTrue(all(f.startswith(b"220 ") for f in again), again)
+            yield self.drained(gw)
+
+    @inlineCallbacks
+    def test_perIPLimit(self) -> Any:
+        """
+        Twenty simultaneous connections from one IP whose policy allows 2:
+        two get the banner, the others 421 4.7.0; the per-IP count returns
+        to zero when they leave and two new connections are welcome again.
+        """
+        gw = Gateway(self, listener(100, 2))
+        connections, firsts = yield in_thread(flood, gw.port, 20)
+        self.addCleanup(close_all, connections)
+        self.assertEqual(sum(f.startswith(b"220 ") for f in firsts), 2, firsts)
+        self.assertEqual(firsts.count(PER_IP), 18, firsts)
+        yield in_thread(close_all, connections)
+        yield self.drained(gw)
+        self.assertNoLeak(gw)
+        again = yield in_thread(banners, gw.port, 2)
+        self.assertTrue(all(f.startswith(b"220 ") for f in again), again)
+
+    @inlineCallbacks
+    def test_goneBeforeTheHATAnswered(self) -> Any:
+        """
+        Connections that close while the HAT is still looking them up (a
+        slow DNS) take no slot and no per-IP count when the answer finally
+        comes: afterwards the policy's two connections are welcome.
+        """
+        gw = Gateway(self, listener(100, 2))
+        pending: list[Deferred[Any]] = []
+        classify_now, classify = gw.factory.classify_now, gw.factory.classify
+
+        def slow(ip: str) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append(d)
+            return d
+
+        gw.factory.classify_now = lambda ip: None  # type: ignore[method-assign]
+        gw.factory.classify = slow  # type: ignore[method-assign]
+        connections = yield in_thread(lambda: [Raw(gw.port) for _ in range(10)])
+        while len(pending) < 10:
+            yield deferLater(reactor, 0.01, lambda: None)
+        yield in_thread(close_all, connections)
+        yield self.drained(gw)
+        verdict = classify_now("127.0.0.1")
+        for d in pending:
+            d.callback(verdict)
+        self.assertNoLeak(gw)
+        gw.factory.classify_now = classify_now  # type: ignore[method-assign]
+        gw.factory.classify = classify  # type: ignore[method-assign]
+        again = yield in_thread(banners, gw.port, 2)
+        self.assertTrue(all(f.startswith(b"220 ") for f in again), again)
+
+    @inlineCallbacks
+    def test_rejectAndTCPRefuse(self) -> Any:
+        """
+        Floods the HAT turns away leave nothing behind: forty REJECT
+        connections to a listener of Max Concurrency 3 each get the reject
+        banner (never the busy 421: their slots come back), and forty
+        TCPREFUSE connections are each closed without a byte.
+        """
+        for rule, expected in (("REJECT", b"554 5.7.1 Access denied\r\n"), ("TCPREFUSE", b"")):
+            gw = Gateway(self, listener(3, 1, rule))
+
+            def serial(port: int) -> list[bytes]:
+                out = []
+                for _ in range(40):
+                    raw = Raw(port)
+                    out.append(receive_all(raw))
+                    hang_up(raw)
+                return out
+
+            firsts = yield in_thread(serial, gw.port)
+            self.assertEqual(set(firsts), {expected}, rule)
+            yield self.drained(gw)
+            self.assertNoLeak(gw)
