@@ -43,7 +43,7 @@ class SlowlorisTests(TestCase):
         C{seconds} in all; each byte is seen by the session before the
         clock moves on.
         """
-        (session,) = gw.factory.sessions
+        (session,) = list[Any](gw.factory.sessions)
         for index in range(seconds // STEP):
             before = session._received
             yield in_thread(raw.send, data[index % len(data) : index % len(data) + 1])
