@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import smtplib
 from typing import Any
 
@@ -135,10 +136,17 @@ class EndToEndTests(TestCase):
             self.assertEqual(alert["recipients"], ["admin@gw.test.example"])
             self.assertNotIn("MAIL FROM", postfix.log().upper().replace("MAIL FROM=", ""))
             self.assertEqual(postfix.messages(), [])
-            with open(os.path.join(child.directory, "var", "logs", "mail.log")) as f:
-                mail_log = f.read()
-            self.assertIn("STARTTLS command not supported.", mail_log)
-            child.kill()
+            mail_log_path = os.path.join(child.directory, "var", "logs", "mail.log")
+
+            def deferred() -> bool:
+                with open(mail_log_path) as f:
+                    return "RID [0] deferred:" in f.read()
+
+            self.assertTrue(await in_thread(wait_until, deferred, 30))
+            with open(mail_log_path) as f:
+                self.assertIn("STARTTLS command not supported.", f.read())
+            # A clean stop: the deferral's state write is durable by then.
+            child.kill(signal.SIGTERM)
             spool = DurableSpool(os.path.join(child.directory, "var", "spool"), reactor)
             self.addCleanup(spool.close)
             (queued,) = [
