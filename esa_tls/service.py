@@ -33,6 +33,7 @@ from esa_tls.ids import IdAllocator
 from esa_tls.inbound.auth import PasswordFile
 from esa_tls.inbound.limits import RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
+from esa_tls.inbound.proxy import ProxyProtocolFactory
 from esa_tls.maillog import MailLog, MailLogObserver, mail_log_path
 from esa_tls.outbound.mx import resolver_from_config
 from esa_tls.outbound.queue import QueueManager
@@ -191,12 +192,17 @@ class GatewayService(MultiService):
         )
 
     def _wrap(self, listener: Listener, factory: ListenerFactory) -> Any:
-        if not listener.implicit_tls:
-            return factory
-        # RFC 8314 implicit TLS: the handshake comes first, and the session
-        # sees an ISSLTransport, so it never offers STARTTLS.
-        policy = listener.default_policy
-        return TLSMemoryBIOFactory(factory.tls_creator(policy), False, factory)
+        served: Any = factory
+        if listener.implicit_tls:
+            # RFC 8314 implicit TLS: the handshake comes first, and the
+            # session sees an ISSLTransport, so it never offers STARTTLS.
+            policy = listener.default_policy
+            served = TLSMemoryBIOFactory(factory.tls_creator(policy), False, factory)
+        if listener.proxy_protocol:
+            # Behind HAProxy: the PROXY header comes before anything else
+            # (TLS included), and names the client the HAT must judge.
+            served = ProxyProtocolFactory(served, self.reactor)
+        return served
 
     # -- running -----------------------------------------------------------
 
