@@ -49,6 +49,11 @@ type = "public"
 interface = "Loopback"
 port = {port}
 rat = ["example.com"]
+
+# Nothing may leave this machine: every domain is routed to a closed local
+# port, so deliveries are deferred and accepted mail stays in the spool.
+[smtp_routes]
+ALL = ["127.0.0.1:9"]
 """
 
 
