@@ -17,20 +17,9 @@ import fcntl
 import os
 from collections.abc import Callable
 
+from esa_tls.durable import write_atomically
+
 __all__ = ["IdAllocator"]
-
-
-def _fsync_directory(path: str) -> None:
-    """
-    Make a rename or a new name in directory C{path} durable: until the
-    directory itself is synced, a crash may forget the entry even though
-    the file's data is on disk.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class IdAllocator:
@@ -112,7 +101,6 @@ class IdAllocator:
         @param new_mark: a callable from the first number this reservation
             may take to the new mark.
         """
-        directory = os.path.dirname(os.path.abspath(self.path))
         lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -120,15 +108,7 @@ class IdAllocator:
             first = max(mark, self._next)
             limit = new_mark(first)
             assert limit > first
-            temporary = f"{self.path}.{os.getpid()}.tmp"
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, b"%d\n" % (limit,))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
-            _fsync_directory(directory)
+            write_atomically(self.path, b"%d\n" % (limit,))
         finally:
             # Closing the descriptor releases the lock.
             os.close(lock_fd)

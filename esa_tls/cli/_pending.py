@@ -29,19 +29,18 @@ import hashlib
 import os
 import re
 import stat
-import tempfile
 from datetime import UTC, datetime
 
 from attrs import frozen
 
 from esa_tls.config.defaults import DEFAULT_CONFIG
 from esa_tls.config.load import LoadResult, parse_config_with_warnings
+from esa_tls.durable import fsync_directory, write_atomically
 
 __all__ = [
     "CommitResult",
     "PendingConfig",
     "PendingError",
-    "write_atomically",
 ]
 
 _HEADER = re.compile(r"# esa-tls pending changes \(base (?P<digest>[0-9a-f]{64}|none)\)")
@@ -65,45 +64,6 @@ def _read(path: str) -> bytes | None:
             return f.read()
     except FileNotFoundError:
         return None
-
-
-def fsync_directory(directory: str) -> None:
-    """
-    Make a rename or unlink in C{directory} durable.
-    """
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
-    """
-    Replace C{path} with C{data} so that a crash leaves either the old file
-    or the new one: write a temporary file in the same directory, C{fsync}
-    it, rename it over C{path}, C{fsync} the directory.  The file has
-    C{mode} from the start (a key is never readable by others, even for a
-    moment).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_directory(directory)
 
 
 @frozen

@@ -41,11 +41,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from esa_tls.cli._document import ConfigDocument
-from esa_tls.cli._pending import write_atomically
 from esa_tls.cli._prompt import BadAnswer, Prompter
 from esa_tls.cli._session import EditSession, edit, show_faults
 from esa_tls.cli.main import CommandContext
 from esa_tls.config.model import CertificateConfig
+from esa_tls.durable import write_atomically
 from esa_tls.tls.certificates import (
     CertificateError,
     PrivateKey,

@@ -34,13 +34,13 @@ import re
 from typing import Any
 
 from esa_tls.cli._document import ConfigDocument
-from esa_tls.cli._pending import write_atomically
 from esa_tls.cli._policy import TLS_ENABLED_NOTE
 from esa_tls.cli._prompt import BadAnswer, Prompter
 from esa_tls.cli._session import EditSession, edit, fault_at, show_faults
 from esa_tls.cli.main import CommandContext
 from esa_tls.config.errors import KeyPath
 from esa_tls.config.model import DestinationControl, DestinationTLS
+from esa_tls.durable import write_atomically
 
 __all__ = ["TLS_CHOICES", "format_table", "parse_table", "run"]
 

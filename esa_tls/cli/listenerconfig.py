@@ -42,7 +42,6 @@ from esa_tls.cli._hatfile import (
     format_hat,
     parse_hat,
 )
-from esa_tls.cli._pending import write_atomically
 from esa_tls.cli._policy import default_policy_lines, edit_default_policy, edit_named_policy
 from esa_tls.cli._prompt import BadAnswer, Prompter
 from esa_tls.cli._session import EditSession, edit, fault_at, show_faults
@@ -50,6 +49,7 @@ from esa_tls.cli.main import CommandContext
 from esa_tls.config.errors import KeyPath
 from esa_tls.config.load import DEFAULT_POLICY
 from esa_tls.config.model import ListenerType
+from esa_tls.durable import write_atomically
 from esa_tls.hat.predefined import predefined_groups, predefined_policies
 from esa_tls.hat.syntax import SenderSyntaxError, parse_sender
 from esa_tls.summary import listener_summary

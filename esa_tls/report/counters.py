@@ -51,7 +51,7 @@ from esa_tls.report.storage import (
     read_totals,
     totals_path,
     valid_worker,
-    write_atomic,
+    write_atomically,
 )
 from esa_tls.report.table import TLSReport, build_report
 
@@ -318,7 +318,7 @@ class TLSCounters:
 
         def work() -> None:
             for path, data in writes:
-                write_atomic(path, data)
+                write_atomically(path, data)
             for bucket, worker, path in list_buckets(self.directory):
                 if worker == self.worker and bucket + self.bucket_seconds <= horizon:
                     os.unlink(path)

@@ -40,6 +40,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from esa_tls.durable import write_atomically
 from esa_tls.report.counts import COLUMNS, Direction, TLSCounts
 
 __all__ = [
@@ -57,7 +58,7 @@ __all__ = [
     "report_directory",
     "totals_path",
     "valid_worker",
-    "write_atomic",
+    "write_atomically",
 ]
 
 log = Logger()
@@ -195,37 +196,6 @@ def decode_totals(data: bytes) -> dict[tuple[Direction, str], TLSCounts]:
             raise ReportFormatError(f"bad row {row!r}") from None
         rows[key] = rows.get(key, TLSCounts()) + _counts(values, document["columns"])
     return rows
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """
-    Replace C{path} with C{data}: the file has the old content or the new,
-    whatever happens.  Creates the directory if needed.  Blocks (fsync).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
 
 
 def list_buckets(directory: str) -> list[tuple[int, str, str]]:
