@@ -87,7 +87,12 @@ class GatewayService(MultiService):
         os.makedirs(self.data_dir, exist_ok=True)
         self.maillog = MailLog()
         self.certificates = CertificateStore(config, self.data_dir)
-        self.spool = DurableSpool(os.path.join(self.data_dir, "spool"), reactor)
+        # Messages up to 64 KiB are received in memory and their files made
+        # by the commit's thread job: creating a file can wait on the file
+        # system journal, and the reactor thread must not (issue 7).
+        self.spool = DurableSpool(
+            os.path.join(self.data_dir, "spool"), reactor, memory_limit=64 * 1024
+        )
         self.icids = IdAllocator(os.path.join(self.data_dir, "icid.counter"))
         self.rates = RecipientRateLimiter(reactor)
         self.resolver = resolver if resolver is not None else resolver_from_config(config, reactor)

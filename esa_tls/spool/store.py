@@ -116,6 +116,39 @@ class _CommitStep:
 
 
 @define
+class _CreateStep:
+    """
+    Make a message held in memory durable: create its temporary file, write
+    it, fsync it, rename it into C{queue/}; the batch then fsyncs C{queue/}.
+    All of it in the thread: creating a file takes the directory's lock and
+    a journal handle, either of which can wait for a commit in progress.
+    """
+
+    data: bytes
+    temporary: str
+    final: str
+    directory: str
+
+    def prepare(self, fs: FileSystem) -> None:
+        try:
+            with fs.open_for_writing(self.temporary) as f:
+                f.write(self.data)
+                f.flush()
+                fs.fsync(f.fileno())
+            fs.replace(self.temporary, self.final)
+        except BaseException:
+            _unlink_quietly(self.temporary)
+            raise
+
+    def undo(self, fs: FileSystem) -> None:
+        # As for _CommitStep: the caller is told the commit failed.
+        _unlink_quietly(self.final)
+
+    def finish(self, fs: FileSystem) -> None:
+        pass
+
+
+@define
 class _WriteStep:
     """
     Replace a small file atomically: write a temporary file, fsync it,
@@ -192,6 +225,11 @@ class IncomingMessage:
     the reactor thread: buffered writes land in the page cache and do not
     wait for the disk.  Only L{commit} waits, and it waits in a thread.
 
+    With the spool's C{memory_limit}, a message starts in memory instead
+    and has no file until it outgrows the limit; one that never does is
+    written, synced and renamed by the commit's thread job, so that the
+    reactor thread makes no file system call for it at all.
+
     @ivar mid: the message ID, assigned when the message starts (as on the
         ESA, whose C{Start MID} log line comes before DATA); a message that
         is aborted leaves its MID unused.
@@ -206,15 +244,23 @@ class IncomingMessage:
         mid: int,
         envelope: Envelope,
         path: str,
-        file: BinaryIO,
+        file: BinaryIO | None,
         header_length: int,
+        header: bytes = b"",
     ) -> None:
+        """
+        @param file: the open temporary file at C{path}, or C{None} to hold
+            the message in memory (beginning with C{header}) until it
+            outgrows the spool's C{memory_limit}.
+        """
         self.mid = mid
         self.envelope = envelope
         self.header_length = header_length
         self._spool = spool
         self._path = path
         self._file = file
+        self._chunks: list[bytes] | None = [header] if file is None else None
+        self._held = len(header)
         self._size = 0
         self._state = "open"
 
@@ -235,12 +281,37 @@ class IncomingMessage:
         """
         if self._state != "open":
             raise StoreError(f"MID {self.mid} is not open for writing ({self._state})")
+        if self._chunks is not None:
+            self._chunks.append(data)
+            self._held += len(data)
+            self._size += len(data)
+            if self._held > self._spool.memory_limit:
+                self._spill()
+            return
+        assert self._file is not None
         try:
             self._file.write(data)
         except OSError as e:
             self._discard("failed")
             raise StoreError(f"MID {self.mid}: cannot write to the spool: {e}") from e
         self._size += len(data)
+
+    def _spill(self) -> None:
+        """
+        The message outgrew memory: give it its file, with what it holds.
+        """
+        chunks, self._chunks = self._chunks, None
+        assert chunks is not None
+        try:
+            self._file = self._spool._fs.open_for_writing(self._path)
+        except OSError as e:
+            self._discard("failed")
+            raise StoreError(f"MID {self.mid}: cannot write to the spool: {e}") from e
+        try:
+            self._file.writelines(chunks)
+        except OSError as e:
+            self._discard("failed")
+            raise StoreError(f"MID {self.mid}: cannot write to the spool: {e}") from e
 
     def commit(self) -> Deferred[int]:
         """
@@ -253,6 +324,14 @@ class IncomingMessage:
         """
         if self._state != "open":
             return fail(StoreError(f"MID {self.mid} cannot be committed ({self._state})"))
+        if self._chunks is not None:
+            chunks, self._chunks = self._chunks, None
+            size = encode_size_field(self._size)
+            header = chunks[0]
+            chunks[0] = header[:SIZE_FIELD_OFFSET] + size + header[SIZE_FIELD_OFFSET + len(size) :]
+            self._state = "committing"
+            return self._spool._commit_memory(self, b"".join(chunks), self._path)
+        assert self._file is not None
         try:
             self._file.flush()
             os.pwrite(self._file.fileno(), encode_size_field(self._size), SIZE_FIELD_OFFSET)
@@ -272,12 +351,14 @@ class IncomingMessage:
 
     def _discard(self, state: str) -> None:
         self._state = state
-        try:
-            self._file.close()
-        except OSError:
-            # Closing flushes; the write error is already being reported.
-            pass
-        _unlink_quietly(self._path)
+        self._chunks = None
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                # Closing flushes; the write error is already being reported.
+                pass
+            _unlink_quietly(self._path)
         self._spool._forget(self)
 
     def _committed(self) -> None:
@@ -321,6 +402,7 @@ class DurableSpool:
         free_bytes: Callable[[], int] | None = None,
         filesystem: FileSystem | None = None,
         executor: Executor | None = None,
+        memory_limit: int = 0,
     ) -> None:
         """
         @param directory: the spool directory; created if missing.
@@ -336,9 +418,17 @@ class DurableSpool:
         @param filesystem: the file operations to use (tests inject faults).
         @param executor: runs the blocking batch job; by default the
             reactor's thread pool.
+        @param memory_limit: messages up to this many octets (with their
+            spool header) are kept in memory until they are committed, and
+            their file is made by the commit's thread job (see
+            L{IncomingMessage}); 0 (the default) gives every message its
+            file at once.  The gateway uses this to keep file creation off
+            the reactor thread; the cost is up to this much memory per
+            message being received.
         """
         self.directory = os.path.abspath(directory)
         self.min_free_bytes = min_free_bytes
+        self.memory_limit = memory_limit
         self._fs = filesystem if filesystem is not None else FileSystem()
         self._free_bytes = free_bytes
         self._queue_dir = os.path.join(self.directory, "queue")
@@ -585,11 +675,18 @@ class DurableSpool:
             raise TypeError(f"not an Envelope: {envelope!r}")
         try:
             mid = self._mids.next()
-            path = os.path.join(self._tmp_dir, f"{mid}.msg")
-            f = self._fs.open_for_writing(path)
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot start a message in the spool: {e}", transient=True) from e
+        path = os.path.join(self._tmp_dir, f"{mid}.msg")
         header = encode_message_header(mid, envelope)
+        if len(header) <= self.memory_limit:
+            held = IncomingMessage(self, mid, envelope, path, None, len(header), header=header)
+            self._open[mid] = held
+            return held
+        try:
+            f = self._fs.open_for_writing(path)
+        except OSError as e:
+            raise StoreError(f"cannot start a message in the spool: {e}", transient=True) from e
         try:
             f.write(header)
         except OSError as e:
@@ -604,9 +701,15 @@ class DurableSpool:
         self._open.pop(message.mid, None)
 
     def _commit(self, message: IncomingMessage, file: BinaryIO, path: str) -> Deferred[int]:
+        return self._submit_commit(
+            message, _CommitStep(file, path, self.message_path(message.mid), self._queue_dir)
+        )
+
+    def _submit_commit(
+        self, message: IncomingMessage, step: _CommitStep | _CreateStep
+    ) -> Deferred[int]:
         mid = message.mid
         self._committing.add(mid)
-        step = _CommitStep(file, path, self.message_path(mid), self._queue_dir)
         result: Deferred[int] = Deferred()
 
         def committed(_: None) -> None:
@@ -628,6 +731,11 @@ class DurableSpool:
 
         self.committer.submit(step).addCallbacks(committed, failed)
         return result
+
+    def _commit_memory(self, message: IncomingMessage, data: bytes, path: str) -> Deferred[int]:
+        return self._submit_commit(
+            message, _CreateStep(data, path, self.message_path(message.mid), self._queue_dir)
+        )
 
     def _notify(self, mid: int) -> None:
         for subscriber in list(self._subscribers):
