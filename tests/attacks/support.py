@@ -38,6 +38,10 @@ settings.register_profile(
 #: Hypothesis settings alone.
 FUZZ = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "attacks"))
 
+#: Seconds a fuzzing test that runs over sockets may take (trial's
+#: per-test timeout), scaled with the profile's examples.
+FUZZ_TIMEOUT = 120.0 * max(1, FUZZ.max_examples // 60)
+
 #: RAT of the listeners the attacks run against (see L{tests.support.PUBLIC}).
 RAT_DOMAIN = "example.com"
 
