@@ -69,6 +69,10 @@ class Child:
         with open(self.config, "w") as f:
             f.write(config_text(os.path.join(directory, "var"), port))
         self.process: subprocess.Popen[bytes] | None = None
+        # One process unless a test asks for more: these tests are about
+        # what one gateway does, and must not race worker start-up
+        # (tests/test_workers_process.py covers --workers).
+        self.workers = 1
         testcase.addCleanup(self.kill)
 
     def start(self) -> None:
@@ -82,6 +86,8 @@ class Child:
                 "esa-tls",
                 "--config",
                 self.config,
+                "--workers",
+                str(self.workers),
             ],
             cwd=self.directory,
             stdout=subprocess.PIPE,
