@@ -30,3 +30,13 @@ test: lint typecheck unit
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info twisted/plugins/dropin.cache
+
+# Benchmarks against Postfix (bench/README.md).  Run by hand; CI runs the
+# short smoke run only.  Postfix rows need root and the postfix package.
+.PHONY: bench bench-quick
+
+bench: $(STAMP)
+	bench/run
+
+bench-quick: $(STAMP)
+	bench/run --quick
