@@ -31,6 +31,12 @@ test: lint typecheck unit
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info twisted/plugins/dropin.cache
 
+# Long-run fuzzing outside CI (minutes): the attack suite's Hypothesis tests
+# with many more examples, and the scanners' full checks.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(BIN)/trial -j 2 tests.attacks.test_fuzz_parsers tests.attacks.test_fuzz_commands tests.attacks.test_scanners
+
 # Benchmarks against Postfix (bench/README.md).  Run by hand; CI runs the
 # short smoke run only.  Postfix rows need root and the postfix package.
 .PHONY: bench bench-quick
