@@ -306,7 +306,7 @@ class HostAccessTests(DialogTestCase):
         self.commit()
         trusted = load_config(self.config).listeners["Inboundmail"].policies["TRUSTED"]
         self.assertEqual(trusted.max_msgs_per_session, 5000)
-        self.assertEqual(trusted.max_rcpts_per_msg, 50)
+        self.assertEqual(trusted.max_rcpts_per_msg, 100)
         self.assertEqual(trusted.max_message_size, 100 * 1024 * 1024)
         self.assertEqual(trusted.max_concurrency, 1000)
         self.assertEqual(trusted.tls, TLSMode.REQUIRED)

@@ -694,7 +694,7 @@ class ResolutionTests(SynchronousTestCase):
         trusted = policies["TRUSTED"]
         self.assertEqual(trusted.rule, AccessRule.ACCEPT)
         self.assertEqual(trusted.max_msgs_per_session, 5000)
-        self.assertEqual(trusted.max_rcpts_per_msg, 50)
+        self.assertEqual(trusted.max_rcpts_per_msg, 100)
         self.assertEqual(trusted.max_message_size, 10485760)
         self.assertEqual(trusted.explicit, frozenset({"max_msgs_per_session"}))
         self.assertEqual(policies["BLOCKED"].rule, AccessRule.REJECT)
