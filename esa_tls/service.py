@@ -94,7 +94,11 @@ class GatewayService(MultiService):
             os.path.join(self.data_dir, "spool"), reactor, memory_limit=64 * 1024
         )
         self.icids = IdAllocator(os.path.join(self.data_dir, "icid.counter"))
-        self.rates = RecipientRateLimiter(reactor)
+        # Recipients per hour per IP count for the whole gateway: in a
+        # multi-worker gateway, in the table the workers share.
+        self.rates: RecipientRateLimiter = (
+            worker.rates(reactor) if worker is not None else RecipientRateLimiter(reactor)
+        )
         self.resolver = resolver if resolver is not None else resolver_from_config(config, reactor)
         users = config.system.smtp_auth_users
         self.auth_checker = PasswordFile(users) if users else None

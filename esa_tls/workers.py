@@ -56,6 +56,7 @@ import socket
 import struct
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
@@ -81,6 +82,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from esa_tls.config.model import GatewayConfig, Listener
+from esa_tls.inbound.limits import ConnectionCounter, RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.inbound.session import InboundSession
 from esa_tls.maillog import is_maillog_event
@@ -90,6 +92,7 @@ __all__ = [
     "SharedConnectionCounter",
     "SharedLimits",
     "SharedListenerFactory",
+    "SharedRecipientRates",
     "WorkerPool",
     "WorkerRole",
     "bind_listeners",
@@ -111,8 +114,8 @@ def default_workers() -> int:
 
 # -- the shared table ------------------------------------------------------------
 
-_MAGIC = b"ESAWRK01"
-_HEADER = struct.Struct("<8sII")
+_MAGIC = b"ESAWRK02"
+_HEADER = struct.Struct("<8sIIQI4x")
 _DIRECTORY_ENTRY = struct.Struct("<64sQI4x")
 _EMPTY_KEY = b"\x00" * 16
 
@@ -152,11 +155,12 @@ class SharedLimits:
     The connection counts of every listener, in a file mapped by every
     worker.
 
-    Layout: a header (magic, workers, listeners), a directory of listeners
-    (name, offset, slots), and per listener a region: a lock byte, one
-    connection total per worker, then an open-addressing table of
-    C{slots} entries, each an address key, a used flag and one count per
-    worker.  All changes to a region happen under a POSIX record lock on
+    Layout: a header (magic, workers, listeners, where the rates table
+    is), a directory of listeners (name, offset, slots), per listener a
+    region: a lock byte, one connection total per worker, then an
+    open-addressing table of C{slots} entries, each an address key, a used
+    flag and one count per worker; and last the recipients-per-hour table
+    (L{SharedRecipientRates}).  All changes to a region happen under a POSIX record lock on
     its first byte; POSIX locks belong to processes, so the same inherited
     file locks correctly between them.
 
@@ -173,7 +177,7 @@ class SharedLimits:
         self._fd = file.fileno()
         size = os.fstat(self._fd).st_size
         self._map = mmap.mmap(self._fd, size)
-        magic, workers, count = _HEADER.unpack_from(self._map, 0)
+        magic, workers, count, rates, rate_slots = _HEADER.unpack_from(self._map, 0)
         if magic != _MAGIC:
             raise ValueError("not a shared limits table")
         if not 0 <= index < workers:
@@ -187,15 +191,21 @@ class SharedLimits:
             )
             name = raw.rstrip(b"\x00").decode("utf-8")
             self._listeners[name] = SharedConnectionCounter(self, offset, slots)
+        self.rates = SharedRecipientRates(self, rates, rate_slots)
 
     @classmethod
-    def create(cls, listeners: Mapping[str, int], workers: int) -> SharedLimits:
+    def create(
+        cls, listeners: Mapping[str, int], workers: int, rate_slots: int = 16384
+    ) -> SharedLimits:
         """
         Make a new, zeroed table in an anonymous file, for the parent
         (worker 0).
 
         @param listeners: each listener's name and Max Concurrency.
         @param workers: how many workers will count in it.
+        @param rate_slots: how many sending addresses the recipients-per-hour
+            table remembers at once (a power of two); see
+            L{SharedRecipientRates}.
         """
         if workers < 1:
             raise ValueError("at least one worker")
@@ -209,9 +219,14 @@ class SharedLimits:
             slots = _table_slots(max_concurrency)
             layout.append((encoded, offset, slots))
             offset += SharedConnectionCounter.region_size(workers, slots)
+        if rate_slots < 1 or rate_slots & (rate_slots - 1):
+            raise ValueError("rate_slots must be a power of two")
+        rates = (offset + 63) // 64 * 64
+        offset = rates + SharedRecipientRates.region_size(rate_slots)
         file = tempfile.TemporaryFile()
+        # Sparse: pages of the table are only allocated once touched.
         file.truncate(max(offset, mmap.PAGESIZE))
-        header = bytearray(_HEADER.pack(_MAGIC, workers, len(layout)))
+        header = bytearray(_HEADER.pack(_MAGIC, workers, len(layout), rates, rate_slots))
         for encoded, region, slots in layout:
             header += _DIRECTORY_ENTRY.pack(encoded, region, slots)
         file.write(bytes(header))
@@ -259,7 +274,7 @@ class SharedLimits:
         self._file.close()
 
 
-class SharedConnectionCounter:
+class SharedConnectionCounter(ConnectionCounter):
     """
     One listener's connections, counted across workers: the listener-wide
     total for its Max Concurrency, and the per-address counts for each
@@ -269,6 +284,7 @@ class SharedConnectionCounter:
     """
 
     def __init__(self, table: SharedLimits, offset: int, slots: int) -> None:
+        super().__init__()
         self._table = table
         self._offset = offset
         self._slots = slots
@@ -465,6 +481,112 @@ class SharedConnectionCounter:
             self._table.unlock(self._offset)
 
 
+class SharedRecipientRates(RecipientRateLimiter):
+    """
+    Recipients accepted per sending address over the last hour, counted
+    across workers: the ESA's Max. Recipients Per Hour is per remote host
+    for the whole gateway (reference 3.2), so a client must not get N times
+    its allowance by landing on N workers.  It has the methods of
+    L{esa_tls.inbound.limits.RecipientRateLimiter}.
+
+    Each entry is an address key, the second of its last change, and sixty
+    one-minute buckets (minute, count), so an entry answers for the sliding
+    hour on its own and stale buckets need no clean-up.  The table has a
+    fixed number of entries: an address is looked for within a short probe
+    window from its home slot, and a new address takes the first free or
+    expired slot there, or else the one changed least recently.  Only an
+    address idle for longer than every other one in its window can thus be
+    forgotten, and only when more addresses than the table holds sent mail
+    within the hour.
+    """
+
+    #: Slots an address may be found in, from its home slot on.
+    WINDOW = 32
+    _ENTRY = struct.Struct("<16sI120I")
+
+    def __init__(self, table: SharedLimits, offset: int, slots: int, clock: Any = None) -> None:
+        super().__init__(clock)
+        self._table = table
+        self._offset = offset
+        self._slots = slots
+        self._clock = clock
+
+    @classmethod
+    def region_size(cls, slots: int) -> int:
+        return 8 + slots * cls._ENTRY.size
+
+    def _now(self) -> int:
+        return int(self._clock.seconds() if self._clock is not None else time.time())
+
+    def _at(self, slot: int) -> int:
+        return self._offset + 8 + slot * self._ENTRY.size
+
+    def _find(self, key: bytes, now: int, create: bool) -> tuple[int, list[Any] | None]:
+        # list[Any]: [key, last change (s), minute0, count0, ... minute59, count59]
+        """
+        @return: the slot of C{key} and its entry; or, with C{create}, the
+            slot a new entry for it goes to and C{None}; or C{(-1, None)}.
+        """
+        buffer = self._table.buffer
+        home = zlib.crc32(key) & (self._slots - 1)
+        choice, choice_age = -1, -1
+        for step in range(min(self.WINDOW, self._slots)):
+            slot = (home + step) & (self._slots - 1)
+            at = self._at(slot)
+            stored = buffer[at : at + 16]
+            last = struct.unpack_from("<I", buffer, at + 16)[0]
+            if stored == key and last:
+                return slot, list(self._ENTRY.unpack_from(buffer, at))
+            if create:
+                age = now - last if last else 1 << 32
+                if age >= 3600:
+                    age = 1 << 32  # free or expired: as good as empty
+                if age > choice_age:
+                    choice, choice_age = slot, age
+        return choice, None
+
+    def _count(self, entry: list[Any], minute: int) -> int:
+        buckets = entry[2:]
+        return sum(buckets[2 * i + 1] for i in range(60) if minute - 60 < buckets[2 * i] <= minute)
+
+    def count(self, ip: str) -> int:
+        key = _address_key(ip)
+        now = self._now()
+        self._table.lock(self._offset)
+        try:
+            _, entry = self._find(key, now, False)
+            return 0 if entry is None else self._count(entry, now // 60)
+        finally:
+            self._table.unlock(self._offset)
+
+    def try_add(self, ip: str, limit: int) -> bool:
+        """
+        Count one recipient for C{ip} unless the hour's C{limit} is reached
+        in all workers together (negative: no limit, but still counted).
+        """
+        key = _address_key(ip)
+        now = self._now()
+        minute = now // 60
+        self._table.lock(self._offset)
+        try:
+            slot, entry = self._find(key, now, True)
+            if entry is None:
+                if slot < 0:
+                    return True
+                entry = [key, now, *([0] * 120)]
+            elif limit >= 0 and self._count(entry, minute) >= limit:
+                return False
+            index = 2 + 2 * (minute % 60)
+            if entry[index] != minute:
+                entry[index], entry[index + 1] = minute, 0
+            entry[index + 1] += 1
+            entry[1] = now
+            self._ENTRY.pack_into(self._table.buffer, self._at(slot), *entry)
+            return True
+        finally:
+            self._table.unlock(self._offset)
+
+
 class _Busy(Protocol):
     """
     Says 421 and hangs up: the listener is at its Max Concurrency in all
@@ -487,7 +609,7 @@ class SharedListenerFactory(ListenerFactory):
 
     def share(self, counter: SharedConnectionCounter) -> None:
         self.shared = counter
-        self.connections = counter  # type: ignore[assignment]
+        self.connections = counter
         self._holding: set[InboundSession] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
@@ -596,6 +718,13 @@ class WorkerRole:
 
     def counter(self, name: str) -> SharedConnectionCounter | None:
         return self.limits.listener(name)
+
+    def rates(self, clock: Any) -> SharedRecipientRates:
+        """
+        The gateway-wide recipients-per-hour counter, on C{clock}.
+        """
+        shared = self.limits.rates
+        return SharedRecipientRates(shared._table, shared._offset, shared._slots, clock)
 
 
 # -- the parent's side -----------------------------------------------------------

@@ -13,9 +13,10 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from esa_tls.workers import SharedLimits
+from esa_tls.workers import SharedLimits, WorkerRole
 
 
 def _pair(max_concurrency: int = 10, workers: int = 2) -> tuple[SharedLimits, SharedLimits]:
@@ -114,6 +115,62 @@ class SharedLimitsTests(TestCase):
             f.write(b"\0" * 4096)
         with self.assertRaises(ValueError):
             SharedLimits.attach(os.open(path, os.O_RDWR), 0)
+
+
+class SharedRatesTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.parent = SharedLimits.create({"In": 10}, 2, rate_slots=64)
+        self.child = SharedLimits.attach(os.dup(self.parent.fileno()), 1)
+        self.addCleanup(self.parent.close)
+        self.addCleanup(self.child.close)
+        role = WorkerRole(0, 2, {}, {}, self.parent)
+        self.a = role.rates(self.clock)
+        self.b = WorkerRole(1, 2, {}, {}, self.child).rates(self.clock)
+
+    def test_hourAcrossWorkers(self) -> None:
+        """
+        Recipients per hour from one address count together in every
+        worker; other addresses have their own allowance.
+        """
+        self.assertTrue(self.a.try_add("192.0.2.1", 3))
+        self.assertTrue(self.b.try_add("192.0.2.1", 3))
+        self.assertTrue(self.a.try_add("192.0.2.1", 3))
+        self.assertFalse(self.b.try_add("192.0.2.1", 3))
+        self.assertFalse(self.a.try_add("192.0.2.1", 3))
+        self.assertEqual(self.b.count("192.0.2.1"), 3)
+        self.assertTrue(self.b.try_add("192.0.2.2", 3))
+        self.assertTrue(self.a.try_add("192.0.2.1", -1), "no limit: counted, never refused")
+        self.assertEqual(self.a.count("192.0.2.1"), 4)
+
+    def test_slidingHour(self) -> None:
+        """
+        A recipient stops counting an hour after it was accepted, minute by
+        minute.
+        """
+        self.assertTrue(self.a.try_add("192.0.2.1", 2))
+        self.clock.advance(30 * 60)
+        self.assertTrue(self.b.try_add("192.0.2.1", 2))
+        self.assertFalse(self.a.try_add("192.0.2.1", 2))
+        self.clock.advance(31 * 60)
+        self.assertEqual(self.a.count("192.0.2.1"), 1)
+        self.assertTrue(self.a.try_add("192.0.2.1", 2))
+        self.clock.advance(2 * 3600)
+        self.assertEqual(self.b.count("192.0.2.1"), 0)
+
+    def test_busyAddressesRemembered(self) -> None:
+        """
+        When more addresses send than the table holds, the ones forgotten
+        are those idle longest; an address busy now keeps its count.
+        """
+        self.assertTrue(self.a.try_add("198.51.100.1", 1))
+        for n in range(200):
+            self.clock.advance(1)
+            self.b.try_add(f"10.0.{n // 250}.{n % 250}", 5)
+            self.a.try_add("198.51.100.1", -1)
+        self.assertEqual(self.a.count("198.51.100.1"), 201)
+        self.assertFalse(self.b.try_add("198.51.100.1", 100))
 
 
 class TableModelTests(TestCase):

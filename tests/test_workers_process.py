@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.support import in_thread, wait_until
+from tests.support import Raw, in_thread, wait_until
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -48,6 +48,7 @@ max_concurrency = {listener_limit}
 [listeners.InboundMail.policies.LIMITED]
 rule = "ACCEPT"
 max_concurrency = {ip_limit}
+max_rcpts_per_hour = {rcpt_limit}
 
 [[listeners.InboundMail.hat]]
 group = "LOCAL"
@@ -88,7 +89,12 @@ class Gateway:
     """
 
     def __init__(
-        self, case: TestCase, workers: int, listener_limit: int = 1000, ip_limit: int = 10
+        self,
+        case: TestCase,
+        workers: int,
+        listener_limit: int = 1000,
+        ip_limit: int = 10,
+        rcpt_limit: int = -1,
     ) -> None:
         self.directory = os.path.abspath(case.mktemp())
         os.makedirs(self.directory)
@@ -102,6 +108,7 @@ class Gateway:
                     port=self.port,
                     listener_limit=listener_limit,
                     ip_limit=ip_limit,
+                    rcpt_limit=rcpt_limit,
                 )
             )
         self.logfile = os.path.join(self.directory, "twistd.log")
@@ -222,6 +229,42 @@ class WorkerTests(TestCase):
         self.assertNotEqual(replacement, worker)
         # The killed worker's session no longer counts: one more fits.
         self.assertEqual((yield in_thread(gateway.connect))[:4], b"220 ")
+
+    @inlineCallbacks
+    def test_recipientsPerHourAcrossWorkers(self) -> Any:
+        """
+        Max recipients per hour counts an address's recipients in every
+        worker: with 3 allowed, two accepted by the parent and one by
+        worker 1 leave none for a fourth in either.
+        """
+        gateway = Gateway(self, workers=2, rcpt_limit=3)
+        yield in_thread(gateway.start)
+        [worker] = children(gateway.pid)
+
+        def session(count: int) -> list[bytes]:
+            raw = Raw(gateway.port)
+            try:
+                raw.reply()
+                raw.chat(b"EHLO client.test\r\n")
+                raw.chat(b"MAIL FROM:<a@client.test>\r\n")
+                return [raw.chat(b"RCPT TO:<u%d@example.com>\r\n" % n) for n in range(count)]
+            finally:
+                raw.close()
+
+        def scenario() -> list[bytes]:
+            os.kill(worker, signal.SIGSTOP)
+            first = session(2)
+            os.kill(gateway.pid, signal.SIGSTOP)
+            os.kill(worker, signal.SIGCONT)
+            try:
+                second = session(2)
+            finally:
+                os.kill(gateway.pid, signal.SIGCONT)
+            return first + second
+
+        replies = yield in_thread(scenario)
+        self.assertEqual([r[:4] for r in replies[:3]], [b"250 "] * 3, replies)
+        self.assertEqual(replies[3], b"452 4.5.3 Too many recipients received this hour\r\n")
 
     @inlineCallbacks
     def test_signals(self) -> Any:
