@@ -24,6 +24,10 @@ MUST_STARTTLS = (530, b"5.7.0 Must issue a STARTTLS command first")
 #: refused, since a client that cannot say EHLO cannot say STARTTLS.
 _ALLOWED_BEFORE_TLS = frozenset({b"EHLO", b"NOOP", b"QUIT", b"STARTTLS"})
 
+#: Policies whose rules are remembered at once (a gateway has a few dozen).
+_CACHE_SIZE = 1024
+_cache: dict[tuple[int, bool], tuple[MailFlowPolicy, InboundTLSPolicy]] = {}
+
 
 @implementer(ITLSPolicy)
 @frozen
@@ -44,13 +48,29 @@ class InboundTLSPolicy:
 
     @classmethod
     def from_policy(cls, policy: MailFlowPolicy, available: bool = True) -> InboundTLSPolicy:
-        return cls(
+        """
+        The TLS rules of C{policy}.  Every session asks twice (before and
+        after the HAT has classified it), so the answer for a policy object
+        is remembered: parsing its mandatory-sender list each time showed
+        in the profile.  The cache is keyed by identity and keeps the
+        policy alive, so a reloaded configuration (new policy objects)
+        never meets a stale answer; it is bounded by L{_CACHE_SIZE}.
+        """
+        key = (id(policy), available)
+        cached = _cache.get(key)
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        rules = cls(
             mode=policy.tls,
             mandatory_senders=AddressList.parse(policy.tls_mandatory_senders),
             auth=policy.smtp_auth,
             auth_requires_tls=policy.smtp_auth_requires_tls,
             available=available,
         )
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.clear()
+        _cache[key] = (policy, rules)
+        return rules
 
     def offer_starttls(self, secure: bool) -> bool:
         return self.available and not secure and self.mode is not TLSMode.OFF
