@@ -210,10 +210,13 @@ class Raw:
         return b"".join(chunks)
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        # The socket stays open while its reader is: close both, so that the
+        # gateway sees the client leave.
+        for closable in (self.file, self.sock):
+            try:
+                closable.close()
+            except OSError:
+                pass
 
 
 def smtp_send(
