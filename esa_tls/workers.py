@@ -895,6 +895,10 @@ class WorkerPool(Service):
                 reason=reason.getErrorMessage(),
             )
             self._restarts[index] = self.reactor.callLater(self.restart_delay, self._spawn, index)
+        else:
+            log.info(
+                "worker {index} stopped ({reason})", index=index, reason=reason.getErrorMessage()
+            )
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -985,10 +989,18 @@ class _ParentWatch(Protocol):
     """
     Standard input is a pipe from the parent: its end means the parent is
     gone (the portable twin of C{PR_SET_PDEATHSIG}).
+
+    @ivar stopping: the worker is stopping on its own (SIGTERM): the reactor
+        closes standard input as it shuts down, which is no news of the
+        parent, and must not cut short what the shutdown still does
+        (closing sessions, the last report flush).
     """
 
+    stopping = False
+
     def connectionLost(self, reason: Failure | None = None) -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
+        if not self.stopping:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @implementer(ILogObserver)
@@ -1059,11 +1071,18 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"configuration error\n{e}\n")
         return 2
+    watch = _ParentWatch()
     StandardIO(  # type: ignore[call-arg]
-        _ParentWatch(), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor
+        watch, stdin=0, stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor
     )
+
+    def stopping() -> Deferred[Any]:
+        watch.stopping = True
+        result: Deferred[Any] = service.stopService()
+        return result
+
     service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.run()
     return 0
 

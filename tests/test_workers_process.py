@@ -291,6 +291,13 @@ class WorkerTests(TestCase):
         self.assertIn(gateway.process.returncode, (0, -signal.SIGTERM))
         self.assertIn("Server Shut Down.", gateway.log())
         self.assertEqual([pid for pid in workers if alive(pid)], [])
+        # Each worker finished its own shutdown and exited, rather than
+        # being killed half-way.
+        for index in (1, 2):
+            self.assertIn(
+                f"worker {index} stopped (A process has ended without apparent errors",
+                gateway.log(),
+            )
 
     @inlineCallbacks
     def test_killedParentLeavesNoWorker(self) -> Any:
