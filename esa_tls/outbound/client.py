@@ -20,7 +20,15 @@ of the stock client fixed in the subclass (twisted.md sections 2.2-2.6):
     session reports and the caller (and the queue) decide;
   - B{no hang}: the result fires from C{connectionLost}, which every
     session reaches, whatever went wrong; timeouts abort the connection;
-  - B{timeouts} per command as RFC 5321 section 4.5.3.2 lists them;
+  - B{timeouts} per command as RFC 5321 section 4.5.3.2 lists them, and
+    per I{reply}: the stock client restarts its timer on every line, so a
+    server dribbling C{250-} lines (or C{0xx} lines, which it skips) held
+    a session forever;
+  - B{bounded replies}: a reply line over L{DeliveryClient.MAX_LENGTH}
+    or a multi-line reply over L{MAX_REPLY_LINES} lines or
+    L{MAX_REPLY_BYTES} bytes ends the session with an error that says
+    so, instead of a bare "connection lost" (too long a line) or a
+    response list that grows as long as the server likes;
   - B{per-recipient replies} are kept (C{RCPT} 4xx and 5xx apart), and
     PIPELINING is used when offered (RFC 2920).
 
@@ -71,6 +79,13 @@ from esa_tls.outbound.verify import NameMatch
 from esa_tls.values import TLSInfo
 
 log = Logger()
+
+#: The most lines one reply may have.  Real EHLO replies have a dozen or
+#: two; RFC 5321 sets no limit, so the bound is generous.
+MAX_REPLY_LINES = 1000
+
+#: The most bytes one (multi-line) reply may have.
+MAX_REPLY_BYTES = 64 * 1024
 
 
 @frozen
@@ -186,6 +201,10 @@ class DeliveryClient(ESMTPSender):
         gone; never fails.
     """
 
+    #: The longest reply line taken (RFC 5321 section 4.5.3.1.5 says 512
+    #: octets; servers exceed it, never by this much).
+    MAX_LENGTH = 16384
+
     def __init__(
         self,
         *,
@@ -261,6 +280,9 @@ class DeliveryClient(ESMTPSender):
         self._encoder = DataEncoder()
         self._probe = probe
         self._ready = False
+        self._reply_lines = 0
+        self._reply_bytes = 0
+        self._continuing = False
 
     # -- bookkeeping -----------------------------------------------------
 
@@ -321,6 +343,47 @@ class DeliveryClient(ESMTPSender):
             }.get(verb, self._timeouts.command)
         )
         super().sendLine(line)
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        One reply line: bound the reply's size, and let only a reply's last
+        line restart the timer, so the timeout bounds the whole reply.
+        """
+        self._reply_lines += 1
+        self._reply_bytes += len(line) + 2
+        if self._reply_lines > MAX_REPLY_LINES or self._reply_bytes > MAX_REPLY_BYTES:
+            self._fail(
+                f"reply to {self._stage.value} too long (over {MAX_REPLY_LINES} lines "
+                f"or {MAX_REPLY_BYTES} bytes)"
+            )
+            self.resp = []
+            self._connection.abortConnection()
+            return
+        # SMTPClient takes a line as the end of a reply unless it continues
+        # (C{250-}) or is "informational" (a code starting with C{0}).
+        last = line[3:4] != b"-" and line[0:1] != b"0"
+        if last:
+            self._reply_lines = self._reply_bytes = 0
+        self._continuing = not last
+        try:
+            super().lineReceived(line)
+        finally:
+            self._continuing = False
+
+    def resetTimeout(self) -> None:
+        """
+        Restart the timer, except for a line that does not end a reply.
+        """
+        if not self._continuing:
+            super().resetTimeout()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A reply line longer than L{MAX_LENGTH} (or that many bytes without
+        a line end): a broken or hostile server; stop reading it.
+        """
+        self._fail(f"reply line to {self._stage.value} too long (over {self.MAX_LENGTH} bytes)")
+        self._connection.abortConnection()
 
     def timeoutConnection(self) -> None:
         """
