@@ -91,7 +91,11 @@ class GatewayService(MultiService):
         # by the commit's thread job: creating a file can wait on the file
         # system journal, and the reactor thread must not (issue 7).
         self.spool = DurableSpool(
-            os.path.join(self.data_dir, "spool"), reactor, memory_limit=64 * 1024
+            os.path.join(self.data_dir, "spool"),
+            reactor,
+            memory_limit=64 * 1024,
+            # A worker only receives; the primary process delivers.
+            receive_only=worker is not None and not worker.primary,
         )
         self.icids = IdAllocator(os.path.join(self.data_dir, "icid.counter"))
         # Recipients per hour per IP count for the whole gateway: in a
@@ -309,6 +313,10 @@ class GatewayService(MultiService):
         yield super().stopService()
         waits: list[Deferred[Any]] = [f.shutdown() for f in self.factories.values()]
         yield DeferredList(waits)
+        # The report service made its last flush when it stopped, above;
+        # sessions that closed since (those the 421 just ended, and any
+        # whose QUIT crossed the stop) are counted only by this one.
+        yield self.counters.flush().addErrback(lambda _: None)
         yield self.spool.close()
         if self._observer is not None:
             globalLogPublisher.removeObserver(self._observer)

@@ -58,7 +58,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from attrs import frozen
@@ -113,6 +113,9 @@ def default_workers() -> int:
 
 
 # -- the shared table ------------------------------------------------------------
+
+#: The descriptor on which a worker tells its parent the MIDs it committed.
+_ANNOUNCE_FD = 4
 
 _MAGIC = b"ESAWRK02"
 _HEADER = struct.Struct("<8sIIQI4x")
@@ -741,7 +744,18 @@ class _WorkerProtocol(ProcessProtocol):
         self.index = index
         self._out = b""
         self._err = b""
+        self._announced = b""
         self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != _ANNOUNCE_FD:
+            super().childDataReceived(childFD, data)
+            return
+        self._announced += data
+        *lines, self._announced = self._announced.split(b"\n")
+        for line in lines:
+            if line.isdigit():
+                self.pool.announce(int(line))
 
     def outReceived(self, data: bytes) -> None:
         self._out += data
@@ -798,6 +812,7 @@ class WorkerPool(Service):
         config_path: str | None,
         executable: str = sys.executable,
         sockets: Sequence[socket.socket] = (),
+        announce: Callable[[int], None] = lambda mid: None,
     ) -> None:
         """
         @param role: the parent's L{WorkerRole} (index 0).
@@ -805,8 +820,12 @@ class WorkerPool(Service):
             the embedded default).
         @param sockets: the listening sockets the parent bound; closed when
             the pool stops, so that the ports close with the last worker.
+        @param announce: called with the MID of each message a worker
+            committed (the parent's L{esa_tls.spool.DurableSpool.announce},
+            so that its delivery engine starts on it at once).
         """
         self.reactor = reactor
+        self.announce = announce
         self._sockets = list(sockets)
         self.role = role
         self.config_path = os.path.abspath(config_path) if config_path else None
@@ -833,8 +852,14 @@ class WorkerPool(Service):
             "--limits",
             "3",
         ]
-        fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", 3: self.role.limits.fileno()}
-        target = 4
+        fds: dict[int, int | str] = {
+            0: "w",
+            1: "r",
+            2: "r",
+            3: self.role.limits.fileno(),
+            _ANNOUNCE_FD: "r",
+        }
+        target = _ANNOUNCE_FD + 1
         for name, fd in sorted(self.role.sockets.items()):
             fds[target] = fd
             family = "6" if self.role.families[name] == socket.AF_INET6 else "4"
@@ -959,7 +984,13 @@ def multi_worker_gateway(config_path: str | None, workers: int, reactor: Any = N
         limits=limits,
     )
     service = GatewayService(loaded, reactor, worker=role)
-    pool = WorkerPool(reactor, role, config_path, sockets=list(bound.values()))
+    pool = WorkerPool(
+        reactor,
+        role,
+        config_path,
+        sockets=list(bound.values()),
+        announce=service.spool.announce,
+    )
     pool.setName("workers")
     pool.setServiceParent(service)
     return service
@@ -1023,6 +1054,34 @@ class _ToParent:
             pass
 
 
+class _Announcer:
+    """
+    Tells the parent, one line per MID on L{_ANNOUNCE_FD}, which messages
+    this worker committed, so that the parent's delivery engine starts on
+    them at once.  The MIDs of one reactor turn go in one write.
+    """
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._pending: list[int] = []
+
+    def __call__(self, mid: int) -> None:
+        if not self._pending:
+            self._reactor.callLater(0, self._flush)
+        self._pending.append(mid)
+
+    def _flush(self) -> None:
+        data = b"".join(b"%d\n" % mid for mid in self._pending)
+        self._pending = []
+        try:
+            os.write(self._fd, data)
+        except OSError:
+            # The parent is gone (and so, shortly, is this worker); its
+            # queue scan finds the messages anyway.
+            pass
+
+
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m esa_tls.workers")
     parser.add_argument("--worker", type=int, required=True)
@@ -1071,6 +1130,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"configuration error\n{e}\n")
         return 2
+    service.spool.subscribe(_Announcer(reactor, _ANNOUNCE_FD))
     watch = _ParentWatch()
     StandardIO(  # type: ignore[call-arg]
         watch, stdin=0, stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor

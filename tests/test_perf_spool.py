@@ -169,3 +169,54 @@ class MemoryPathTests(TestCase):
         for n, mid in enumerate(mids):
             with spool.open_body(mid) as f:
                 self.assertEqual(f.read(), b"Subject: %d\r\n\r\nbody\r\n" % n)
+
+
+class ReceiveOnlyTests(TestCase):
+    """
+    A worker's spool (C{receive_only}): it receives into the shared spool
+    but leaves the queue to the delivering process.
+    """
+
+    @inlineCallbacks
+    def test_sharedQueue(self) -> Any:
+        """
+        A receive-only spool's messages are found by the delivering spool
+        on the same directory; announcing one tells the delivering spool's
+        subscribers, which can read it at once.
+        """
+        directory = self.mktemp()
+        primary = DurableSpool(directory, reactor)
+        self.addCleanup(primary.close)
+        worker = DurableSpool(directory, reactor, receive_only=True, memory_limit=LIMIT)
+        self.addCleanup(worker.close)
+        heard: list[int] = []
+        primary.subscribe(heard.append)
+        message = worker.new_message(ENVELOPE)
+        message.write(b"Subject: from a worker\r\n\r\nbody\r\n")
+        mid = yield message.commit()
+        self.assertEqual(heard, [])
+        primary.announce(mid)
+        self.assertEqual(heard, [mid])
+        self.assertEqual(primary.get(mid).envelope, ENVELOPE)
+        self.assertEqual([q.mid for q in worker.queued()], [mid])
+
+    @inlineCallbacks
+    def test_startUpLeavesQueueAlone(self) -> Any:
+        """
+        Starting a receive-only spool does not judge the queue (the
+        delivering process quarantines what is malformed), yet never hands
+        out a MID already on disk.
+        """
+        directory = self.mktemp()
+        first = DurableSpool(directory, reactor)
+        mid = yield first.new_message(ENVELOPE).commit()
+        yield first.close()
+        bogus = os.path.join(directory, "queue", f"{mid + 5000}.msg")
+        with open(bogus, "wb") as f:
+            f.write(b"not a spool file\n")
+        worker = DurableSpool(directory, reactor, receive_only=True)
+        self.addCleanup(worker.close)
+        self.assertTrue(os.path.exists(bogus))
+        self.assertEqual(_files(directory, "corrupt"), [])
+        self.assertGreater(worker.new_message(ENVELOPE).mid, mid + 5000)
+        self.flushLoggedErrors()

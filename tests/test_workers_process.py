@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -54,7 +56,7 @@ max_rcpts_per_hour = {rcpt_limit}
 group = "LOCAL"
 policy = "LIMITED"
 senders = ["127.0.0.0/8"]
-"""
+{extra}"""
 
 
 def children(pid: int) -> list[int]:
@@ -95,6 +97,7 @@ class Gateway:
         listener_limit: int = 1000,
         ip_limit: int = 10,
         rcpt_limit: int = -1,
+        extra: str = "",
     ) -> None:
         self.directory = os.path.abspath(case.mktemp())
         os.makedirs(self.directory)
@@ -109,6 +112,7 @@ class Gateway:
                     listener_limit=listener_limit,
                     ip_limit=ip_limit,
                     rcpt_limit=rcpt_limit,
+                    extra=extra,
                 )
             )
         self.logfile = os.path.join(self.directory, "twistd.log")
@@ -162,7 +166,13 @@ class Gateway:
             ("127.0.0.1", self.port), timeout=10, source_address=(source, 0)
         )
         self.sockets.append(sock)
-        return sock.makefile("rb").readline()
+        f = sock.makefile("rb")
+        line = f.readline()
+        if line.startswith(b"421"):
+            # Refused: wait until the gateway has closed its end (and so
+            # given back the slot the refused session held).
+            f.read()
+        return line
 
     def cleanup(self) -> None:
         for sock in self.sockets:
@@ -177,7 +187,92 @@ class Gateway:
             self.process.wait(30)
 
 
+class Sink:
+    """
+    A minimal SMTP server in a thread that takes every message and keeps
+    it: the destination of the gateway's deliveries.
+    """
+
+    def __init__(self, case: TestCase) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port: int = self.server.getsockname()[1]
+        self.messages: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        case.addCleanup(self.server.close)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                f = conn.makefile("rb")
+                conn.sendall(b"220 sink.test ESMTP\r\n")
+                while True:
+                    line = f.readline()
+                    if not line:
+                        break
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        conn.sendall(b"354 go on\r\n")
+                        body = b""
+                        while not body.endswith(b"\r\n.\r\n"):
+                            chunk = f.readline()
+                            if not chunk:
+                                break
+                            body += chunk
+                        self.messages.append(body)
+                        conn.sendall(b"250 2.0.0 kept\r\n")
+                    elif verb == b"QUIT":
+                        conn.sendall(b"221 bye\r\n")
+                        break
+                    else:
+                        conn.sendall(b"250 ok\r\n")
+
+
 class WorkerTests(TestCase):
+    @inlineCallbacks
+    def test_workersMailDeliveredAtOnce(self) -> Any:
+        """
+        A message accepted by worker 1 is delivered by the parent's
+        delivery engine at once (the worker tells the parent), not at the
+        engine's next scan of the queue half a minute later.
+        """
+        sink = Sink(self)
+        gateway = Gateway(
+            self,
+            workers=2,
+            extra=f'\n[smtp_routes]\n"example.com" = ["127.0.0.1:{sink.port}"]\n',
+        )
+        yield in_thread(gateway.start)
+        [worker] = children(gateway.pid)
+
+        def send() -> bytes:
+            os.kill(gateway.pid, signal.SIGSTOP)
+            try:
+                with smtplib.SMTP(
+                    "127.0.0.1", gateway.port, local_hostname="client.test", timeout=10
+                ) as s:
+                    s.ehlo()
+                    s.mail("a@client.test")
+                    s.rcpt("u@example.com")
+                    reply: bytes = s.data(b"Subject: via worker 1\r\n\r\nbody\r\n")[1]
+                    return reply
+            finally:
+                os.kill(gateway.pid, signal.SIGCONT)
+
+        reply = yield in_thread(send)
+        self.assertTrue(reply.startswith(b"2.0.0 Ok"), reply)
+        self.assertTrue(
+            (yield in_thread(wait_until, lambda: bool(sink.messages), 10)), gateway.log()
+        )
+        self.assertIn(b"Subject: via worker 1", sink.messages[0])
+        self.assertTrue(alive(worker))
+
     @inlineCallbacks
     def test_limitsHoldAcrossWorkers(self) -> Any:
         """

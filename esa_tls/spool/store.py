@@ -403,6 +403,7 @@ class DurableSpool:
         filesystem: FileSystem | None = None,
         executor: Executor | None = None,
         memory_limit: int = 0,
+        receive_only: bool = False,
     ) -> None:
         """
         @param directory: the spool directory; created if missing.
@@ -425,10 +426,17 @@ class DurableSpool:
             file at once.  The gateway uses this to keep file creation off
             the reactor thread; the cost is up to this much memory per
             message being received.
+        @param receive_only: this process only receives (a worker of a
+            multi-worker gateway; another process delivers): start-up does
+            not read and index the whole queue, and committed messages are
+            not kept in the in-memory index, which would otherwise grow
+            with every message for as long as the worker lives.  The
+            queue-side methods still work, reading from disk.
         """
         self.directory = os.path.abspath(directory)
         self.min_free_bytes = min_free_bytes
         self.memory_limit = memory_limit
+        self.receive_only = receive_only
         self._fs = filesystem if filesystem is not None else FileSystem()
         self._free_bytes = free_bytes
         self._queue_dir = os.path.join(self.directory, "queue")
@@ -490,6 +498,9 @@ class DurableSpool:
         no MID on disk can be handed out again.
         """
         self._sweep_temporary()
+        if self.receive_only:
+            self._advance_past_names()
+            return
         highest = 0
         mids: set[int] = set()
         for name in sorted(os.listdir(self._queue_dir)):
@@ -515,6 +526,23 @@ class DurableSpool:
             digits = name.split(".", 1)[0]
             if digits.isdigit():
                 highest = max(highest, int(digits))
+        self._mids.advance_past(highest)
+
+    def _advance_past_names(self) -> None:
+        """
+        Make sure no MID found on disk is handed out again, from the file
+        names alone (the delivering process validates the files).
+        """
+        highest = 0
+        for directory, suffix in (
+            (self._queue_dir, ".msg"),
+            (self._state_dir, ".json"),
+            (self._corrupt_dir, None),
+        ):
+            for name in os.listdir(directory):
+                digits = name.split(".", 1)[0]
+                if (suffix is None or name.endswith(suffix)) and digits.isdigit():
+                    highest = max(highest, int(digits))
         self._mids.advance_past(highest)
 
     def _sweep_temporary(self) -> None:
@@ -716,8 +744,9 @@ class DurableSpool:
             self._committing.discard(mid)
             self._open.pop(mid, None)
             message._committed()
-            header = MessageHeader(mid, message.envelope, message.size, message.header_length)
-            self._entries[mid] = _Entry(header, _initial_states(message.envelope))
+            if not self.receive_only:
+                header = MessageHeader(mid, message.envelope, message.size, message.header_length)
+                self._entries[mid] = _Entry(header, _initial_states(message.envelope))
             # The session's callbacks (the 250) first, then the queue.
             result.callback(mid)
             self._notify(mid)
@@ -744,14 +773,24 @@ class DurableSpool:
             except Exception:
                 self.log.failure("Spool subscriber {subscriber!r} failed", subscriber=subscriber)
 
+    def announce(self, mid: int) -> None:
+        """
+        Tell the subscribers about message C{mid}, committed by another
+        process sharing this spool (a worker of a multi-worker gateway), as
+        if it had been committed here: the delivery engine starts on it at
+        once instead of at its next scan of the queue.
+        """
+        self._notify(mid)
+
     # -- queue side ---------------------------------------------------------
 
     def subscribe(self, callback: Callable[[int], None]) -> None:
         """
         Call C{callback} with the MID of each message this spool commits,
         right after its commit is durable (and its L{Deferred} has fired).
-        Messages committed by other processes sharing the directory are not
-        announced; L{queued} finds them.
+        Messages committed by other processes sharing the directory are
+        announced only when those processes say so (L{announce}); L{queued}
+        finds them all.
         """
         self._subscribers.append(callback)
 
