@@ -116,39 +116,6 @@ class _CommitStep:
 
 
 @define
-class _CreateStep:
-    """
-    Make a message held in memory durable: create its temporary file, write
-    it, fsync it, rename it into C{queue/}; the batch then fsyncs C{queue/}.
-    All of it in the thread: creating a file takes the directory's lock and
-    a journal handle, either of which can wait for a commit in progress.
-    """
-
-    data: bytes
-    temporary: str
-    final: str
-    directory: str
-
-    def prepare(self, fs: FileSystem) -> None:
-        try:
-            with fs.open_for_writing(self.temporary) as f:
-                f.write(self.data)
-                f.flush()
-                fs.fsync(f.fileno())
-            fs.replace(self.temporary, self.final)
-        except BaseException:
-            _unlink_quietly(self.temporary)
-            raise
-
-    def undo(self, fs: FileSystem) -> None:
-        # As for _CommitStep: the caller is told the commit failed.
-        _unlink_quietly(self.final)
-
-    def finish(self, fs: FileSystem) -> None:
-        pass
-
-
-@define
 class _WriteStep:
     """
     Replace a small file atomically: write a temporary file, fsync it,
@@ -178,6 +145,20 @@ class _WriteStep:
 
     def finish(self, fs: FileSystem) -> None:
         pass
+
+
+@define
+class _CreateStep(_WriteStep):
+    """
+    Make a message held in memory durable: create its temporary file, write
+    it, fsync it, rename it into C{queue/}; the batch then fsyncs C{queue/}.
+    All of it in the thread: creating a file takes the directory's lock and
+    a journal handle, either of which can wait for a commit in progress.
+    """
+
+    def undo(self, fs: FileSystem) -> None:
+        # As for _CommitStep: the caller is told the commit failed.
+        _unlink_quietly(self.final)
 
 
 @define
