@@ -19,8 +19,9 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IResolver, IStreamServerEndpoint
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from esa_tls.alerts.certificates import CertificateWatch
 from esa_tls.alerts.dispatcher import AlertDispatcher
@@ -49,6 +50,22 @@ from esa_tls.watch import FileWatcher
 from esa_tls.workers import SharedListenerFactory, WorkerRole
 
 log = Logger()
+
+
+@implementer(ILogObserver)
+class _MailLogFile:
+    """
+    Mail log events of a multi-worker gateway process, to its mail.log
+    writer while that is open.
+    """
+
+    def __init__(self, service: GatewayService) -> None:
+        self._service = service
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        observer = self._service._observer
+        if observer is not None:
+            observer(event)
 
 
 class GatewayService(MultiService):
@@ -85,7 +102,11 @@ class GatewayService(MultiService):
         self.config = config
         self.data_dir = os.path.abspath(config.system.data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
-        self.maillog = MailLog()
+        # In a multi-worker gateway every process writes its mail log lines
+        # straight to mail.log (see esa_tls.workers): not through the global
+        # log publisher, so they are not also formatted into twistd.log by
+        # one process only (a tenth of the reactor's time in the profile).
+        self.maillog = MailLog() if worker is None else MailLog(observer=_MailLogFile(self))
         self.certificates = CertificateStore(config, self.data_dir)
         # Messages up to 64 KiB are received in memory and their files made
         # by the commit's thread job: creating a file can wait on the file

@@ -272,6 +272,18 @@ class WorkerTests(TestCase):
         )
         self.assertIn(b"Subject: via worker 1", sink.messages[0])
         self.assertTrue(alive(worker))
+        # Both processes wrote their mail log lines to mail.log (worker 1
+        # the reception, the parent the delivery), and none to twistd.log.
+        mid = int(reply.split()[3])
+        path = os.path.join(gateway.directory, "var", "logs", "mail.log")
+
+        def logged() -> bool:
+            with open(path) as f:
+                text = f.read()
+            return f"MID {mid} queued for delivery" in text and f"MID {mid} to RID" in text
+
+        self.assertTrue((yield in_thread(wait_until, logged, 10)))
+        self.assertNotIn("queued for delivery", gateway.log())
 
     @inlineCallbacks
     def test_limitsHoldAcrossWorkers(self) -> Any:
