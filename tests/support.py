@@ -11,6 +11,7 @@ import shutil
 import smtplib
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,20 @@ interface = "Loopback"
 port = 2525
 rat = ["example.com", ".sub.example.net", "only@example.org"]
 """
+
+
+#: The twistd of the environment running the tests.
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_port() -> int:
+    """
+    A TCP port free on 127.0.0.1 now, for a child process that must be told
+    its port in advance.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def require(program: str) -> str:

@@ -15,6 +15,8 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.support import free_port
+
 GATEWAY = """\
 # A gateway for the reload test.
 [system]
@@ -37,12 +39,6 @@ def program(name: str) -> str:
     if not os.access(path, os.X_OK):
         raise SkipTest(f"{name} is not installed at {path}")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ReloadTests(SynchronousTestCase):

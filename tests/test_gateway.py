@@ -23,16 +23,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from esa_tls.spool import DurableSpool
-from tests.support import in_thread, wait_until
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.support import TWISTD, free_port, in_thread, wait_until
 
 
 def config_text(data_dir: str, port: int) -> str:

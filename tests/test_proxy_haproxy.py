@@ -14,24 +14,15 @@ import re
 import smtplib
 import socket
 import subprocess
-import sys
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from esa_tls.config.load import load_config
-from tests.support import in_thread, wait_until
+from tests.support import TWISTD, free_port, in_thread, wait_until
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "haproxy")
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def listening(port: int) -> bool:

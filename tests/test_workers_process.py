@@ -13,24 +13,13 @@ import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import threading
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.support import Raw, in_thread, wait_until
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
+from tests.support import TWISTD, Raw, free_port, in_thread, wait_until
 
 CONFIG = """
 [system]
