@@ -96,6 +96,7 @@ class Gateway:
         clock: bool = False,
         free_bytes: Callable[[], int] | None = None,
         store: Any = None,
+        wrap_store: Callable[[DurableSpool], Any] | None = None,
         extra_base: str = "",
         users: str = "",
     ) -> None:
@@ -112,6 +113,8 @@ class Gateway:
             os.path.join(self.data_dir, "spool"), reactor, free_bytes=free_bytes
         )
         self.store = store if store is not None else self.spool
+        if wrap_store is not None:
+            self.store = wrap_store(self.spool)
         self.certificates = CertificateStore(self.config, self.data_dir)
         self.factory = ListenerFactory(
             self.listener,

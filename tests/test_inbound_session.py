@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
@@ -461,26 +462,14 @@ class LimitTests(TestCase):
         A store that fails to commit gets 451, never 250 or a 5xx.
         """
 
-        class FailingStore:
-            def __init__(self, spool: Any) -> None:
-                self.spool = spool
+        def fail_commit(message: Any) -> None:
+            def commit() -> Any:
+                message.abort()
+                raise StoreError("disk on fire")
 
-            def has_space(self, size: int) -> bool:
-                return True
+            message.commit = commit
 
-            def new_message(self, envelope: Any) -> Any:
-                message = self.spool.new_message(envelope)
-
-                def commit() -> Any:
-                    message.abort()
-                    raise StoreError("disk on fire")
-
-                message.commit = commit
-                return message
-
-        holder: list[Any] = []
-        gw = Gateway(self, store=_Lazy(holder))
-        holder.append(FailingStore(gw.spool))
+        gw = Gateway(self, wrap_store=lambda spool: SabotagedStore(spool, fail_commit))
         replies = yield in_thread(
             conversation,
             gw.port,
@@ -505,30 +494,19 @@ class WriteErrorTests(TestCase):
         4.3.0 at the end of DATA, never 250, and nothing is queued.
         """
 
-        class FullDisk:
-            def __init__(self, spool: Any) -> None:
-                self.spool = spool
+        def full_after_header(message: Any) -> None:
+            writes = [0]
+            original = message.write
 
-            def has_space(self, size: int) -> bool:
-                return True
+            def write(data: bytes) -> None:
+                writes[0] += 1
+                if writes[0] > 1:  # the Received: header fits, the body does not
+                    raise StoreError("No space left on device")
+                original(data)
 
-            def new_message(self, envelope: Any) -> Any:
-                message = self.spool.new_message(envelope)
-                writes = [0]
-                original = message.write
+            message.write = write
 
-                def write(data: bytes) -> None:
-                    writes[0] += 1
-                    if writes[0] > 1:  # the Received: header fits, the body does not
-                        raise StoreError("No space left on device")
-                    original(data)
-
-                message.write = write
-                return message
-
-        holder: list[Any] = []
-        gw = Gateway(self, store=_Lazy(holder))
-        holder.append(FullDisk(gw.spool))
+        gw = Gateway(self, wrap_store=lambda spool: SabotagedStore(spool, full_after_header))
         replies = yield in_thread(
             conversation,
             gw.port,
@@ -547,16 +525,23 @@ class WriteErrorTests(TestCase):
         self.assertEqual(gw.queued(), [])
 
 
-class _Lazy:
+class SabotagedStore:
     """
-    A store whose implementation is supplied after the gateway is built.
+    The real spool, with each new message handed to C{sabotage} first, so
+    that a test can make its writes or its commit fail.
     """
 
-    def __init__(self, holder: list[Any]) -> None:
-        self.holder = holder
+    def __init__(self, spool: Any, sabotage: Callable[[Any], None]) -> None:
+        self.spool = spool
+        self.sabotage = sabotage
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.holder[0], name)
+    def has_space(self, size: int) -> bool:
+        return True
+
+    def new_message(self, envelope: Any) -> Any:
+        message = self.spool.new_message(envelope)
+        self.sabotage(message)
+        return message
 
 
 class ProtocolSafetyTests(TestCase):
