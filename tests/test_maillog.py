@@ -11,7 +11,8 @@ import re
 import time
 from typing import Any, cast
 
-from twisted.logger import ILogObserver, Logger, LogPublisher
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -19,6 +20,7 @@ from esa_tls.config.model import AccessRule, MailFlowPolicy
 from esa_tls.maillog import (
     MailLog,
     MailLogCollector,
+    MailLogFile,
     mail_log_observer,
     mail_log_path,
 )
@@ -224,3 +226,160 @@ class FileTests(SynchronousTestCase):
         with open(path, encoding="utf-8") as f:
             texts = [line.split(" Info: ", 1)[1] for line in f.read().splitlines()]
         self.assertEqual(texts, ["MID 1 queued for delivery", "MID 2 queued for delivery"])
+
+
+_LINE = re.compile(
+    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d \d{4}"
+    r" Info: (?P<text>.*)$"
+)
+
+
+def _texts(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    assert lines[-1] == "", lines  # whole lines only
+    texts = []
+    for line in lines[:-1]:
+        match = _LINE.match(line)
+        assert match is not None, line
+        texts.append(match.group("text"))
+    return texts
+
+
+class WriterTests(SynchronousTestCase):
+    """
+    L{MailLogFile}: the gateway's direct path from L{MailLog} to the file.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.path = mail_log_path(self.mktemp())
+        self.file = MailLogFile(self.path, self.clock)
+        self.file.open()
+        self.addCleanup(self.file.close)
+        self.log = MailLog(writer=self.file)
+
+    def test_sameLinesAsEvents(self) -> None:
+        """
+        The lines written without events are, time stamps aside, exactly
+        those the event path writes, escaping included.
+        """
+        collector = MailLogCollector()
+        both = MailLog(collector, writer=self.file)
+        both.new_icid(5, "Loopback", "127.0.0.1", "127.0.0.1", None, False)
+        both.mail_from(7, 5, "x@y>\r\n{mid}")
+        both.rcpt_to(7, 5, 0, "c@d")
+        both.bounced(7, [2, 3], "550 {5.1.1} no")
+        self.file.flush()
+        self.assertEqual(_texts(self.path), collector.lines)
+        self.assertEqual(len(collector.lines), 4)
+
+    def test_oneWritePerTurn(self) -> None:
+        """
+        The lines of one reactor turn reach the file together, in the order
+        they were logged, when the turn ends (before the reactor next
+        polls, so before a reply written in the same turn leaves).
+        """
+        self.log.start_mid(7, 5)
+        self.log.queued(7)
+        self.assertEqual(_texts(self.path), [])
+        self.clock.advance(0)
+        self.assertEqual(_texts(self.path), ["Start MID 7 ICID 5", "MID 7 queued for delivery"])
+        self.log.icid_close(5)
+        self.clock.advance(0)
+        self.assertEqual(_texts(self.path)[-1], "ICID 5 close")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closeWritesTheRest(self) -> None:
+        """
+        Stopping the gateway (closing the file) writes the lines of the last
+        turn; lines logged after that are dropped, without error.
+        """
+        self.log.icid_close(5)
+        self.file.close()
+        self.assertEqual(_texts(self.path), ["ICID 5 close"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.log.icid_close(6)
+        self.clock.advance(0)
+        self.assertEqual(_texts(self.path), ["ICID 5 close"])
+
+    def test_timeStamp(self) -> None:
+        """
+        Each line carries the local time it was logged, in C{asctime}
+        form, even though the text is computed once per second.
+        """
+        self.file.line("first", when=1_800_000_000.2)
+        self.file.line("second", when=1_800_000_000.9)
+        self.file.line("third", when=1_800_000_001.0)
+        self.file.flush()
+        with open(self.path, encoding="utf-8") as f:
+            stamps = [line.split(" Info: ")[0] for line in f.read().splitlines()]
+        self.assertEqual(
+            stamps,
+            [
+                time.asctime(time.localtime(t))
+                for t in (1_800_000_000, 1_800_000_000, 1_800_000_001)
+            ],
+        )
+
+    def test_sharedFile(self) -> None:
+        """
+        Several writers (the processes of a multi-worker gateway) append to
+        one file; each batch lands whole, after what is already there.
+        """
+        other = MailLogFile(self.path, self.clock)
+        other.open()
+        self.addCleanup(other.close)
+        second = MailLog(writer=other)
+        self.log.start_mid(1, 1)
+        second.start_mid(2, 2)
+        self.log.queued(1)
+        second.queued(2)
+        self.clock.advance(0)
+        self.assertEqual(
+            _texts(self.path),
+            [
+                "Start MID 1 ICID 1",
+                "MID 1 queued for delivery",
+                "Start MID 2 ICID 2",
+                "MID 2 queued for delivery",
+            ],
+        )
+
+    def test_manyLinesInOneTurn(self) -> None:
+        """
+        A turn that logs very many lines does not hold them all: they are
+        written in bounded batches, in order.
+        """
+        for mid in range(2000):
+            self.log.queued(mid)
+        self.assertGreater(len(_texts(self.path)), 0)
+        self.clock.advance(0)
+        self.assertEqual(
+            _texts(self.path), [f"MID {mid} queued for delivery" for mid in range(2000)]
+        )
+
+    def test_nonASCII(self) -> None:
+        """
+        Non-ASCII text from a peer is written as UTF-8; what cannot be
+        encoded is escaped, never an error.
+        """
+        self.log.mail_from(7, 5, "josé@exämple.test")
+        self.file.line("lone \udc80 surrogate")
+        self.file.flush()
+        with open(self.path, "rb") as f:
+            data = f.read()
+        self.assertIn("From: <josé@exämple.test>".encode(), data)
+        self.assertIn(b"lone \\udc80 surrogate", data)
+
+    def test_noEventsWithoutObserver(self) -> None:
+        """
+        A L{MailLog} with only a writer publishes no events: nothing of the
+        mail log reaches the global log (twistd.log).
+        """
+        collector = MailLogCollector()
+        globalLogPublisher.addObserver(collector)
+        self.addCleanup(globalLogPublisher.removeObserver, collector)
+        self.log.queued(7)
+        self.assertEqual(collector.events, [])
