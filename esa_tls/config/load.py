@@ -63,6 +63,7 @@ from esa_tls.config.model import (
 )
 from esa_tls.hat.predefined import predefined_groups, predefined_policies
 from esa_tls.hat.syntax import SenderSyntaxError, parse_sender
+from esa_tls.outbound.discard import DISCARD_ROUTE
 
 #: The name of the built-in, insecure demonstration certificate.
 DEMO_CERTIFICATE = "Demo"
@@ -763,6 +764,18 @@ class _Loader:
                 continue
             if key in out:
                 self.fault(path, f"domain {key!r} is given twice")
+                continue
+            # The ESA's special destination host: mail for the domain is
+            # dropped.  Only alone: "drop, else try this host" means nothing.
+            if isinstance(body, list) and DISCARD_ROUTE in body:
+                if len(body) != 1:
+                    self.fault(
+                        (*path, body.index(DISCARD_ROUTE)),
+                        f'"{DISCARD_ROUTE}" drops the mail of the domain: it must be the '
+                        "only host of its route",
+                    )
+                    continue
+                out[key] = (DISCARD_ROUTE,)
                 continue
             routes = hosts(path, body)
             if routes is _INVALID:

@@ -49,6 +49,7 @@ from twisted.names.hosts import Resolver as HostsResolver
 from twisted.names.resolve import ResolverChain
 
 from esa_tls.config.model import GatewayConfig
+from esa_tls.outbound.discard import DISCARD_ROUTE, is_discard_route
 
 #: The query timeouts (seconds, one retry per entry) for every DNS lookup of
 #: a delivery: the default of C{twisted.names.client}.
@@ -308,6 +309,15 @@ class MXResolver:
         self, domain: str, routes: Mapping[str, Sequence[str]], port: int
     ) -> MailRoute:
         route = find_route(routes, domain)
+        if is_discard_route(route):
+            # The queue manager drops such mail before it gets here; a
+            # caller that does get here (tlsverify) has no host to talk to.
+            raise RouteError(
+                f"Mail for {domain} is dropped: its SMTP route is {DISCARD_ROUTE}",
+                permanent=True,
+                code=550,
+                status="5.3.5",
+            )
         if route is not None:
             return await self._resolve_route(domain, route)
         try:

@@ -19,6 +19,13 @@ What it guarantees, with the spool's help:
     C{recipient_limit} recipients per C{recipient_minutes}.  Every delivery
     uses its own connection, so C{max_messages_per_connection} (at least
     1) is always honoured;
+  - B{cost that does not grow with the queue}: new messages start at once
+    (the spool announces them); a message held back by a domain's
+    concurrency limit waits in that domain's line and starts when one of
+    the domain's deliveries ends.  Only the periodic scan (every
+    C{scan_interval}, for retries that came due) reads the whole queue;
+  - B{the C{/dev/null} route} (L{esa_tls.outbound.discard}): recipients
+    of a domain routed there are marked delivered without a connection;
   - B{retries} with exponential backoff (first 5 minutes, then doubling,
     at most an hour apart), until the message is 5 days old: then the
     recipient bounces;
@@ -48,12 +55,13 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from esa_tls.config.model import GatewayConfig
+from esa_tls.config.model import DestinationControl, GatewayConfig
 from esa_tls.maillog import MailLog
 from esa_tls.outbound.attempt import deliver_message
 from esa_tls.outbound.client import Timeouts
+from esa_tls.outbound.discard import DISCARD_ROUTE, is_discard_route
 from esa_tls.outbound.dsn import FailedRecipient, build_dsn, header_section, status_of
-from esa_tls.outbound.mx import SMTP_PORT, MXResolver, normalize_name
+from esa_tls.outbound.mx import SMTP_PORT, MXResolver, find_route, normalize_name
 from esa_tls.outbound.policy import destination_for
 from esa_tls.outbound.result import DeliveryResult, RecipientStatus, TLSFailureEvent
 from esa_tls.spool.values import (
@@ -167,6 +175,8 @@ class QueueManager(Service):
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.spool = spool
+        self._controls: dict[str, DestinationControl] = {}
+        self._discards: dict[str, bool] = {}
         self.config = config
         self.resolver = resolver
         self.dcid_allocator = dcid_allocator
@@ -183,7 +193,43 @@ class QueueManager(Service):
         self._active: dict[str, int] = defaultdict(int)
         self._sent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
         self._loops: list[LoopingCall] = []
-        self._rescan: Any = None
+        self._waiting: dict[str, dict[int, None]] = defaultdict(dict)
+        self._wake_domains: set[str] = set()
+        self._wake_call: Any = None
+
+    @property
+    def config(self) -> GatewayConfig:
+        """
+        The configuration; setting it (a reload) forgets what was looked up
+        in the old one.
+        """
+        return self._config
+
+    @config.setter
+    def config(self, config: GatewayConfig) -> None:
+        self._config = config
+        self._controls.clear()
+        self._discards.clear()
+
+    def _control(self, domain: str) -> DestinationControl:
+        """
+        L{destination_for}, remembered per domain: it normalizes the whole
+        Destination Controls table on each call, and every message asks.
+        """
+        control = self._controls.get(domain)
+        if control is None:
+            control = self._controls[domain] = destination_for(self._config, domain)
+        return control
+
+    def _discarded(self, domain: str) -> bool:
+        """
+        Whether C{domain}'s SMTP route is C{/dev/null}, remembered per domain.
+        """
+        discarded = self._discards.get(domain)
+        if discarded is None:
+            route = find_route(self._config.smtp_routes, domain)
+            discarded = self._discards[domain] = is_discard_route(route)
+        return discarded
 
     # -- service --------------------------------------------------------
 
@@ -207,9 +253,10 @@ class QueueManager(Service):
         Stop scanning and wait for the deliveries under way.
         """
         super().stopService()
-        if self._rescan is not None and self._rescan.active():
-            self._rescan.cancel()
-        self._rescan = None
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
+        self._wake_call = None
+        self._wake_domains.clear()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -229,22 +276,44 @@ class QueueManager(Service):
         for d in self._schedule(message, self.clock.seconds()):
             d.addErrback(lambda f: log.failure("Delivery of new MID {mid} failed", f, mid=mid))
 
+    @staticmethod
+    def _log_failure(failure: Any, mid: int) -> None:
+        log.failure("Delivery of MID {mid} failed", failure, mid=mid)
+
     def _scan_logged(self) -> None:
         self.run_once().addErrback(lambda f: log.failure("Queue scan failed", f))
 
-    def _rescan_soon(self) -> None:
+    def _slot_free(self, domain: str) -> None:
         """
-        A delivery ended, so a concurrency slot is free: scan again (once,
-        however many deliveries end in the same turn).
+        A delivery to C{domain} ended, so one of its concurrency slots is
+        free: start the messages waiting for one (once per reactor turn,
+        however many deliveries end in it).  Only that domain's line is
+        looked at, never the whole queue: the cost of a delivery must not
+        grow with the queue.
         """
-        if not self.running or self._rescan is not None:
+        if not self.running or not self._waiting.get(domain):
             return
+        self._wake_domains.add(domain)
+        if self._wake_call is None:
+            self._wake_call = self.reactor.callLater(0, self._wake)
 
-        def rescan() -> None:
-            self._rescan = None
-            self._scan_logged()
-
-        self._rescan = self.reactor.callLater(0, rescan)
+    def _wake(self) -> None:
+        self._wake_call = None
+        domains, self._wake_domains = self._wake_domains, set()
+        now = self.clock.seconds()
+        for domain in domains:
+            waiting = self._waiting.get(domain)
+            while waiting and self._allowed(domain, 1, now) > 0:
+                mid = next(iter(waiting))
+                del waiting[mid]
+                try:
+                    message = self.spool.get(mid)
+                except KeyError:
+                    continue
+                for d in self._schedule(message, now):
+                    d.addErrback(self._log_failure, mid)
+            if not waiting:
+                self._waiting.pop(domain, None)
 
     # -- delivernow -------------------------------------------------------
 
@@ -313,16 +382,24 @@ class QueueManager(Service):
         for domain, states in by_domain.items():
             if (message.mid, domain) in self.in_flight:
                 continue
+            if self._discarded(domain):
+                started.append(self._start(message, domain, states, now, drop=True))
+                continue
             allowed = self._allowed(domain, len(states), now)
             if allowed > 0:
+                self._waiting.get(domain, {}).pop(message.mid, None)
                 started.append(self._start(message, domain, states[:allowed], now))
+            else:
+                # Its turn comes when one of the domain's deliveries ends
+                # (or, for a rate limit, at a later scan).
+                self._waiting[domain][message.mid] = None
         return started
 
     def _allowed(self, domain: str, wanted: int, now: float) -> int:
         """
         How many of C{wanted} recipients of C{domain} may be tried now.
         """
-        control = destination_for(self.config, domain)
+        control = self._control(domain)
         if (
             control.max_host_concurrency > 0
             and self._active[domain] >= control.max_host_concurrency
@@ -338,8 +415,33 @@ class QueueManager(Service):
         return min(wanted, control.recipient_limit - used)
 
     def _start(
-        self, message: QueuedMessage, domain: str, states: list[RecipientState], now: float
+        self,
+        message: QueuedMessage,
+        domain: str,
+        states: list[RecipientState],
+        now: float,
+        drop: bool = False,
     ) -> Deferred[None]:
+        """
+        Run one delivery (or, with C{drop}, the C{/dev/null} route's
+        non-delivery, which takes no connection and counts against no
+        limit), tracked in L{in_flight}.
+        """
+        if drop:
+            d = Deferred.fromCoroutine(self._drop(message, domain, states))
+
+            def dropped(result: object) -> object:
+                self.in_flight.pop((message.mid, domain), None)
+                return result
+
+            d.addBoth(dropped)
+            d.addErrback(
+                lambda f: log.failure(
+                    "Dropping MID {mid} for {domain} failed", f, mid=message.mid, domain=domain
+                )
+            )
+            self.in_flight[(message.mid, domain)] = d
+            return d
         self._active[domain] += 1
         self._sent[domain].append((now, len(states)))
         d = Deferred.fromCoroutine(self._deliver(message, domain, states))
@@ -347,7 +449,7 @@ class QueueManager(Service):
         def done(result: object) -> object:
             self._active[domain] -= 1
             self.in_flight.pop((message.mid, domain), None)
-            self._rescan_soon()
+            self._slot_free(domain)
             return result
 
         d.addBoth(done)
@@ -426,10 +528,45 @@ class QueueManager(Service):
             new_states[old.rid] = new
         if failed:
             await self._bounce(message, failed, arrived)
-        await self.spool.update_recipients(message.mid, new_states)
-        current = self.spool.get(message.mid)
-        if not current.pending:
-            await self._finish(current)
+        await self._record(message.mid, new_states)
+
+    async def _record(self, mid: int, new_states: dict[int, RecipientState]) -> None:
+        """
+        Make the new recipient states durable, and forget the message once
+        every recipient is delivered or bounced.
+
+        When these states finish the message, its removal alone records
+        them (one durable step instead of two): if the removal does not
+        reach the disk, the message is found again with its old states and
+        those recipients are sent again, the same window a crash before
+        the states were written leaves.
+        """
+        current = self.spool.get(mid)
+        finished = all(
+            new_states[s.rid].status in FINAL_STATUSES
+            if s.rid in new_states
+            else s.status in FINAL_STATUSES
+            for s in current.recipients
+        )
+        if finished:
+            await self.spool.remove(mid)
+            return
+        await self.spool.update_recipients(mid, new_states)
+
+    async def _drop(
+        self, message: QueuedMessage, domain: str, states: list[RecipientState]
+    ) -> None:
+        """
+        C{domain} is routed to C{/dev/null}: its recipients count as
+        delivered, without a connection, as the ESA drops such mail.
+        """
+        new_states = {
+            s.rid: evolve(s, status=DELIVERED, attempts=s.attempts + 1, last_error="")
+            for s in states
+        }
+        if self.maillog is not None:
+            _log_dropped(self.maillog, message.mid, sorted(new_states))
+        await self._record(message.mid, new_states)
 
     def _arrival(self, message: QueuedMessage) -> float:
         if message.envelope.received_at > 0:
@@ -491,3 +628,24 @@ class QueueManager(Service):
             dsn=mid,
             n=len(failed),
         )
+
+
+def _log_dropped(maillog: MailLog, mid: int, rids: list[int]) -> None:
+    """
+    The mail log line for recipients dropped by the C{/dev/null} route, in
+    the form of the ESA's C{Response} lines:
+    C{MID 12 RID [0, 1] Response '/dev/null'}.
+    """
+    public = getattr(maillog, "dropped", None)
+    if public is not None:
+        public(mid, rids)
+        return
+    # MailLog has no method for this line yet; its event emitter is used
+    # with the same conventions (event name, fields, escaped text).
+    rid_list = ", ".join(str(r) for r in rids)
+    maillog._emit(
+        "dropped",
+        f"MID {mid} RID [{rid_list}] Response '{DISCARD_ROUTE}'",
+        mid=mid,
+        rids=rids,
+    )
