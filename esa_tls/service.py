@@ -38,7 +38,6 @@ from esa_tls.maillog import MailLog, MailLogFile, mail_log_path
 from esa_tls.outbound.mx import resolver_from_config
 from esa_tls.outbound.queue import QueueManager
 from esa_tls.outbound.result import DeliveryResult
-from esa_tls.report.admin import admin_service, make_admin_site
 from esa_tls.report.counters import TLSCounters
 from esa_tls.report.delivery import record_delivery
 from esa_tls.report.storage import report_directory
@@ -135,6 +134,10 @@ class GatewayService(MultiService):
         if primary:
             self.certificate_watch.service(reactor).setServiceParent(self)
         if config.admin.listen and primary:
+            # twisted.web and prometheus_client, only where the admin page
+            # is served: every worker would otherwise hold them (issue 7).
+            from esa_tls.report.admin import admin_service, make_admin_site
+
             site = make_admin_site(self.counters, self.alerts)
             admin_service(config.admin.listen, site, reactor).setServiceParent(self)
         # One delivery engine per spool: in a multi-worker gateway the

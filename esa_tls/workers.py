@@ -36,7 +36,7 @@ for I{the gateway}, not for each process:
   - B{Logs.}  Workers send their log events to the parent as JSON lines on
     their standard output; the parent logs them under C{worker N}.  Mail log
     lines are the exception: every worker appends them to C{mail.log}
-    itself, one C{write} per line.
+    itself, one C{write} per reactor turn (L{esa_tls.maillog.MailLogFile}).
 
 C{--workers 1} (and library use) bypasses all of this: the gateway is
 exactly the single process it always was.
@@ -1038,7 +1038,7 @@ class _ParentWatch(Protocol):
 class _ToParent:
     """
     Sends log events to the parent as JSON lines, except mail log events,
-    which this worker's own L{esa_tls.maillog.MailLogObserver} writes.
+    which this worker's own L{esa_tls.maillog.MailLogFile} writes.
     """
 
     def __init__(self, stream: IO[str]) -> None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Any
 
 from attrs import frozen
@@ -48,7 +47,6 @@ from esa_tls.alerts.commandhook import CommandAlertHook
 from esa_tls.alerts.dispatcher import FilteredHook
 from esa_tls.alerts.loghook import LogAlertHook, alert_log_path
 from esa_tls.alerts.mailhook import MailAlertHook
-from esa_tls.alerts.webhook import WebhookAlertHook
 from esa_tls.config.model import AlertHookConfig
 from esa_tls.interfaces import IAlertHook, IMessageStore
 
@@ -124,6 +122,10 @@ def load_factory(name: str) -> Callable[[HookContext], object]:
             except AttributeError:
                 raise HookConfigError(f"{module_name!r} has no {attribute!r}") from None
     else:
+        # Imported here: reading the installed packages' metadata costs
+        # memory every gateway process would otherwise pay (issue 7).
+        from importlib.metadata import entry_points
+
         found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
         if not found:
             raise HookConfigError(
@@ -174,6 +176,10 @@ def build_hook(
             raise HookConfigError('a command hook needs command = ["/path/to/program", ...]')
         hook = CommandAlertHook(reactor, config.command, timeout=config.timeout)
     elif config.type == "webhook":
+        # treq and twisted.web, only for a gateway that has a webhook: every
+        # process would otherwise hold them (issue 7: memory per worker).
+        from esa_tls.alerts.webhook import WebhookAlertHook
+
         try:
             hook = WebhookAlertHook(
                 reactor, config.url, timeout=config.timeout, headers=config.headers
