@@ -62,8 +62,12 @@ interface = "Loopback"
 port = {port}
 rat = ["example.com"]
 
+# Ten connections at most: the sink is one Python process with the
+# default listen backlog, and a destination whose accept queue overflows
+# leaves the sender waiting the RFC's five minutes for a greeting.
 [destinations."example.com"]
 tls = "preferred"
+max_host_concurrency = 10
 
 [smtp_routes]
 "example.com" = ["127.0.0.1:{sink_port}"]
