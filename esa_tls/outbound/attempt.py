@@ -42,6 +42,7 @@ from esa_tls.outbound.result import (
     TLSOutcome,
     TLSResultType,
 )
+from esa_tls.outbound.reuse import SessionKey, SessionPool
 from esa_tls.outbound.tlscontext import InspectingClientTLS
 from esa_tls.outbound.verify import verify_certificate_names
 
@@ -117,8 +118,10 @@ class _Attempt:
         port: int,
         trust_system: bool,
         mx_resolver: MXResolver | None,
+        pool: SessionPool | None = None,
     ) -> None:
         self.reactor = reactor
+        self.pool = pool
         self.config = config
         self.domain = domain.rstrip(".").lower()
         self.mail_from = mail_from
@@ -224,6 +227,20 @@ class _Attempt:
         plan: TLSPlan,
         fallback: Fallback | None,
     ) -> tuple[SessionOutcome | None, int]:
+        key = None
+        if self.pool is not None:
+            key = SessionKey(self.domain, host.name, address, host.port, plan)
+            kept = self.pool.take(key)
+            if kept is not None:
+                client, dcid = kept
+                self.body.seek(self.body_start)
+                outcome = await client.reuse(self.mail_from, recipients, self.body, mid=self.mid)
+                if outcome.mail_sent:
+                    return self._ended(client, key, outcome, host, address, dcid), dcid
+                # Gone stale while idle: a new connection, as if never kept.
+                if self.maillog is not None and not client.parked:
+                    self.maillog.dcid_close(dcid)
+            self.pool.make_room(key)
         dcid = self.dcid_allocator()
         self.body.seek(self.body_start)
         client = DeliveryClient(
@@ -250,6 +267,7 @@ class _Attempt:
             mid=self.mid,
             fallback=fallback,
             call_later=self.reactor.callLater,
+            reusable=key is not None,
         )
         endpoint_type = (
             TCP6ClientEndpoint if ipaddress.ip_address(address).version == 6 else TCP4ClientEndpoint
@@ -266,12 +284,29 @@ class _Attempt:
             local_ip = getattr(local, "host", "")
             self.maillog.new_dcid(dcid, _interface_name(self.config, local_ip), address, host.port)
         outcome = await client.finished
-        if self.maillog is not None:
+        return self._ended(client, key, outcome, host, address, dcid), dcid
+
+    def _ended(
+        self,
+        client: DeliveryClient,
+        key: SessionKey | None,
+        outcome: SessionOutcome,
+        host: MailHost,
+        address: str,
+        dcid: int,
+    ) -> SessionOutcome:
+        """
+        A transaction ended: hand a session that is still good to the pool
+        (which then logs its close), or log the close of one that ended.
+        """
+        if self.pool is not None and key is not None and client.parked:
+            self.pool.park(key, client, dcid, self.control.max_messages_per_connection)
+        elif self.maillog is not None:
             self.maillog.dcid_close(dcid)
         self.last = (outcome, host, address, dcid)
         if outcome.failure is not None:
             self.last_error = f"{host.name}[{address}]: {outcome.failure}"
-        return outcome, dcid
+        return outcome
 
     def _tls_failed(self, host: MailHost, address: str, outcome: SessionOutcome, dcid: int) -> None:
         event = TLSFailureEvent(
@@ -404,6 +439,7 @@ def deliver_message(
     port: int = SMTP_PORT,
     trust_system: bool = True,
     mx_resolver: MXResolver | None = None,
+    pool: SessionPool | None = None,
 ) -> Deferred[DeliveryResult]:
     """
     Try once to deliver a message to the recipients of one domain.
@@ -431,6 +467,9 @@ def deliver_message(
         destination's C{ca_file}.
     @param mx_resolver: a ready L{MXResolver} (to share a random source or
         DNS timeouts); built from C{resolver} if not given.
+    @param pool: where sessions are kept between messages (see
+        L{esa_tls.outbound.reuse}); without one, every attempt opens its
+        own connections and closes them.
 
     @return: a L{Deferred} firing with a L{DeliveryResult}; it does not
         fail for delivery problems, which are in the result.
@@ -451,5 +490,6 @@ def deliver_message(
         port=port,
         trust_system=trust_system,
         mx_resolver=mx_resolver,
+        pool=pool,
     )
     return Deferred.fromCoroutine(attempt.run())

@@ -136,6 +136,8 @@ class Stage(enum.Enum):
     BODY = "message body"
     DOT = "end of data"
     QUIT = "QUIT"
+    IDLE = "idle, kept for the next message"
+    RSET = "RSET"
 
 
 @frozen
@@ -222,6 +224,7 @@ class DeliveryClient(ESMTPSender):
         fallback: Fallback | None = None,
         call_later: Callable[..., Any] | None = None,
         probe: bool = False,
+        reusable: bool = False,
     ) -> None:
         """
         @param identity: the EHLO name (the gateway's host name).
@@ -240,6 +243,9 @@ class DeliveryClient(ESMTPSender):
         @param call_later: the C{callLater} for timeouts (a test clock).
         @param probe: stop where MAIL FROM would be sent, and QUIT
             (C{tlsverify}): no mail is sent.
+        @param reusable: after the reply to the final dot, keep the session
+            (L{parked}) instead of sending QUIT, so that L{reuse} can send
+            another message over it (L{esa_tls.outbound.reuse}).
         """
         super().__init__(None, None, None, identity.encode("idna"))
         self.requireAuthentication = False
@@ -283,6 +289,10 @@ class DeliveryClient(ESMTPSender):
         self._reply_lines = 0
         self._reply_bytes = 0
         self._continuing = False
+        self._reusable = reusable
+        self.parked = False
+        self.transactions = 0
+        self.closed: Deferred[None] = Deferred()
 
     # -- bookkeeping -----------------------------------------------------
 
@@ -419,8 +429,10 @@ class DeliveryClient(ESMTPSender):
                 + (reason.getErrorMessage() if reason is not None else "closed")
             )
         super().connectionLost(reason)
+        self.parked = False
         if not self.finished.called:
             self.finished.callback(self._outcome())
+        self.closed.callback(None)
 
     # -- greeting, EHLO, STARTTLS --------------------------------------
 
@@ -716,12 +728,16 @@ class DeliveryClient(ESMTPSender):
             self._data_started(code, text)
         elif stage is Stage.DOT:
             self._data_reply = (code, text)
+            self.transactions += 1
             if _is_ok(code) and self._maillog is not None and self._mid is not None:
                 accepted = {a for a, c, _ in self._rcpt_replies if _is_ok(c)}
                 self._maillog.message_done(
                     self._dcid, self._mid, [rid for rid, a in self._recipients if a in accepted]
                 )
-            self._quit()
+            if self._reusable and code != 421:
+                self._park()
+            else:
+                self._quit()
         return None
 
     def _next_rcpt(self) -> None:
@@ -774,6 +790,79 @@ class DeliveryClient(ESMTPSender):
         self._stage = Stage.QUIT
         self._pending.clear()
         self._disconnectFromServer()
+
+    # -- more than one message per session --------------------------------
+
+    def _park(self) -> None:
+        """
+        The transaction is over and the server said so: report it, and keep
+        the session, silent, for L{reuse}.  The TLS the setting accepted
+        stays what it was; the next transaction runs on the same checks.
+        """
+        self._stage = Stage.IDLE
+        self._pending.clear()
+        self.setTimeout(None)
+        # The server has nothing to say between transactions; if it does
+        # (a 421 before closing), the session ends.
+        self._expected = []
+        self._okresponse = self._unexpected_reply
+        self._failresponse = self._unexpected_reply
+        self.parked = True
+        self.finished.callback(self._outcome())
+
+    def reuse(
+        self,
+        mail_from: str,
+        recipients: Sequence[tuple[int, str]],
+        body: IO[bytes],
+        *,
+        mid: int | None = None,
+    ) -> Deferred[SessionOutcome]:
+        """
+        Send another message over a L{parked} session: C{RSET} (which also
+        proves the server is still there), then the transaction as for the
+        first message.
+
+        @return: the new L{finished}: the outcome of this transaction.  A
+            session that fails before MAIL FROM (C{not mail_sent}) had gone
+            stale: the caller should try a new connection.
+        """
+        if not self.parked:
+            raise RuntimeError("only a parked session can carry another message")
+        self.parked = False
+        self.finished = Deferred()
+        self._mail_from = mail_from
+        self._recipients = list(recipients)
+        self._body = body
+        self._mid = mid
+        self._encoder = DataEncoder()
+        self._mail_sent = False
+        self._mail_reply = None
+        self._rcpt_replies = []
+        self._data_reply = None
+        self._dot_sent = False
+        self._failure = None
+        self._failure_code = None
+        self._failed_stage = None
+        self._ready = False
+        self._stage = Stage.RSET
+        self._expected = [250]
+        self._okresponse = self.smtpState_from
+        self._failresponse = self._rset_refused
+        self.sendLine(b"RSET")
+        return self.finished
+
+    def _rset_refused(self, code: int, resp: bytes) -> None:
+        self._fail(f"RSET refused: {code} {_text(resp)}", code)
+        self._quit()
+
+    def close_idle(self) -> None:
+        """
+        End a L{parked} session politely (QUIT).
+        """
+        if self.parked:
+            self.parked = False
+            self._quit()
 
     # Not used: the transaction above replaces the stock one.
 

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.names import dns
 from twisted.names.client import Resolver
@@ -284,6 +284,7 @@ class MXResolver:
         self.rng = rng if rng is not None else random.Random()
         self.timeout = tuple(timeout)
         self.prefer_ipv6 = prefer_ipv6
+        self._literal_routes: dict[tuple[str, tuple[str, ...]], MailRoute] = {}
 
     def resolve(
         self,
@@ -303,7 +304,43 @@ class MXResolver:
         @return: a L{Deferred} firing with a L{MailRoute}, or failing with
             L{RouteError}.
         """
-        return Deferred.fromCoroutine(self._resolve(normalize_name(domain), routes or {}, port))
+        domain = normalize_name(domain)
+        routes = routes or {}
+        literal = self._literal_route(domain, routes)
+        if literal is not None:
+            return succeed(literal)
+        return Deferred.fromCoroutine(self._resolve(domain, routes, port))
+
+    def _literal_route(self, domain: str, routes: Mapping[str, Sequence[str]]) -> MailRoute | None:
+        """
+        The route of C{domain} when its C{[smtp_routes]} hosts are all IP
+        addresses: nothing to look up, so it is built once and remembered
+        (a relay to a fixed next hop asks for it with every message).
+        """
+        if not routes:
+            return None
+        hosts = find_route(routes, domain)
+        if hosts is None or is_discard_route(hosts):
+            return None
+        key = (domain, tuple(hosts))
+        route = self._literal_routes.get(key)
+        if route is not None:
+            return route
+        targets = [parse_route_host(entry) for entry in hosts]
+        if not all(is_ip_literal(host) for host, _ in targets):
+            return None
+        route = MailRoute(
+            domain,
+            tuple(
+                MailHost(host, port, (str(ipaddress.ip_address(host)),), position, HostSource.ROUTE)
+                for position, (host, port) in enumerate(targets)
+            ),
+            True,
+        )
+        if len(self._literal_routes) >= 10000:
+            self._literal_routes.clear()
+        self._literal_routes[key] = route
+        return route
 
     async def _resolve(
         self, domain: str, routes: Mapping[str, Sequence[str]], port: int

@@ -64,6 +64,7 @@ from esa_tls.outbound.dsn import FailedRecipient, build_dsn, header_section, sta
 from esa_tls.outbound.mx import SMTP_PORT, MXResolver, find_route, normalize_name
 from esa_tls.outbound.policy import destination_for
 from esa_tls.outbound.result import DeliveryResult, RecipientStatus, TLSFailureEvent
+from esa_tls.outbound.reuse import SessionPool
 from esa_tls.spool.values import (
     BOUNCED,
     DEFERRED,
@@ -177,6 +178,7 @@ class QueueManager(Service):
         self.spool = spool
         self._controls: dict[str, DestinationControl] = {}
         self._discards: dict[str, bool] = {}
+        self._pool: SessionPool | None = None
         self.config = config
         self.resolver = resolver
         self.dcid_allocator = dcid_allocator
@@ -210,6 +212,11 @@ class QueueManager(Service):
         self._config = config
         self._controls.clear()
         self._discards.clear()
+        if self._pool is not None:
+            # Sessions opened under the old settings (trust anchors, TLS
+            # levels) must not carry mail under the new ones.
+            self._pool.close()
+            self._pool = SessionPool(self.reactor, maillog=self.maillog)
 
     def _control(self, domain: str) -> DestinationControl:
         """
@@ -239,6 +246,7 @@ class QueueManager(Service):
         messages, and every C{scan_interval}.
         """
         super().startService()
+        self._pool = SessionPool(self.reactor, maillog=self.maillog)
         self.spool.subscribe(self._committed)
         scan = LoopingCall(self._scan_logged)
         scan.clock = self.clock
@@ -261,7 +269,12 @@ class QueueManager(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        return DeferredList(list(self.in_flight.values())).addCallback(lambda _: None)
+
+        def close_sessions(_: object) -> Deferred[None]:
+            pool, self._pool = self._pool, None
+            return pool.close() if pool is not None else succeed(None)
+
+        return DeferredList(list(self.in_flight.values())).addCallback(close_sessions)
 
     def _committed(self, mid: int) -> None:
         """
@@ -485,6 +498,7 @@ class QueueManager(Service):
                 port=self.port,
                 trust_system=self.trust_system,
                 mx_resolver=self.mx_resolver,
+                pool=self._pool,
             )
         finally:
             body.close()
