@@ -111,6 +111,8 @@ def _closing_bracket(text: str) -> int:
     """
     Index of the C{>} closing the path, skipping quoted strings.
     """
+    if '"' not in text:
+        return text.find(">", 1)
     quoted = False
     escaped = False
     for i, ch in enumerate(text):

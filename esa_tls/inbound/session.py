@@ -22,6 +22,7 @@ import enum
 import time
 from collections.abc import Callable
 from email.utils import formatdate
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -453,12 +454,12 @@ class InboundSession(ESMTP):
             self._badCommand(500, b"5.5.2 Syntax error: bare CR, LF or NUL in command")
             return
         verb, _, argument = text.strip(" ").partition(" ")
-        verb_bytes = verb.upper().encode("ascii")
-        handler: Callable[[str], None] | None = getattr(self, "smtp_" + verb.upper(), None)
+        upper = verb.upper()
+        handler: Callable[[str], None] | None = getattr(self, "smtp_" + upper, None)
         if not verb.isalpha() or handler is None:
             self._badCommand(500, b"5.5.1 command not recognized")
             return
-        refusal = self.tls_policy.command_refusal(verb_bytes, self.secure)
+        refusal = self.tls_policy.command_refusal(upper.encode("ascii"), self.secure)
         if refusal is not None:
             self._reply(*refusal)
             return
@@ -477,6 +478,9 @@ class InboundSession(ESMTP):
     def _reply(self, code: int, text: bytes) -> None:
         if self.state is State.CLOSED:
             return
+        if b"\n" not in text:
+            self._t.write(b"%d %s\r\n" % (code, text))
+            return
         lines = text.split(b"\n")
         out = [b"%d-%s\r\n" % (code, line) for line in lines[:-1]]
         out.append(b"%d %s\r\n" % (code, lines[-1]))
@@ -484,7 +488,7 @@ class InboundSession(ESMTP):
 
     def _host_bytes(self) -> bytes:
         host = self.policy.override_hostname
-        return (self._hostname if host is None else host).encode("idna")
+        return _idna(self._hostname if host is None else host)
 
     def _banner_text(self) -> bytes:
         host = self._host_bytes()
@@ -892,7 +896,7 @@ class InboundSession(ESMTP):
             lines.append(f"\t(using {self.tls_info.protocol} with cipher {self.tls_info.cipher})")
         if len(envelope.rcpt_to) == 1:
             lines.append(f"\tfor <{envelope.rcpt_to[0]}>")
-        lines[-1] += f"; {formatdate(envelope.received_at)}"
+        lines[-1] += f"; {_rfc5322_date(int(envelope.received_at))}"
         text = "\r\n".join(lines) + "\r\n"
         return text.encode("utf-8", "replace")
 
@@ -902,6 +906,24 @@ class InboundSession(ESMTP):
             self._reply(421, b"4.3.0 " + self._host_bytes() + b" Service temporarily unavailable")
             self._close()
         return None
+
+
+@lru_cache(maxsize=64)
+def _idna(hostname: str) -> bytes:
+    """
+    C{hostname} as it goes on the wire; the codec is slow, and the banner
+    and every EHLO reply need it.
+    """
+    return hostname.encode("idna")
+
+
+@lru_cache(maxsize=4)
+def _rfc5322_date(second: int) -> str:
+    """
+    The C{Received:} header's date: the same text for every message of one
+    second, so made once per second.
+    """
+    return formatdate(second)
 
 
 def _reason_text(reason: Failure) -> str:
