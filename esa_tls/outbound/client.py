@@ -207,6 +207,11 @@ class DeliveryClient(ESMTPSender):
     #: octets; servers exceed it, never by this much).
     MAX_LENGTH = 16384
 
+    #: ESMTPClient's C{__setattr__} is a deprecation shim for C{tlsMode}
+    #: (never used here) that costs a Python call per attribute assignment:
+    #: a few percent of a delivering reactor (bench/README.md).
+    __setattr__ = object.__setattr__
+
     def __init__(
         self,
         *,

@@ -11,6 +11,8 @@ all, the Default row is C{preferred}, as the issue asks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from attrs import frozen
 
 from esa_tls.config.model import DestinationControl, DestinationTLS, GatewayConfig
@@ -20,13 +22,34 @@ from esa_tls.outbound.mx import normalize_name
 DEFAULT_TLS = DestinationTLS.PREFERRED
 
 
+#: Normalized Destination Controls tables, by the identity of the table
+#: they were made from (kept in the value, so the identity stays valid).
+_tables: dict[int, tuple[Mapping[str, DestinationControl], dict[str, DestinationControl]]] = {}
+
+
+def _rows(config: GatewayConfig) -> dict[str, DestinationControl]:
+    """
+    C{config.destinations} by normalized name, made once per table: every
+    delivery asks, and a table can have thousands of rows.
+    """
+    table = config.destinations
+    cached = _tables.get(id(table))
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    rows = {normalize_name(key): row for key, row in table.items()}
+    if len(_tables) >= 16:
+        _tables.clear()
+    _tables[id(table)] = (table, rows)
+    return rows
+
+
 def destination_for(config: GatewayConfig, domain: str) -> DestinationControl:
     """
     The Destination Controls row for C{domain}: its own row, else the row
     of the nearest parent written as C{.parent}, else the C{default} row
     (a built-in one when the configuration has none).
     """
-    rows = {normalize_name(key): row for key, row in config.destinations.items()}
+    rows = _rows(config)
     domain = normalize_name(domain)
     if domain in rows:
         return rows[domain]
@@ -44,7 +67,7 @@ def effective_tls(config: GatewayConfig, domain: str) -> DestinationTLS:
     """
     level = destination_for(config, domain).tls
     if level is DestinationTLS.DEFAULT:
-        default_row = {normalize_name(k): v for k, v in config.destinations.items()}.get("default")
+        default_row = _rows(config).get("default")
         level = default_row.tls if default_row is not None else DEFAULT_TLS
         if level is DestinationTLS.DEFAULT:
             level = DEFAULT_TLS
