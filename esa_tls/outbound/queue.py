@@ -16,9 +16,10 @@ What it guarantees, with the spool's help:
     sends that recipient again;
   - B{per-destination limits} from Destination Controls: at most
     C{max_host_concurrency} deliveries to a domain at once, and at most
-    C{recipient_limit} recipients per C{recipient_minutes}.  Every delivery
-    uses its own connection, so C{max_messages_per_connection} (at least
-    1) is always honoured;
+    C{recipient_limit} recipients per C{recipient_minutes}.  While the
+    service runs, a session is kept after its message for the next one of
+    the same destination (L{esa_tls.outbound.reuse}: same TLS plan only,
+    at most C{max_messages_per_connection} messages, RSET in between);
   - B{cost that does not grow with the queue}: new messages start at once
     (the spool announces them); a message held back by a domain's
     concurrency limit waits in that domain's line and starts when one of
