@@ -259,6 +259,38 @@ class StaleSessionTests(ReuseTestCase):
         await server.capture.all_closed()
 
 
+class PoolCloseTests(ReuseTestCase):
+    """
+    Stopping never waits on a peer that stopped answering.
+    """
+
+    async def test_close_aborts_silent_peer(self) -> None:
+        """
+        A kept session whose server never answers QUIT is aborted after
+        the pool's grace time, and its close is logged.
+        """
+        server = start_hostile_server(self, Script(silent_after=b"DOT"))
+        pool = SessionPool(reactor, maillog=MailLog(self.collector))
+        result = await deliver_message(
+            reactor,
+            None,
+            self.config(server.port),
+            "partner.example",
+            "a@sender.example",
+            [(0, "x@partner.example")],
+            BytesIO(b"Subject: once\r\n\r\nbody\r\n"),
+            dcid_allocator=itertools.count(1).__next__,
+            maillog=MailLog(self.collector),
+            timeouts=Timeouts.uniform(10),
+            pool=pool,
+        )
+        self.assertEqual(result.recipients[0].status, RecipientStatus.DELIVERED)
+        await pool.close(grace=0.1)
+        self.assertEqual(server.verbs()[-1], b"QUIT")
+        self.assertEqual(self.dcid_lines(), (1, 1))
+        await server.capture.all_closed()
+
+
 class _Sink(ProcessProtocol):
     def __init__(self) -> None:
         self.output = b""

@@ -175,10 +175,13 @@ class SessionPool:
                 self._idle.pop(key, None)
         client.close_idle()
 
-    def close(self) -> Deferred[None]:
+    def close(self, grace: float = 2.0) -> Deferred[None]:
         """
         Close every idle session (QUIT), and keep no more.
 
+        @param grace: seconds a server gets to answer QUIT before its
+            connection is aborted, so that stopping the gateway never
+            waits on a peer that stopped reading.
         @return: a L{Deferred} firing once every session this pool is
             responsible for has ended.
         """
@@ -187,7 +190,20 @@ class SessionPool:
             for client in self._idle.pop(key):
                 self._unidle(client)
                 client.close_idle()
-        ending = [client.closed for client in self._owned if not client.closed.called]
-        if not ending:
+        left = [client for client in self._owned if not client.closed.called]
+        if not left:
             return succeed(None)
-        return DeferredList(ending).addCallback(lambda _: None)
+
+        def abort() -> None:
+            for client in left:
+                transport: Any = client.transport
+                if not client.closed.called and transport is not None:
+                    transport.abortConnection()
+
+        timer = self.reactor.callLater(grace, abort)
+
+        def done(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return DeferredList([client.closed for client in left]).addCallback(done)
