@@ -103,6 +103,10 @@ class CountsTests(TestCase):
         self.assertEqual(level_of(DestinationTLS.PREFERRED_VERIFY), Level.PREFERRED)
         self.assertEqual(level_of(DestinationTLS.NO), Level.NONE)
         self.assertRaises(ValueError, level_of, DestinationTLS.DEFAULT)
+        self.assertRaises(ValueError, level_of, DestinationTLS.DEFAULT)
+        self.assertEqual(level_of("required"), Level.REQUIRED)
+        self.assertEqual(level_of("off"), Level.NONE)
+        self.assertEqual(level_of(Level.PREFERRED), Level.PREFERRED)
 
     def test_derived(self) -> None:
         """
@@ -137,6 +141,50 @@ class CountersTests(TestCase):
         scripted_mix(counters)
         self.clock.advance(30 * 60)
         self.assertEqual(render_text(self.report(counters, 30 * 60)), EXPECTED)
+
+    def test_reportsAreSnapshots(self) -> None:
+        """
+        Counting goes on in place, but a report or totals already handed
+        out keep the numbers they had: later connections do not change
+        them.
+        """
+        counters = self.counters()
+        counters.incoming("sender.example", "192.0.2.1", TLSMode.REQUIRED, True, messages=3)
+        before = render_text(self.report(counters, HOUR))
+        totals = self.successResultOf(counters.totals())
+        counters.incoming("sender.example", "192.0.2.1", TLSMode.REQUIRED, True, messages=3)
+        counters.add(Direction.INCOMING, "sender.example", "192.0.2.1", TLSCounts(unencrypted=1))
+        self.assertEqual(totals[(Direction.INCOMING, "")], TLSCounts(1, 0, 0, 0, 0, 3, 0))
+        self.assertNotEqual(render_text(self.report(counters, HOUR)), before)
+        self.assertEqual(
+            self.successResultOf(counters.totals())[(Direction.INCOMING, "")],
+            TLSCounts(2, 0, 0, 0, 1, 6, 0),
+        )
+
+    def test_addEqualsIncoming(self) -> None:
+        """
+        Adding a connection's counts by hand files them exactly as counting
+        the connection does.
+        """
+        by_hand, counted = self.counters(worker="a"), self.counters(worker="b")
+        for level, tls, messages in [
+            (TLSMode.REQUIRED, True, 2),
+            (TLSMode.REQUIRED, None, 0),
+            (TLSMode.PREFERRED, False, 1),
+            (TLSMode.PREFERRED, None, 4),
+            (TLSMode.OFF, None, 1),
+        ]:
+            counted.incoming("x.example", "192.0.2.9", level, tls, messages)
+            by_hand.add(
+                Direction.INCOMING,
+                "x.example",
+                "192.0.2.9",
+                TLSCounts.of_connection(level_of(level), tls, messages),
+            )
+        self.assertEqual([row[2:] for row in by_hand.rows()], [row[2:] for row in counted.rows()])
+        self.assertEqual(
+            self.successResultOf(by_hand.totals()), self.successResultOf(counted.totals())
+        )
 
     def test_byAddress(self) -> None:
         """

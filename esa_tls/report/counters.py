@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.internet import TimerService
 from twisted.application.service import Service
@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred, succee
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from esa_tls.report.counts import Direction, TLSCounts, level_of
+from esa_tls.report.counts import COLUMNS, Direction, TLSCounts, connection_columns, level_of
 from esa_tls.report.storage import (
     Key,
     ReportFormatError,
@@ -88,6 +88,22 @@ def _domain(domain: str | None) -> str:
     return (domain or "").strip().lower().rstrip(".")
 
 
+_K = TypeVar("_K")
+
+
+def _accumulate(rows: dict[_K, list[int]], key: _K, values: tuple[int, ...]) -> None:
+    row = rows.get(key)
+    if row is None:
+        rows[key] = list(values)
+    else:
+        for index, value in enumerate(values):
+            row[index] += value
+
+
+def _values(rows: dict[_K, list[int]]) -> dict[_K, TLSCounts]:
+    return {key: TLSCounts(*row) for key, row in rows.items()}
+
+
 class TLSCounters:
     """
     Counts connections and messages per direction, domain and (incoming)
@@ -130,8 +146,11 @@ class TLSCounters:
         self.retention = retention
         self._clock = clock
         self._executor = executor if executor is not None else _thread_executor(clock)
-        self._buckets: dict[int, dict[Key, TLSCounts]] = {}
-        self._totals: dict[tuple[Direction, str], TLSCounts] = {}
+        # Counted in place, one list of COLUMNS per row: a session's
+        # accounting is two additions, and the frozen TLSCounts values
+        # are only built when a report, /metrics or a flush asks.
+        self._buckets: dict[int, dict[Key, list[int]]] = {}
+        self._totals: dict[tuple[Direction, str], list[int]] = {}
         self._dirty: set[int] = set()
         self._totals_dirty = False
         self._lock = DeferredLock()
@@ -154,11 +173,13 @@ class TLSCounters:
             slot = self._slot(start)
             mine = self._buckets.setdefault(slot, {})
             for key, counts in rows.items():
-                mine[key] = mine.get(key, TLSCounts()) + counts
+                _accumulate(mine, key, counts.as_tuple())
         path = totals_path(self.directory, self.worker)
         try:
             with open(path, "rb") as f:
-                self._totals = decode_totals(f.read())
+                self._totals = {
+                    key: list(counts.as_tuple()) for key, counts in decode_totals(f.read()).items()
+                }
         except FileNotFoundError:
             pass
         except (OSError, ReportFormatError) as e:
@@ -174,17 +195,52 @@ class TLSCounters:
         Add C{counts} to the row C{(direction, domain, ip)} of the current
         bucket.  The domain is compared without case or trailing dot.
         """
+        bucket, total = self._rows(direction, domain, ip)
+        for index, value in enumerate(counts.as_tuple()):
+            bucket[index] += value
+            total[index] += value
+
+    def _rows(
+        self, direction: Direction, domain: str | None, ip: str
+    ) -> tuple[list[int], list[int]]:
+        """
+        The row C{(direction, domain, ip)} of the current bucket and the
+        totals row it adds to, made if new and marked as changed.
+        """
         domain = _domain(domain)
         slot = self._slot(self._clock.seconds())
-        bucket = self._buckets.setdefault(slot, {})
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = {}
         key: Key = (direction, domain, ip)
-        bucket[key] = bucket.get(key, TLSCounts()) + counts
+        row = bucket.get(key)
+        if row is None:
+            row = bucket[key] = [0] * len(COLUMNS)
         # The totals count incoming mail per direction only: sender domains
         # are unbounded, and /metrics must not grow with every spammer.
         total_key = (direction, domain if direction is Direction.OUTGOING else "")
-        self._totals[total_key] = self._totals.get(total_key, TLSCounts()) + counts
+        total = self._totals.get(total_key)
+        if total is None:
+            total = self._totals[total_key] = [0] * len(COLUMNS)
         self._dirty.add(slot)
         self._totals_dirty = True
+        return row, total
+
+    def _count(
+        self,
+        direction: Direction,
+        domain: str | None,
+        ip: str,
+        level: object,
+        tls: bool | None,
+        messages: int,
+    ) -> None:
+        column, message_column = connection_columns(level_of(level), tls)
+        bucket, total = self._rows(direction, domain, ip)
+        bucket[column] += 1
+        total[column] += 1
+        bucket[message_column] += messages
+        total[message_column] += messages
 
     def incoming(
         self,
@@ -209,12 +265,7 @@ class TLSCounters:
             TLS at all counts as a required failure.
         @param messages: messages accepted on the connection.
         """
-        self.add(
-            Direction.INCOMING,
-            sender_domain,
-            ip,
-            TLSCounts.of_connection(level_of(level), tls, messages),
-        )
+        self._count(Direction.INCOMING, sender_domain, ip, level, tls, messages)
 
     def outgoing(self, domain: str, level: object, tls: bool | None, messages: int = 0) -> None:
         """
@@ -228,9 +279,7 @@ class TLSCounters:
             STARTTLS not offered).
         @param messages: messages the next hop accepted on it.
         """
-        self.add(
-            Direction.OUTGOING, domain, "", TLSCounts.of_connection(level_of(level), tls, messages)
-        )
+        self._count(Direction.OUTGOING, domain, "", level, tls, messages)
 
     # -- reading --------------------------------------------------------------
 
@@ -243,7 +292,7 @@ class TLSCounters:
         for slot, bucket in self._buckets.items():
             if since is not None and slot + self.bucket_seconds <= since:
                 continue
-            out.extend((slot, self.bucket_seconds, key, c) for key, c in bucket.items())
+            out.extend((slot, self.bucket_seconds, key, TLSCounts(*c)) for key, c in bucket.items())
         return out
 
     def report(self, window: float, now: float | None = None) -> Deferred[TLSReport]:
@@ -266,7 +315,7 @@ class TLSCounters:
         (outgoing) destination domain, of every worker: what /metrics
         exposes.
         """
-        mine = dict(self._totals)
+        mine = {key: TLSCounts(*row) for key, row in self._totals.items()}
 
         def merge(
             others: dict[tuple[Direction, str], TLSCounts],
@@ -302,14 +351,17 @@ class TLSCounters:
         writes = [
             (
                 bucket_path(self.directory, slot, self.worker),
-                encode_bucket(slot, self.bucket_seconds, self.worker, self._buckets[slot]),
+                encode_bucket(slot, self.bucket_seconds, self.worker, _values(self._buckets[slot])),
             )
             for slot in dirty
             if slot in self._buckets
         ]
         if self._totals_dirty:
             writes.append(
-                (totals_path(self.directory, self.worker), encode_totals(self.worker, self._totals))
+                (
+                    totals_path(self.directory, self.worker),
+                    encode_totals(self.worker, _values(self._totals)),
+                )
             )
         self._dirty.clear()
         totals_dirty, self._totals_dirty = self._totals_dirty, False

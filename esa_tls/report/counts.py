@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 from attrs import frozen
 
-__all__ = ["COLUMNS", "Direction", "Level", "TLSCounts", "level_of"]
+__all__ = ["COLUMNS", "Direction", "Level", "TLSCounts", "connection_columns", "level_of"]
 
 
 class Direction(enum.Enum):
@@ -70,16 +70,28 @@ def level_of(value: object) -> Level:
     @raise ValueError: anything else (C{default} too: give the effective
         setting).
     """
+    try:
+        # Every connection asks with one of a handful of enum members.
+        return _levels[value]
+    except (KeyError, TypeError):
+        pass
     if isinstance(value, Level):
         return value
     text = str(getattr(value, "value", value)).lower()
     if text.startswith("required"):
-        return Level.REQUIRED
-    if text.startswith("preferred"):
-        return Level.PREFERRED
-    if text in ("none", "off", "no"):
-        return Level.NONE
-    raise ValueError(f"not a TLS level: {value!r}")
+        level = Level.REQUIRED
+    elif text.startswith("preferred"):
+        level = Level.PREFERRED
+    elif text in ("none", "off", "no"):
+        level = Level.NONE
+    else:
+        raise ValueError(f"not a TLS level: {value!r}")
+    if isinstance(value, enum.Enum) and len(_levels) < 64:
+        _levels[value] = level
+    return level
+
+
+_levels: dict[object, Level] = {}
 
 
 @frozen
@@ -106,26 +118,38 @@ class TLSCounts:
             failed, C{None} if it was not attempted.
         @param messages: how many messages the connection carried.
         """
-        encrypted = messages if tls is True else 0
-        clear = 0 if tls is True else messages
-        if level is Level.REQUIRED:
-            key = "required_success" if tls is True else "required_failure"
-        elif level is Level.PREFERRED and tls is not None:
-            key = "preferred_success" if tls else "preferred_failure"
-        else:
-            key = "unencrypted"
-        return attrs.evolve(
-            cls(encrypted_messages=encrypted, unencrypted_messages=clear), **{key: 1}
-        )
+        values = [0] * len(COLUMNS)
+        column, message_column = connection_columns(level, tls)
+        values[column] = 1
+        values[message_column] = messages
+        return cls(*values)
 
     def __add__(self, other: TLSCounts) -> TLSCounts:
-        return TLSCounts(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+        # Field by field: attrs.astuple and friends cost more than the whole
+        # rest of the accounting of a session.
+        return TLSCounts(
+            self.required_success + other.required_success,
+            self.required_failure + other.required_failure,
+            self.preferred_success + other.preferred_success,
+            self.preferred_failure + other.preferred_failure,
+            self.unencrypted + other.unencrypted,
+            self.encrypted_messages + other.encrypted_messages,
+            self.unencrypted_messages + other.unencrypted_messages,
+        )
 
     def as_tuple(self) -> tuple[int, ...]:
         """
         The stored columns, in L{COLUMNS} order.
         """
-        return attrs.astuple(self)
+        return (
+            self.required_success,
+            self.required_failure,
+            self.preferred_success,
+            self.preferred_failure,
+            self.unencrypted,
+            self.encrypted_messages,
+            self.unencrypted_messages,
+        )
 
     @classmethod
     def from_sequence(cls, values: Sequence[int], columns: Sequence[str]) -> TLSCounts:
@@ -175,7 +199,7 @@ class TLSCounts:
         """
         The stored columns and the derived ones, by name.
         """
-        out: dict[str, Any] = attrs.asdict(self)
+        out: dict[str, Any] = dict(zip(COLUMNS, self.as_tuple(), strict=True))
         out["attempted"] = self.attempted
         out["connections"] = self.connections
         out["tls_percent"] = round(self.tls_percent, 1)
@@ -187,3 +211,25 @@ class TLSCounts:
 
 #: The stored columns, in storage order.
 COLUMNS: tuple[str, ...] = tuple(a.name for a in attrs.fields(TLSCounts))
+
+_REQUIRED_SUCCESS, _REQUIRED_FAILURE, _PREFERRED_SUCCESS, _PREFERRED_FAILURE, _UNENCRYPTED = range(
+    5
+)
+_ENCRYPTED_MESSAGES, _UNENCRYPTED_MESSAGES = 5, 6
+
+
+def connection_columns(level: Level, tls: bool | None) -> tuple[int, int]:
+    """
+    Where one connection counts: the index in L{COLUMNS} of its connection
+    column, and that of the column its messages go to.  A counter that
+    accumulates in place (L{esa_tls.report.counters.TLSCounters}) adds to
+    these two and builds no value per connection.
+
+    @param tls: as for L{TLSCounts.of_connection}.
+    """
+    messages = _ENCRYPTED_MESSAGES if tls is True else _UNENCRYPTED_MESSAGES
+    if level is Level.REQUIRED:
+        return (_REQUIRED_SUCCESS if tls is True else _REQUIRED_FAILURE), messages
+    if level is Level.PREFERRED and tls is not None:
+        return (_PREFERRED_SUCCESS if tls else _PREFERRED_FAILURE), messages
+    return _UNENCRYPTED, messages
