@@ -258,6 +258,46 @@ class StaleSessionTests(ReuseTestCase):
         await pool.close()
         await server.capture.all_closed()
 
+    async def test_temporary_answer_on_kept_session(self) -> None:
+        """
+        A kept session that gets only a temporary answer before any data
+        (a server that limits messages per session answers so) is not the
+        last word: the message is tried on a new connection, which decides
+        (here: deferred, never sent).
+        """
+        server = start_hostile_server(
+            self, Script(rcpt_replies={"busy@partner.example": b"450 4.2.1 Busy"})
+        )
+        config = self.config(server.port)
+        pool = SessionPool(reactor)
+        self.addCleanup(pool.close)
+        dcids = itertools.count(1)
+
+        def send(rcpt: str) -> Deferred[Any]:
+            return deliver_message(
+                reactor,
+                None,
+                config,
+                "partner.example",
+                "a@sender.example",
+                [(0, rcpt)],
+                BytesIO(b"Subject: t\r\n\r\nbody\r\n"),
+                dcid_allocator=dcids.__next__,
+                timeouts=Timeouts.uniform(10),
+                pool=pool,
+            )
+
+        first = await send("ok@partner.example")
+        self.assertEqual(first.recipients[0].status, RecipientStatus.DELIVERED)
+        second = await send("busy@partner.example")
+        self.assertEqual(second.recipients[0].status, RecipientStatus.DEFERRED)
+        self.assertEqual(server.capture.connections, 2)
+        self.assertEqual(len(server.capture.messages), 1)
+        rcpts = [line for _, line in server.capture.commands if line.startswith(b"RCPT")]
+        self.assertEqual(rcpts.count(b"RCPT TO:<busy@partner.example>"), 2)
+        await pool.close()
+        await server.capture.all_closed()
+
 
 class PoolCloseTests(ReuseTestCase):
     """

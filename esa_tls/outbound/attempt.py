@@ -64,6 +64,16 @@ def address_problem(address: str) -> str | None:
     return None
 
 
+def _permanent_answer(outcome: SessionOutcome) -> bool:
+    """
+    Whether the server gave a 5xx answer in the transaction (to MAIL FROM
+    or a recipient): an answer for this message, not about the session.
+    """
+    if outcome.mail_reply is not None and 500 <= outcome.mail_reply[0] < 600:
+        return True
+    return any(500 <= code < 600 for _, code, _ in outcome.rcpt_replies)
+
+
 def _status_for(code: int) -> RecipientStatus:
     if 200 <= code < 300:
         return RecipientStatus.DELIVERED
@@ -235,10 +245,15 @@ class _Attempt:
                 client, dcid = kept
                 self.body.seek(self.body_start)
                 outcome = await client.reuse(self.mail_from, recipients, self.body, mid=self.mid)
-                if outcome.mail_sent:
+                if outcome.dot_sent or _permanent_answer(outcome):
                     return self._ended(client, key, outcome, host, address, dcid), dcid
-                # Gone stale while idle: a new connection, as if never kept.
-                if self.maillog is not None and not client.parked:
+                # Nothing sent and nothing final learnt on a kept session:
+                # gone stale, RSET refused, or a server that limits the
+                # messages per session.  A new connection decides, as if
+                # the session had never been kept.
+                if client.parked:
+                    self.pool.park(key, client, dcid, 0)  # closes it
+                elif self.maillog is not None:
                     self.maillog.dcid_close(dcid)
             self.pool.make_room(key)
         dcid = self.dcid_allocator()
