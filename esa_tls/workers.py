@@ -23,7 +23,9 @@ for I{the gateway}, not for each process:
     connections per IP are counted in one small table in shared memory
     (L{SharedLimits}), changed under a POSIX record lock: every check is
     exact across workers, costs two system calls, and needs no round trip
-    to a coordinator, so the session code stays synchronous.  Each worker
+    to a coordinator, so the session code stays synchronous.  A session
+    takes the lock once when accepted (listener slot and address
+    together) and once when it ends (L{SharedListenerFactory}).  Each worker
     counts in its own column, so that when a worker dies its connections
     (which died with it) are subtracted by clearing its column, and nothing
     leaks.
@@ -59,6 +61,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import IO, Any
 
 from attrs import frozen
@@ -84,7 +87,7 @@ from zope.interface import implementer
 from esa_tls.config.model import GatewayConfig, Listener
 from esa_tls.inbound.limits import ConnectionCounter, RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
-from esa_tls.inbound.session import InboundSession
+from esa_tls.inbound.session import InboundSession, counts_connection
 from esa_tls.maillog import is_maillog_event
 
 __all__ = [
@@ -123,6 +126,7 @@ _DIRECTORY_ENTRY = struct.Struct("<64sQI4x")
 _EMPTY_KEY = b"\x00" * 16
 
 
+@lru_cache(maxsize=4096)
 def _address_key(ip: str) -> bytes:
     """
     Sixteen octets naming a peer: the IPv6 address, or the IPv4-mapped one,
@@ -315,27 +319,65 @@ class SharedConnectionCounter(ConnectionCounter):
         Count one more connection to the listener unless C{limit}
         (non-positive: unlimited) connections are open in all workers.
         """
-        buffer = self._table.buffer
         self._table.lock(self._offset)
         try:
-            totals = list(self._totals.unpack_from(buffer, self._totals_at))
-            if limit > 0 and sum(totals) >= limit:
-                return False
-            totals[self._column] += 1
-            self._totals.pack_into(buffer, self._totals_at, *totals)
-            return True
+            return self._acquire_slot(limit)
         finally:
             self._table.unlock(self._offset)
 
     def release_slot(self) -> None:
-        buffer = self._table.buffer
         self._table.lock(self._offset)
         try:
-            totals = list(self._totals.unpack_from(buffer, self._totals_at))
-            totals[self._column] = max(0, totals[self._column] - 1)
-            self._totals.pack_into(buffer, self._totals_at, *totals)
+            self._release_slot()
         finally:
             self._table.unlock(self._offset)
+
+    def admit(self, slot_limit: int, ip: str, limit: int) -> tuple[bool, bool]:
+        """
+        L{acquire_slot} and, if the listener has room, L{acquire} for
+        C{ip}, in one locked section: a connection whose host the HAT
+        places at once costs one lock instead of two.
+
+        @return: whether the slot was counted, and whether C{ip} was
+            (C{False} when the slot was not).
+        """
+        key = _address_key(ip)
+        self._table.lock(self._offset)
+        try:
+            if not self._acquire_slot(slot_limit):
+                return False, False
+            return True, self._acquire(key, ip, limit)
+        finally:
+            self._table.unlock(self._offset)
+
+    def release_connection(self, ip: str | None) -> None:
+        """
+        L{release_slot} and, unless C{ip} is C{None}, L{release} for
+        C{ip}, in one locked section: what a closing session gives back.
+        """
+        key = None if ip is None else _address_key(ip)
+        self._table.lock(self._offset)
+        try:
+            self._release_slot()
+            if key is not None:
+                self._release(key)
+        finally:
+            self._table.unlock(self._offset)
+
+    def _acquire_slot(self, limit: int) -> bool:
+        buffer = self._table.buffer
+        totals = list(self._totals.unpack_from(buffer, self._totals_at))
+        if limit > 0 and sum(totals) >= limit:
+            return False
+        totals[self._column] += 1
+        self._totals.pack_into(buffer, self._totals_at, *totals)
+        return True
+
+    def _release_slot(self) -> None:
+        buffer = self._table.buffer
+        totals = list(self._totals.unpack_from(buffer, self._totals_at))
+        totals[self._column] = max(0, totals[self._column] - 1)
+        self._totals.pack_into(buffer, self._totals_at, *totals)
 
     def total(self) -> int:
         return sum(self._totals.unpack_from(self._table.buffer, self._totals_at))
@@ -372,46 +414,52 @@ class SharedConnectionCounter(ConnectionCounter):
         C{limit} (non-positive: unlimited) in all workers together.
         """
         key = _address_key(ip)
-        buffer = self._table.buffer
         self._table.lock(self._offset)
         try:
-            slot, found = self._find(key)
-            if slot < 0:
-                # Only after a reload raised Max Concurrency past what the
-                # table was sized for: the listener's own limit still holds.
-                log.warn("shared connection table full; not counting {ip}", ip=ip)
-                return True
-            at = self._at(slot)
-            if found:
-                entry = list(self._entry.unpack_from(buffer, at))
-                counts = entry[2:]
-                if limit > 0 and sum(counts) >= limit:
-                    return False
-            else:
-                entry = [key, 1] + [0] * self._table.workers
-            entry[2 + self._column] += 1
-            self._entry.pack_into(buffer, at, *entry)
-            return True
+            return self._acquire(key, ip, limit)
         finally:
             self._table.unlock(self._offset)
 
     def release(self, ip: str) -> None:
         key = _address_key(ip)
-        buffer = self._table.buffer
         self._table.lock(self._offset)
         try:
-            slot, found = self._find(key)
-            if not found:
-                return
-            at = self._at(slot)
-            entry = list(self._entry.unpack_from(buffer, at))
-            entry[2 + self._column] = max(0, entry[2 + self._column] - 1)
-            if any(entry[2:]):
-                self._entry.pack_into(buffer, at, *entry)
-            else:
-                self._delete(slot)
+            self._release(key)
         finally:
             self._table.unlock(self._offset)
+
+    def _acquire(self, key: bytes, ip: str, limit: int) -> bool:
+        buffer = self._table.buffer
+        slot, found = self._find(key)
+        if slot < 0:
+            # Only after a reload raised Max Concurrency past what the
+            # table was sized for: the listener's own limit still holds.
+            log.warn("shared connection table full; not counting {ip}", ip=ip)
+            return True
+        at = self._at(slot)
+        if found:
+            entry = list(self._entry.unpack_from(buffer, at))
+            counts = entry[2:]
+            if limit > 0 and sum(counts) >= limit:
+                return False
+        else:
+            entry = [key, 1] + [0] * self._table.workers
+        entry[2 + self._column] += 1
+        self._entry.pack_into(buffer, at, *entry)
+        return True
+
+    def _release(self, key: bytes) -> None:
+        buffer = self._table.buffer
+        slot, found = self._find(key)
+        if not found:
+            return
+        at = self._at(slot)
+        entry = list(self._entry.unpack_from(buffer, at))
+        entry[2 + self._column] = max(0, entry[2 + self._column] - 1)
+        if any(entry[2:]):
+            self._entry.pack_into(buffer, at, *entry)
+        else:
+            self._delete(slot)
 
     def count(self, ip: str) -> int:
         key = _address_key(ip)
@@ -606,6 +654,14 @@ class SharedListenerFactory(ListenerFactory):
     """
     A L{ListenerFactory} whose Max Concurrency counts the sessions of all
     workers, and whose per-IP counts are shared too.
+
+    Every change to the shared counts takes a lock (two system calls, and
+    a wait when another worker holds it), so a session takes it twice, not
+    four times: when the HAT can place the host from its address alone (it
+    usually can), the connection is counted against the listener and its
+    address together as it is accepted, and the session finds its per-IP
+    answer waiting in L{admit}; when it ends, both counts go back together
+    in L{session_closed}.
     """
 
     shared: SharedConnectionCounter
@@ -614,24 +670,69 @@ class SharedListenerFactory(ListenerFactory):
         self.shared = counter
         self.connections = counter
         self._holding: set[InboundSession] = set()
+        # Per-IP answers given at accept time, not yet taken by their
+        # session: the address, the limit it was counted against, and
+        # whether it was counted.
+        self._admitted: dict[InboundSession, tuple[str, int, bool]] = {}
+
+    def _address_limit(self, ip: str | None) -> int | None:
+        """
+        The per-IP limit a session from C{ip} will be counted against as
+        soon as it starts, when the HAT can tell from the address alone;
+        else C{None}.
+        """
+        if not ip:
+            return None
+        verdict = self.classify_now(ip)
+        if verdict is None or not counts_connection(verdict.policy, self.settings.reject_at_rcpt):
+            return None
+        return verdict.policy.max_concurrency
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
-        if not self.shared.acquire_slot(self.config.max_concurrency):
+        ip: str | None = getattr(addr, "host", None)
+        limit = self._address_limit(ip)
+        if ip is None or limit is None:
+            admitted: bool | None = None
+            room = self.shared.acquire_slot(self.config.max_concurrency)
+        else:
+            room, admitted = self.shared.admit(self.config.max_concurrency, ip, limit)
+        if not room:
             busy = _Busy()
             busy.factory = self
             return busy
         protocol = super().buildProtocol(addr)
         if isinstance(protocol, InboundSession):
             self._holding.add(protocol)
+            if ip is not None and limit is not None and admitted is not None:
+                self._admitted[protocol] = (ip, limit, admitted)
         else:
-            self.shared.release_slot()
+            self.shared.release_connection(ip if admitted else None)
         return protocol
 
-    def session_closed(self, session: InboundSession) -> None:
+    def admit(self, session: InboundSession, ip: str, limit: int) -> bool:
+        early = self._admitted.pop(session, None)
+        if early is not None:
+            early_ip, early_limit, counted = early
+            if early_ip == ip and early_limit == limit:
+                return counted
+            # Not the address or policy the session ended up with (a
+            # PROXY header, a reload in between): count it afresh.
+            if counted:
+                self.shared.release(early_ip)
+        return super().admit(session, ip, limit)
+
+    def session_closed(self, session: InboundSession, counted_ip: str | None = None) -> None:
         if session in self._holding:
             self._holding.discard(session)
-            self.shared.release_slot()
-        super().session_closed(session)
+            early = self._admitted.pop(session, None)
+            if early is not None and early[2]:
+                # Counted at accept time, never taken by the session.
+                if counted_ip is not None:
+                    self.shared.release(counted_ip)
+                counted_ip = early[0]
+            self.shared.release_connection(counted_ip)
+            counted_ip = None
+        super().session_closed(session, counted_ip)
 
 
 # -- sockets -------------------------------------------------------------------------------

@@ -77,6 +77,28 @@ class SharedLimitsTests(TestCase):
         self.assertTrue(a.acquire_slot(2))
         self.assertTrue(a.acquire_slot(0))
 
+    def test_admitAndReleaseTogether(self) -> None:
+        """
+        Counting a connection's listener slot and address in one step gives
+        the answers the two separate steps give: no slot, no address count;
+        a slot but an address at its limit, the slot alone; giving back
+        releases what was counted, the address only when named.
+        """
+        a = self.parent.listener("In")
+        b = self.child.listener("In")
+        assert a is not None and b is not None
+        self.assertEqual(a.admit(3, "192.0.2.1", 2), (True, True))
+        self.assertEqual(b.admit(3, "192.0.2.1", 2), (True, True))
+        self.assertEqual(a.admit(3, "192.0.2.1", 2), (True, False))
+        self.assertEqual((a.total(), a.count("192.0.2.1")), (3, 2))
+        self.assertEqual(b.admit(3, "192.0.2.2", 2), (False, False))
+        self.assertEqual((a.total(), b.count("192.0.2.2")), (3, 0))
+        a.release_connection(None)
+        a.release_connection("192.0.2.1")
+        self.assertEqual((a.total(), a.count("192.0.2.1")), (1, 1))
+        b.release_connection("192.0.2.1")
+        self.assertEqual((a.total(), a.count("192.0.2.1")), (0, 0))
+
     def test_listenersAreSeparate(self) -> None:
         """
         Each listener has its own counts, as each ESA listener has its own

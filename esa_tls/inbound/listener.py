@@ -142,7 +142,26 @@ class ListenerFactory(ServerFactory):
         self.sessions.add(session)
         return session
 
-    def session_closed(self, session: InboundSession) -> None:
+    def admit(self, session: InboundSession, ip: str, limit: int) -> bool:
+        """
+        Count C{session}'s connection from C{ip} against its policy's
+        concurrent connections per IP, C{limit}, once the HAT has placed
+        it (see L{ConnectionCounter.acquire}).
+
+        @return: whether it was counted; a counted session hands its
+            address back to L{session_closed}.
+        """
+        return self.connections.acquire(ip, limit)
+
+    def session_closed(self, session: InboundSession, counted_ip: str | None = None) -> None:
+        """
+        C{session} has ended: forget it and count it in the TLS report.
+
+        @param counted_ip: the address L{admit} counted for it, if any, to
+            release.
+        """
+        if counted_ip is not None:
+            self.connections.release(counted_ip)
         self.sessions.discard(session)
         verdict = session.verdict
         if self.counters is not None and session.counted:

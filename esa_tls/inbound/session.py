@@ -65,6 +65,21 @@ _MAX_HELD = 64 * 1024
 _LINGER = 30.0
 
 
+def counts_connection(policy: MailFlowPolicy, reject_at_rcpt: bool) -> bool:
+    """
+    Whether a session placed under C{policy} goes on to talk SMTP, and so
+    counts against the policy's concurrent connections per IP: not when
+    the policy refuses the connection outright (TCPREFUSE, or REJECT with
+    the reject banner at connect, C{reject_at_rcpt} off).  A listener that
+    classifies a host as it accepts the connection uses the same test to
+    count the address then (see L{esa_tls.workers.SharedListenerFactory}).
+    """
+    rule = policy.rule
+    if rule is AccessRule.TCPREFUSE:
+        return False
+    return not (rule is AccessRule.REJECT and not reject_at_rcpt)
+
+
 class State(enum.Enum):
     CLASSIFYING = "classifying"
     COMMAND = "command"
@@ -203,14 +218,14 @@ class InboundSession(ESMTP):
         )
         maillog.connection_verdict(self.icid, verdict)
         rule = self.policy.rule
-        if rule is AccessRule.TCPREFUSE:
-            self._close(abort=True)
-            return
-        if rule is AccessRule.REJECT and not self.factory.settings.reject_at_rcpt:
+        if not counts_connection(self.policy, self.factory.settings.reject_at_rcpt):
+            if rule is AccessRule.TCPREFUSE:
+                self._close(abort=True)
+                return
             self._reply(self.policy.reject_banner_code, self._reject_text())
             self._close()
             return
-        if not self.factory.connections.acquire(self.peer_ip, self.policy.max_concurrency):
+        if not self.factory.admit(self, self.peer_ip, self.policy.max_concurrency):
             self._reply(
                 421,
                 b"4.7.0 "
@@ -247,13 +262,15 @@ class InboundSession(ESMTP):
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._abort_message()
-        if self._counted:
-            self._counted = False
-            self.factory.connections.release(self.peer_ip)
+        counted_ip = self.peer_ip if self._counted else None
+        self._counted = False
         if self._tls_pending and reason is not None:
             self.tls_failed = True
             self.factory.maillog.icid_tls_failed(self.icid, _reason_text(reason))
-        self.factory.session_closed(self)
+        # The factory gives back this session's per-IP count with the rest
+        # of what the session held (one locked section when the counts
+        # are shared between worker processes).
+        self.factory.session_closed(self, counted_ip)
         self.factory.maillog.icid_close(self.icid)
 
     def _close(self, abort: bool = False) -> None:
