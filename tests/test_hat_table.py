@@ -16,6 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorUDP, IResolver
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.names import client, dns, server
 from twisted.names.common import ResolverBase
 from twisted.names.error import AuthoritativeDomainError
@@ -154,6 +155,64 @@ class PrecedenceTests(SynchronousTestCase):
             assert verdict is not None
             self.assertIsNone(verdict.sender_group)
             self.assertEqual(verdict.policy.rule, AccessRule.REJECT)
+
+
+class RememberedVerdictTests(SynchronousTestCase):
+    """
+    The address-only verdicts are remembered per address (issue 7): the
+    answers stay those of the table, however many addresses come and go,
+    and a new table (a reload) answers from its own groups.
+    """
+
+    def test_manyAddresses(self) -> None:
+        """
+        More distinct addresses than are remembered, each asked twice, in
+        two interleaved passes: every answer is the one its group gives,
+        the same the second time.
+        """
+        table = HostAccessTable(
+            make_listener(
+                ("REFUSE", "REFUSED", ("10.3.",)),
+                ("WHITELIST", "TRUSTED", ("10.1.0.0/16",)),
+                ("ALL", "ACCEPTED", ("ALL",)),
+            ),
+            clock=Clock(),
+        )
+        expected = {"1": "WHITELIST", "3": "REFUSE", "9": "ALL"}
+        addresses = [f"10.{b}.{n // 250}.{n % 250}" for n in range(3000) for b in "139"]
+        for _ in range(2):
+            for address in addresses:
+                verdict = table.lookup_sync(address)
+                assert verdict is not None
+                self.assertEqual(verdict.sender_group, expected[address.split(".")[1]], address)
+
+    def test_reloadedTable(self) -> None:
+        """
+        A table built from a changed HAT classifies an address it has never
+        seen by its own groups, even right after the old table answered.
+        """
+        old = HostAccessTable(make_listener(("ALL", "ACCEPTED", ("ALL",))), clock=Clock())
+        new = HostAccessTable(
+            make_listener(("REFUSE", "REFUSED", ("10.3.",)), ("ALL", "ACCEPTED", ("ALL",))),
+            clock=Clock(),
+        )
+        before, after = old.lookup_sync("10.3.0.1"), new.lookup_sync("10.3.0.1")
+        assert before is not None and after is not None
+        self.assertEqual((before.sender_group, after.sender_group), ("ALL", "REFUSE"))
+
+    def test_notAnAddressWarnsEachTime(self) -> None:
+        """
+        A peer address that is not an IP address is logged every time it
+        is classified, not only the first.
+        """
+        table = HostAccessTable(make_listener(("ALL", "ACCEPTED", ("ALL",))), clock=Clock())
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        table.lookup_sync("garbage")
+        table.lookup_sync("garbage")
+        warned = [e for e in events if e.get("address") == "garbage"]
+        self.assertEqual(len(warned), 2)
 
 
 class FallbackTests(SynchronousTestCase):

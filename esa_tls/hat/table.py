@@ -22,7 +22,8 @@ about not being fooled:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from typing import Any, TypeVar
 
@@ -62,6 +63,12 @@ DEFAULT_TIMEOUT = 10.0
 #: two; a reverse zone that lists hundreds is someone trying to make us send
 #: hundreds of forward queries.
 MAX_PTR_NAMES = 10
+
+#: How many peer addresses each table remembers the address-only verdict
+#: of (and how many parsed addresses are remembered): a mail server sees
+#: the same few thousand senders again and again, and parsing and matching
+#: an address costs more than the rest of accepting its connection.
+ADDRESS_CACHE_SIZE = 4096
 
 #: How many CNAME links are followed inside one answer.
 _MAX_CNAME_CHAIN = 8
@@ -136,6 +143,7 @@ def _answers_for(answers: Sequence[dns.RRHeader], name: str, record_type: int) -
     return [rr.payload for rr in answers if rr.type == record_type and _name(rr.name) in wanted]
 
 
+@lru_cache(maxsize=ADDRESS_CACHE_SIZE)
 def _peer_addresses(address: str) -> tuple[IPAddress, ...]:
     """
     The addresses to match for a peer: the address itself, and for an
@@ -169,6 +177,16 @@ def fallback_policy(listener: Listener) -> MailFlowPolicy:
     return attrs.evolve(
         default, name="BLOCKED", rule=AccessRule.REJECT, explicit=frozenset({"rule"})
     )
+
+
+class _Unparsable:
+    """
+    The cached answer for a peer address that is not an IP address (its
+    warning is logged on every lookup, not only the first).
+    """
+
+
+_UNPARSABLE = _Unparsable()
 
 
 @implementer(IHostAccessTable)
@@ -214,6 +232,11 @@ class HostAccessTable:
         self._clock: IReactorTime = clock
         self._fallback = fallback_policy(listener)
         self._groups = tuple(self._compile(listener))
+        # Per table: a reloaded configuration builds a new table, and so
+        # starts with an empty cache.
+        self._classify_address: Callable[[str], HATVerdict | _Unparsable | None] = lru_cache(
+            maxsize=ADDRESS_CACHE_SIZE
+        )(self._address_verdict)
 
     def _compile(self, listener: Listener) -> list[_Group]:
         groups = []
@@ -265,10 +288,20 @@ class HostAccessTable:
         @return: the same verdict L{lookup} would give (with no reverse DNS
             or score), or C{None} when only L{lookup} can tell.
         """
+        verdict = self._classify_address(address)
+        if isinstance(verdict, _Unparsable):
+            return self._unclassifiable(address)
+        return verdict
+
+    def _address_verdict(self, address: str) -> HATVerdict | _Unparsable | None:
+        """
+        L{lookup_sync}'s answer, which depends on nothing but the address
+        and this table (the verdicts are frozen values, safe to share).
+        """
         try:
             addresses = _peer_addresses(address)
         except ValueError:
-            return self._unclassifiable(address)
+            return _UNPARSABLE
         for group in self._groups:
             matched = group.match_address(addresses)
             if matched is not None:
