@@ -7,14 +7,16 @@ is the message's second.
 
 from __future__ import annotations
 
+import ssl
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 
+import attrs
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from esa_tls.inbound.address import AddressError, Mailbox, parse_mail_from, parse_rcpt_to
-from tests.support import Gateway, in_thread
+from tests.support import PUBLIC, Gateway, Raw, in_thread
 from tests.test_inbound_session import conversation
 
 
@@ -71,3 +73,42 @@ class ReplyTests(TestCase):
         when = int(queued.envelope.received_at)
         self.assertEqual(stamp, formatdate(when))
         self.assertEqual(int(parsedate_to_datetime(stamp).timestamp()), when)
+
+
+class TLSCreatorTests(TestCase):
+    @inlineCallbacks
+    def test_reloadedListenerSettings(self) -> Any:
+        """
+        The listener remembers its STARTTLS creator for its configuration:
+        a TLS 1.2 client gets through twice; once the configuration is
+        replaced by one allowing TLS 1.3 only (a reload), the same client's
+        handshake fails, and a TLS 1.3 client gets through.
+        """
+        gw = Gateway(self, PUBLIC + '[listeners.InboundMail.policies.default]\ntls = "preferred"\n')
+
+        def handshake(maximum: ssl.TLSVersion) -> str:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.maximum_version = maximum
+            client = Raw(gw.port)
+            try:
+                client.reply()
+                client.chat(b"EHLO c\r\n")
+                reply = client.chat(b"STARTTLS\r\n")
+                assert reply.startswith(b"220 "), reply
+                try:
+                    client.starttls(context)
+                except (ssl.SSLError, OSError) as e:
+                    return f"failed: {type(e).__name__}"
+                version: str = client.sock.version()  # type: ignore[attr-defined]
+                return version
+            finally:
+                client.close()
+
+        for _ in range(2):
+            self.assertEqual((yield in_thread(handshake, ssl.TLSVersion.TLSv1_2)), "TLSv1.2")
+        gw.factory.config = attrs.evolve(gw.listener, tls_protocols=("TLSv1.3",))
+        refused = yield in_thread(handshake, ssl.TLSVersion.TLSv1_2)
+        self.assertTrue(refused.startswith("failed: "), refused)
+        self.assertEqual((yield in_thread(handshake, ssl.TLSVersion.TLSv1_3)), "TLSv1.3")

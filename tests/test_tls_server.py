@@ -285,6 +285,29 @@ class SNITests(TestCase, ServerFixture):
         self.assertIn("CN = mx.example.test", out)
 
 
+class NoSNITests(TestCase, ServerFixture):
+    """
+    A listener without C{sni} names serves its own certificate whatever
+    name the client asks for (no server name callback runs at all).
+    """
+
+    def setUp(self) -> None:
+        self.setUpCertificates(self)
+        self.listener = make_listener(certificate="main")
+        self.port, self.factory = serve(
+            self, self.store(self.listener).server_creator(self.listener)
+        )
+
+    async def test_ownCertificate(self) -> None:
+        """
+        Asking for another certificate's name, or for none, gets the
+        listener's certificate.
+        """
+        for name in ("mx2.example.test", None):
+            result = await python_client(self.port, server_hostname=name)
+            self.assertEqual(result.peer_der, der(self.main))
+
+
 class ClientCertificateTests(TestCase, ServerFixture):
     """
     Verify Client Certificate: in request mode the handshake always

@@ -121,6 +121,7 @@ class ListenerFactory(ServerFactory):
         self.connections = ConnectionCounter()
         self.sessions: set[InboundSession] = set()
         self._closing: list[Deferred[None]] = []
+        self._creators: dict[tuple[str | None, bool] | None, tuple[Listener, Any]] = {}
 
     @property
     def active_connections(self) -> int:
@@ -196,14 +197,30 @@ class ListenerFactory(ServerFactory):
         return d
 
     def tls_creator(self, policy: MailFlowPolicy) -> Any:
+        """
+        What STARTTLS (or implicit TLS) under C{policy} serves.  The store
+        gives the same creator for the same listener configuration; it is
+        remembered here per configuration object, since the store's check
+        compares whole listener values, at every STARTTLS otherwise.
+        """
         assert self.certificates is not None
         if not policy.verify_client_certificate:
-            return self.certificates.server_creator(self.config)
-        return self.certificates.server_creator(
-            self.config,
-            policy.client_ca,
-            require_client_certificate=policy.tls is TLSMode.REQUIRED,
-        )
+            key: tuple[str | None, bool] | None = None
+        else:
+            key = (policy.client_ca, policy.tls is TLSMode.REQUIRED)
+        remembered = self._creators.get(key)
+        if remembered is not None and remembered[0] is self.config:
+            return remembered[1]
+        if key is None:
+            creator = self.certificates.server_creator(self.config)
+        else:
+            creator = self.certificates.server_creator(
+                self.config, key[0], require_client_certificate=key[1]
+            )
+        if len(self._creators) >= 64:
+            self._creators.clear()
+        self._creators[key] = (self.config, creator)
+        return creator
 
     def rat_accepts(self, mailbox: Mailbox) -> bool:
         """

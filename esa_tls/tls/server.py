@@ -366,7 +366,10 @@ class ServerConnectionCreator:
         context.set_session_id(self._session_id)
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         context.set_timeout(_SESSION_TIMEOUT)
-        context.set_tlsext_servername_callback(self._server_name)
+        if self.listener.sni:
+            # Without SNI names there is nothing to switch to, and the
+            # callback would cost every handshake a trip into Python.
+            context.set_tlsext_servername_callback(self._server_name)
         if self.client_certificates is not ClientCertificates.NONE:
             assert self._client_ca is not None
             try:
