@@ -295,6 +295,7 @@ class DeliveryClient(ESMTPSender):
         self._reply_bytes = 0
         self._continuing = False
         self._reusable = reusable
+        self._rset_first = False
         self.parked = False
         self.transactions = 0
         self.closed: Deferred[None] = Deferred()
@@ -666,6 +667,9 @@ class DeliveryClient(ESMTPSender):
         self._okresponse = self._reply
         self._failresponse = self._reply
         self._pending.clear()
+        if self._rset_first:
+            self._rset_first = False
+            self._queue_command(Stage.RSET, "", b"RSET")
         mail = b"MAIL FROM:<" + self._mail_from.encode("utf-8") + b">"
         size = self._body_size()
         if b"SIZE" in self._extensions and size is not None:
@@ -718,6 +722,11 @@ class DeliveryClient(ESMTPSender):
                 self._mail_reply = (code, text)
             self._fail(f"{code} {text}", code)
             self._connection.loseConnection()
+            return None
+        if stage is Stage.RSET:
+            if code != 250:
+                self._fail(f"RSET refused: {code} {text}", code)
+                self._quit()
             return None
         if stage is Stage.MAIL:
             self._mail_reply = (code, text)
@@ -850,6 +859,13 @@ class DeliveryClient(ESMTPSender):
         self._failure_code = None
         self._failed_stage = None
         self._ready = False
+        if self._pipelining:
+            # RFC 2920 lets RSET lead the pipelined MAIL, RCPT and DATA: one
+            # round trip per message instead of two.  If the server refuses
+            # it (or is gone), no data follows, and the caller tries anew.
+            self._rset_first = True
+            self.smtpState_from(250, b"")
+            return self.finished
         self._stage = Stage.RSET
         self._expected = [250]
         self._okresponse = self.smtpState_from
