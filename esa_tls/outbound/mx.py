@@ -270,6 +270,12 @@ class MXResolver:
         (injectable so tests can pin an order).
     @ivar prefer_ipv6: try a host's IPv6 addresses before its IPv4 ones
         (the ESA C{ip_sort_pref}); IPv4 first by default.
+    @ivar clock: with a clock, answers are remembered for their TTL (at
+        most C{max_ttl} seconds): a queue delivering to one domain asked
+        the same MX, A and AAAA questions for every message.  Answers
+        without records (NODATA) are remembered for the negative TTL of
+        the zone's SOA (RFC 2308), when the server gives one; failures are
+        never remembered.
     """
 
     def __init__(
@@ -279,8 +285,13 @@ class MXResolver:
         rng: random.Random | None = None,
         timeout: Sequence[int] = DEFAULT_DNS_TIMEOUT,
         prefer_ipv6: bool = False,
+        clock: IReactorTime | None = None,
+        max_ttl: float = 300.0,
     ) -> None:
         self.resolver = resolver
+        self.clock = clock
+        self.max_ttl = max_ttl
+        self._answers: dict[tuple[str, int], tuple[float, list[Any]]] = {}
         self.rng = rng if rng is not None else random.Random()
         self.timeout = tuple(timeout)
         self.prefer_ipv6 = prefer_ipv6
@@ -358,9 +369,7 @@ class MXResolver:
         if route is not None:
             return await self._resolve_route(domain, route)
         try:
-            answers, _authority, _additional = await self.resolver.lookupMailExchange(
-                domain, self.timeout
-            )
+            answers = await self._lookup(domain, dns.MX)
         except Exception as e:
             raise self._lookup_error(domain, "MX", e) from e
         exchanges = [
@@ -449,10 +458,9 @@ class MXResolver:
     async def _one_family(
         self, name: str, rrtype: int
     ) -> tuple[tuple[str, ...], str | None, str | None]:
-        lookup = self.resolver.lookupAddress if rrtype == dns.A else self.resolver.lookupIPV6Address
         label = "A" if rrtype == dns.A else "AAAA"
         try:
-            answers, _authority, _additional = await lookup(name, self.timeout)
+            answers = await self._lookup(name, rrtype)
         except Exception as e:
             text = f"{label} lookup of {name} failed: {_describe(e)}"
             if _is_temporary(e):
@@ -467,6 +475,32 @@ class MXResolver:
                 if rr.type == dns.AAAA
             )
         return found, None, None
+
+    async def _lookup(self, name: str, rrtype: int) -> list[Any]:
+        """
+        The answer records of one question, remembered for their TTL when
+        there is a L{clock}.
+        """
+        key = (name, rrtype)
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        cached = self._answers.get(key)
+        if cached is not None:
+            if cached[0] > now:
+                return cached[1]
+            del self._answers[key]
+        lookup = {
+            dns.MX: self.resolver.lookupMailExchange,
+            dns.A: self.resolver.lookupAddress,
+            dns.AAAA: self.resolver.lookupIPV6Address,
+        }[rrtype]
+        answers, authority, _additional = await lookup(name, self.timeout)
+        if self.clock is not None:
+            ttl = _ttl(answers, authority)
+            if ttl is not None and ttl > 0:
+                if len(self._answers) >= 10000:
+                    self._answers.clear()
+                self._answers[key] = (now + min(ttl, self.max_ttl), list(answers))
+        return list(answers)
 
     def _lookup_error(self, domain: str, kind: str, error: BaseException) -> RouteError:
         if _is_temporary(error):
@@ -498,6 +532,20 @@ class MXResolver:
             code=550,
             status="5.4.4",
         )
+
+
+def _ttl(answers: Sequence[Any], authority: Sequence[Any]) -> float | None:
+    """
+    How long an answer may be remembered: the smallest TTL of its records;
+    for an answer without records, the SOA's negative TTL (RFC 2308
+    section 5); C{None} when the response does not say.
+    """
+    if answers:
+        return float(min(rr.ttl for rr in answers))
+    for rr in authority:
+        if rr.type == dns.SOA:
+            return float(min(rr.ttl, rr.payload.minimum))
+    return None
 
 
 def _skip_reason(found: _Addresses) -> tuple[str, str]:

@@ -191,7 +191,7 @@ class QueueManager(Service):
         self.scan_interval = scan_interval
         self.port = port
         self.trust_system = trust_system
-        self.mx_resolver = mx_resolver or MXResolver(resolver)
+        self.mx_resolver = mx_resolver or MXResolver(resolver, clock=self.clock)
         self.in_flight: dict[tuple[int, str], Deferred[None]] = {}
         self._active: dict[str, int] = defaultdict(int)
         self._sent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
