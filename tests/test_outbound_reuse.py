@@ -213,6 +213,26 @@ class QueueReuseTests(ReuseTestCase):
         await self.until(lambda: self.dcid_lines()[1] == 1)
         self.assertEqual(self.dcid_lines(), (1, 1))
 
+    async def test_reload_closes_kept_sessions(self) -> None:
+        """
+        A configuration reload closes the kept sessions: a session opened
+        under the old trust anchors or TLS levels never carries mail under
+        the new ones.  The next message opens a new connection.
+        """
+        server = start_hostile_server(self, Script())
+        config = self.config(server.port)
+        manager = self.start(config)
+        await self.inject("x@partner.example", "before")
+        await self.drain()
+        self.assertEqual(server.capture.connections, 1)
+        manager.config = config
+        await self.until(lambda: not server.capture.open)
+        self.assertEqual(server.verbs()[-1], b"QUIT")
+        await self.inject("x@partner.example", "after")
+        await self.drain()
+        self.assertEqual(server.capture.connections, 2)
+        self.assertEqual(len(server.capture.messages), 2)
+
 
 class StaleSessionTests(ReuseTestCase):
     """
