@@ -18,7 +18,8 @@ run: $(STAMP)
 	$(BIN)/twistd -n esa-tls
 
 lint: $(STAMP)
-	$(BIN)/ruff check esa_tls tests examples twisted/plugins
+	$(BIN)/ruff check esa_tls tests examples twisted/plugins bench
+	$(BIN)/ruff format --check esa_tls tests examples twisted/plugins bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy esa_tls twisted/plugins/esa_tls_plugin.py

@@ -412,6 +412,19 @@ class MailLog:
             reason=reason,
         )
 
+    def dropped(self, mid: int, rids: Sequence[int]) -> None:
+        """
+        Recipients C{rids} were dropped by an SMTP route to C{/dev/null}
+        (the ESA's way to discard a domain's mail): done, with no
+        connection, in the form of the ESA's C{Response} lines.
+        """
+        self._emit(
+            "dropped",
+            f"MID {mid} RID {_rids(rids)} Response '/dev/null'",
+            mid=mid,
+            rids=list(rids),
+        )
+
     def dcid_close(self, dcid: int) -> None:
         """
         A delivery connection ended.

@@ -82,6 +82,9 @@ class AlertConfigTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, parse_config, text, "site.toml")
         message = str(e)
         self.assertIn('alerts.hooks[0]: a command hook needs "command"', message)
-        self.assertIn('alerts.hooks[1].type: "pager" is not one of mail | log | command | webhook | python', message)
+        self.assertIn(
+            'alerts.hooks[1].type: "pager" is not one of mail | log | command | webhook | python',
+            message,
+        )
         self.assertIn('alerts.hooks[2].url: "ftp://x" is not an http:// or https:// URL', message)
         self.assertIn('admin.listen: "bogus:1" is not a server endpoint', message)

@@ -42,7 +42,10 @@ class CustomMTATests(TestCase):
         port = module.build(0, maildir)
         self.addCleanup(port.stopListening)
         refused = yield in_thread(
-            smtp_send, port.getHost().port, "a@b.test", ["u@example.com", "x@elsewhere.test"],
+            smtp_send,
+            port.getHost().port,
+            "a@b.test",
+            ["u@example.com", "x@elsewhere.test"],
             b"Subject: custom\r\n\r\nhello\r\n",
         )
         self.assertEqual(list(refused), ["x@elsewhere.test"])

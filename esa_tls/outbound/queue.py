@@ -60,7 +60,7 @@ from esa_tls.config.model import DestinationControl, GatewayConfig
 from esa_tls.maillog import MailLog
 from esa_tls.outbound.attempt import deliver_message
 from esa_tls.outbound.client import Timeouts
-from esa_tls.outbound.discard import DISCARD_ROUTE, is_discard_route
+from esa_tls.outbound.discard import is_discard_route
 from esa_tls.outbound.dsn import FailedRecipient, build_dsn, header_section, status_of
 from esa_tls.outbound.mx import SMTP_PORT, MXResolver, find_route, normalize_name
 from esa_tls.outbound.policy import destination_for
@@ -580,7 +580,7 @@ class QueueManager(Service):
             for s in states
         }
         if self.maillog is not None:
-            _log_dropped(self.maillog, message.mid, sorted(new_states))
+            self.maillog.dropped(message.mid, sorted(new_states))
         await self._record(message.mid, new_states)
 
     def _arrival(self, message: QueuedMessage) -> float:
@@ -643,24 +643,3 @@ class QueueManager(Service):
             dsn=mid,
             n=len(failed),
         )
-
-
-def _log_dropped(maillog: MailLog, mid: int, rids: list[int]) -> None:
-    """
-    The mail log line for recipients dropped by the C{/dev/null} route, in
-    the form of the ESA's C{Response} lines:
-    C{MID 12 RID [0, 1] Response '/dev/null'}.
-    """
-    public = getattr(maillog, "dropped", None)
-    if public is not None:
-        public(mid, rids)
-        return
-    # MailLog has no method for this line yet; its event emitter is used
-    # with the same conventions (event name, fields, escaped text).
-    rid_list = ", ".join(str(r) for r in rids)
-    maillog._emit(
-        "dropped",
-        f"MID {mid} RID [{rid_list}] Response '{DISCARD_ROUTE}'",
-        mid=mid,
-        rids=rids,
-    )
