@@ -204,7 +204,7 @@ class CertificateStore:
             mode = ClientCertificates.NONE
         key = (listener.name, client_ca, require_client_certificate)
         creator = self._creators.get(key)
-        if creator is None or creator.listener != listener:
+        if creator is None or (creator.listener is not listener and creator.listener != listener):
             creator = ServerConnectionCreator(listener, self.current, client_ca, mode)
             self._creators[key] = creator
         return creator
