@@ -443,33 +443,26 @@ class QueueManager(Service):
         """
         if drop:
             d = Deferred.fromCoroutine(self._drop(message, domain, states))
-
-            def dropped(result: object) -> object:
-                self.in_flight.pop((message.mid, domain), None)
-                return result
-
-            d.addBoth(dropped)
-            d.addErrback(
-                lambda f: log.failure(
-                    "Dropping MID {mid} for {domain} failed", f, mid=message.mid, domain=domain
-                )
-            )
-            self.in_flight[(message.mid, domain)] = d
-            return d
-        self._active[domain] += 1
-        self._sent[domain].append((now, len(states)))
-        d = Deferred.fromCoroutine(self._deliver(message, domain, states))
+        else:
+            self._active[domain] += 1
+            self._sent[domain].append((now, len(states)))
+            d = Deferred.fromCoroutine(self._deliver(message, domain, states))
 
         def done(result: object) -> object:
-            self._active[domain] -= 1
             self.in_flight.pop((message.mid, domain), None)
-            self._slot_free(domain)
+            if not drop:
+                self._active[domain] -= 1
+                self._slot_free(domain)
             return result
 
         d.addBoth(done)
         d.addErrback(
             lambda f: log.failure(
-                "Delivery of MID {mid} to {domain} failed", f, mid=message.mid, domain=domain
+                "{what} MID {mid} for {domain} failed",
+                f,
+                what="Dropping" if drop else "Delivery of",
+                mid=message.mid,
+                domain=domain,
             )
         )
         self.in_flight[(message.mid, domain)] = d

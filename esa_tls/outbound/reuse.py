@@ -154,11 +154,7 @@ class SessionPool:
         self._watched.discard(client)
         key = self._keys.get(client)
         if key is not None:
-            idle = self._idle.get(key, [])
-            if client in idle:
-                idle.remove(client)
-            if not idle:
-                self._idle.pop(key, None)
+            self._forget_idle(key, client)
             self._unidle(client)
         dcid = self._owned.pop(client, None)
         if dcid is not None and self.maillog is not None:
@@ -168,12 +164,18 @@ class SessionPool:
         self._timers.pop(client, None)
         key = self._keys.pop(client, None)
         if key is not None:
-            idle = self._idle.get(key, [])
-            if client in idle:
-                idle.remove(client)
-            if not idle:
-                self._idle.pop(key, None)
+            self._forget_idle(key, client)
         client.close_idle()
+
+    def _forget_idle(self, key: SessionKey, client: DeliveryClient) -> None:
+        """
+        C{client} is no longer waiting under C{key} for a transaction.
+        """
+        idle = self._idle.get(key, [])
+        if client in idle:
+            idle.remove(client)
+        if not idle:
+            self._idle.pop(key, None)
 
     def close(self, grace: float = 2.0) -> Deferred[None]:
         """
