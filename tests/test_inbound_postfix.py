@@ -51,9 +51,8 @@ class PostfixClientTests(TLSGatewayMixin, TestCase):
             self.assertIn(b"hello from postfix", body)
             self.assertRegex(body, rb"with ESMTPS\r\n")
             self.assertRegex(body, rb"\(using TLSv1\.[23] with cipher ")
-            self.assertRegex(
-                pf.log(), r"TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]"
-            )
+            # Postfix's log is written asynchronously (postlogd): wait.
+            await pf.wait_for_log(r"TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]")
 
         return Deferred.fromCoroutine(run())
 
@@ -78,7 +77,7 @@ class PostfixClientTests(TLSGatewayMixin, TestCase):
         async def run() -> None:
             gw, pf = await self.relay("required", "verify")
             await self.delivered(gw, pf)
-            self.assertRegex(pf.log(), r"Verified TLS connection established to 127\.0\.0\.1")
+            await pf.wait_for_log(r"Verified TLS connection established to 127\.0\.0\.1")
 
         return Deferred.fromCoroutine(run())
 

@@ -136,7 +136,7 @@ class PostfixTestCase(TestCase):
         self.assertEqual(seen, delivered)
         # Postfix counts each session's commands: only the delivered
         # messages ever got a MAIL FROM, whatever the number of sessions.
-        sessions = postfix.smtpd_sessions()
+        sessions = await postfix.settled_sessions(len(delivered))
         self.assertEqual(sum("mail=1" in s for s in sessions), len(delivered), sessions)
 
 
@@ -312,7 +312,8 @@ class PostfixBodyTests(PostfixTestCase):
         [message] = await postfix.wait_for_messages(1)
         stored = message.replace(b"\r\n", b"\n")
         self.assertTrue(stored.endswith(body.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")))
-        self.assertEqual(sum("mail=1" in s for s in postfix.smtpd_sessions()), 1)
+        sessions = await postfix.settled_sessions(1)
+        self.assertEqual(sum("mail=1" in s for s in sessions), 1, sessions)
         self.assertEqual(len(postfix.messages()), 1)
 
 

@@ -220,6 +220,20 @@ class PostfixInstance:
         """
         return re.findall(r"disconnect from \S+ (.*)", self.log())
 
+    async def settled_sessions(self, mails: int, timeout: float = 10.0) -> list[str]:
+        """
+        L{smtpd_sessions} once at least C{mails} of them sent a MAIL FROM
+        (or after C{timeout} seconds): Postfix logs a session's end after
+        its message is queued, so the last line may still be on its way
+        when the message is already there.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            sessions = self.smtpd_sessions()
+            if sum("mail=1" in s for s in sessions) >= mails or time.monotonic() > deadline:
+                return sessions
+            await deferLater(reactor, 0.1, lambda: None)
+
     # -- commands ---------------------------------------------------------
 
     def _master_pid(self) -> int | None:
