@@ -37,27 +37,12 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from esa_tls.outbound.result import TLSResultType
+from esa_tls.tls.verifyerrors import VERIFY_ERROR_TEXTS
 
 #: OpenSSL X509_V_ERR codes that mean "not signed by anyone we trust".
 _UNTRUSTED = {2, 18, 19, 20, 21, 24, 27, 28}
 #: ... and "outside its validity period".
 _EXPIRED = {10}
-
-_TEXTS = {
-    2: "unable to get issuer certificate",
-    7: "certificate signature failure",
-    9: "certificate is not yet valid",
-    10: "certificate has expired",
-    18: "self-signed certificate",
-    19: "self-signed certificate in certificate chain",
-    20: "unable to get local issuer certificate",
-    21: "unable to verify the first certificate",
-    23: "certificate revoked",
-    24: "invalid CA certificate",
-    26: "unsupported certificate purpose",
-    27: "certificate not trusted",
-    28: "certificate rejected",
-}
 
 
 @frozen
@@ -74,7 +59,7 @@ class ChainError:
 
     @property
     def text(self) -> str:
-        return _TEXTS.get(self.code, f"verify error {self.code}")
+        return VERIFY_ERROR_TEXTS.get(self.code, f"verify error {self.code}")
 
     def describe(self) -> str:
         return f"verify error: {self.text} (depth {self.depth})"

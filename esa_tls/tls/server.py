@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from esa_tls.config.model import Listener
 from esa_tls.tls.certificates import LoadedCertificate
+from esa_tls.tls.verifyerrors import VERIFY_ERROR_TEXTS
 from esa_tls.values import TLSInfo
 
 __all__ = [
@@ -91,21 +92,6 @@ _SESSION_TIMEOUT = 3600
 #: How many client certificate verification results a creator remembers
 #: for resumed sessions (see L{_VerificationLog}).
 _VERIFICATION_LOG_SIZE = 10000
-
-_VERIFY_ERRORS = {
-    2: "unable to get issuer certificate",
-    7: "certificate signature failure",
-    9: "certificate is not yet valid",
-    10: "certificate has expired",
-    18: "self-signed certificate",
-    19: "self-signed certificate in certificate chain",
-    20: "unable to get local issuer certificate",
-    21: "unable to verify the first certificate",
-    24: "invalid CA certificate",
-    26: "unsupported certificate purpose",
-    27: "certificate not trusted",
-    28: "certificate rejected",
-}
 
 
 class TLSConfigurationError(ValueError):
@@ -209,7 +195,7 @@ def _fingerprint(cert: x509.Certificate) -> bytes:
 
 
 def _verify_error(errno: int) -> str:
-    return _VERIFY_ERRORS.get(errno, f"certificate verification error {errno}")
+    return VERIFY_ERROR_TEXTS.get(errno, f"certificate verification error {errno}")
 
 
 def _protocol_range(protocols: tuple[str, ...]) -> tuple[int, int]:
