@@ -156,13 +156,7 @@ def _load_key(data: bytes, password: bytes | None) -> PrivateKey:
         if password is not None:
             raise TypeError("wrong passphrase") from None
         raise BadAnswer("That is not a PEM private key.") from None
-    if not isinstance(
-        key,
-        ec.EllipticCurvePrivateKey
-        | rsa.RSAPrivateKey
-        | ed25519.Ed25519PrivateKey
-        | ed448.Ed448PrivateKey,
-    ):
+    if not isinstance(key, PrivateKey):
         raise BadAnswer("That key is of a type TLS servers cannot use.")
     return key
 

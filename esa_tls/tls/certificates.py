@@ -296,13 +296,7 @@ def _load_key(name: str, path: str) -> tuple[PrivateKey, list[str]]:
         ) from e
     except (ValueError, UnsupportedAlgorithm) as e:
         raise CertificateError(name, f"key file {path} holds no usable PEM private key") from e
-    if not isinstance(
-        key,
-        ec.EllipticCurvePrivateKey
-        | rsa.RSAPrivateKey
-        | ed25519.Ed25519PrivateKey
-        | ed448.Ed448PrivateKey,
-    ):
+    if not isinstance(key, PrivateKey):
         raise CertificateError(name, f"the key in {path} is of a type TLS servers cannot use")
     warnings = []
     try:
