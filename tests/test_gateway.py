@@ -66,7 +66,10 @@ class Child:
         self.workers = 1
         testcase.addCleanup(self.kill)
 
-    def start(self) -> None:
+    def spawn(self) -> None:
+        """
+        Start C{twistd}, without waiting for it to listen.
+        """
         self.process = subprocess.Popen(
             [
                 TWISTD,
@@ -81,9 +84,15 @@ class Child:
                 str(self.workers),
             ],
             cwd=self.directory,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
+
+    def start(self) -> None:
+        """
+        Start C{twistd} and wait until it listens.
+        """
+        self.spawn()
 
         def listening() -> bool:
             try:

@@ -20,6 +20,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.support import TWISTD, Raw, free_port, in_thread, wait_until
+from tests.test_gateway import Child
 
 CONFIG = """
 [system]
@@ -74,7 +75,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-class Gateway:
+class Gateway(Child):
     """
     A C{twistd -n esa-tls --workers N} child process on a free port.
     """
@@ -88,11 +89,10 @@ class Gateway:
         rcpt_limit: int = -1,
         extra: str = "",
     ) -> None:
-        self.directory = os.path.abspath(case.mktemp())
-        os.makedirs(self.directory)
-        self.port = free_port()
+        directory = os.path.abspath(case.mktemp())
+        os.makedirs(directory)
+        super().__init__(case, directory, free_port())
         self.workers = workers
-        self.config = os.path.join(self.directory, "gateway.toml")
         with open(self.config, "w") as f:
             f.write(
                 CONFIG.format(
@@ -104,29 +104,14 @@ class Gateway:
                     extra=extra,
                 )
             )
-        self.logfile = os.path.join(self.directory, "twistd.log")
-        self.process: subprocess.Popen[bytes] | None = None
         self.sockets: list[socket.socket] = []
         case.addCleanup(self.cleanup)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "--logfile",
-                self.logfile,
-                "esa-tls",
-                "--config",
-                self.config,
-                "--workers",
-                str(self.workers),
-            ],
-            cwd=self.directory,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        """
+        Start C{twistd} and wait until the parent and every worker listen.
+        """
+        self.spawn()
         ready = [f"[worker {i}] listener InboundMail" for i in range(1, self.workers)]
         if not wait_until(
             lambda: "listener InboundMail" in self.log() and all(r in self.log() for r in ready),
@@ -138,13 +123,6 @@ class Gateway:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
-
-    def log(self) -> str:
-        try:
-            with open(self.logfile) as f:
-                return f.read()
-        except OSError:
-            return ""
 
     def connect(self, source: str = "127.0.0.1") -> bytes:
         """
