@@ -26,6 +26,7 @@ from esa_tls.spool.fileformat import (
     SpoolFormatError,
     decode_message_header,
     decode_recipient_states,
+    recipient_record,
 )
 from esa_tls.spool.values import FINAL_STATUSES, RecipientState
 
@@ -97,17 +98,7 @@ def read_queue(spool_dir: str) -> list[dict[str, Any]]:
                 "sender": header.envelope.mail_from,
                 "subject": _subject(path, header.body_offset),
                 "received_at": header.envelope.received_at,
-                "recipients": [
-                    {
-                        "rid": s.rid,
-                        "address": s.address,
-                        "status": s.status,
-                        "attempts": s.attempts,
-                        "next_attempt": s.next_attempt,
-                        "last_error": s.last_error,
-                    }
-                    for s in pending
-                ],
+                "recipients": [recipient_record(s) for s in pending],
             }
         )
     return sorted(messages, key=lambda m: int(m["mid"]))

@@ -43,6 +43,7 @@ __all__ = [
     "encode_message_header",
     "encode_recipient_states",
     "encode_size_field",
+    "recipient_record",
 ]
 
 MESSAGE_FORMAT = "esa_tls-spool"
@@ -237,6 +238,21 @@ def decode_message_header(line: bytes) -> MessageHeader:
     return MessageHeader(mid, decode_envelope(data["envelope"]), size, len(line))
 
 
+def recipient_record(state: RecipientState) -> dict[str, Any]:
+    """
+    C{state} as the JSON object the state file holds for it (and
+    C{esa-tls showrecipients --json} prints).
+    """
+    return {
+        "rid": state.rid,
+        "address": state.address,
+        "status": state.status,
+        "attempts": state.attempts,
+        "next_attempt": state.next_attempt,
+        "last_error": state.last_error,
+    }
+
+
 def encode_recipient_states(mid: int, states: Mapping[int, RecipientState]) -> bytes:
     """
     @return: the contents of the recipient state file of message C{mid}.
@@ -247,17 +263,7 @@ def encode_recipient_states(mid: int, states: Mapping[int, RecipientState]) -> b
                 "format": STATE_FORMAT,
                 "version": VERSION,
                 "mid": mid,
-                "recipients": [
-                    {
-                        "rid": s.rid,
-                        "address": s.address,
-                        "status": s.status,
-                        "attempts": s.attempts,
-                        "next_attempt": s.next_attempt,
-                        "last_error": s.last_error,
-                    }
-                    for _, s in sorted(states.items())
-                ],
+                "recipients": [recipient_record(s) for _, s in sorted(states.items())],
             },
             ensure_ascii=True,
             separators=(",", ":"),
