@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from esa_tls.config.errors import KeyPath, render_path
+from esa_tls.config.errors import KeyPath, render_path, string_end
 
 __all__ = ["KeyPathError", "parse_key_path", "render_path"]
 
@@ -35,23 +35,14 @@ def _quoted(text: str, pos: int) -> tuple[str, int]:
 
     @return: the key and the position after its closing quote.
     """
-    quote = text[pos]
-    index = pos + 1
-    while index < len(text):
-        char = text[index]
-        if quote == '"' and char == "\\":
-            index += 2
-            continue
-        if char == quote:
-            break
-        index += 1
-    else:
+    end = string_end(text, pos, text[pos])
+    if end is None:
         raise KeyPathError(f"unterminated quoted key at column {pos + 1} of {text!r}")
     try:
-        key = tomllib.loads(f"k = {text[pos : index + 1]}")["k"]
+        key = tomllib.loads(f"k = {text[pos:end]}")["k"]
     except tomllib.TOMLDecodeError as e:
         raise KeyPathError(f"bad quoted key at column {pos + 1} of {text!r}") from e
-    return key, index + 1
+    return key, end
 
 
 def parse_key_path(text: str) -> KeyPath:

@@ -157,7 +157,7 @@ def _parse_key(text: str, pos: int) -> tuple[list[str], int] | None:
             return None
         char = text[pos]
         if char in "\"'":
-            end = _string_end(text, pos, char)
+            end = string_end(text, pos, char)
             if end is None:
                 return None
             try:
@@ -179,7 +179,7 @@ def _parse_key(text: str, pos: int) -> tuple[list[str], int] | None:
         return parts, pos
 
 
-def _string_end(text: str, pos: int, quote: str) -> int | None:
+def string_end(text: str, pos: int, quote: str) -> int | None:
     """
     The position just after the one-line string starting at C{pos}.
     """
@@ -320,7 +320,7 @@ class _Scanner:
                         return
                     pos = end + 3
                     continue
-                closed = _string_end(line, pos, char)
+                closed = string_end(line, pos, char)
                 if closed is None:
                     return
                 pos = closed
