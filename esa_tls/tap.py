@@ -57,16 +57,22 @@ def makeService(options: Options) -> IService:
     half-configured.  A bad file stops C{twistd} with the loader's message,
     one line per fault.
     """
+    from twisted.internet import reactor
+
+    from esa_tls.heap import freeze_startup_heap
     from esa_tls.service import GatewayService
 
     workers = options["workers"]
     try:
         if workers > 1:
-            return _multi_worker(options["config"], workers)
-        return GatewayService.from_file(options["config"])
+            service = _multi_worker(options["config"], workers)
+        else:
+            service = GatewayService.from_file(options["config"])
     except ConfigError as e:
         sys.stderr.write(f"esa-tls: configuration error\n{e}\n")
         raise SystemExit(2) from None
+    reactor.callWhenRunning(freeze_startup_heap)
+    return service
 
 
 def _multi_worker(config: str | None, workers: int) -> IService:

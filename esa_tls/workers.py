@@ -1207,6 +1207,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
     from esa_tls.config.errors import ConfigError
     from esa_tls.config.load import load_config_with_warnings
+    from esa_tls.heap import freeze_startup_heap
     from esa_tls.service import GatewayService
 
     reactor: Any = _reactor
@@ -1244,6 +1245,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    freeze_startup_heap()
     reactor.run()
     return 0
 
