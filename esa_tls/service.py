@@ -27,7 +27,7 @@ from esa_tls.alerts.dispatcher import AlertDispatcher
 from esa_tls.alerts.hooks import HookConfigError, build_hooks
 from esa_tls.config.errors import ConfigError, ConfigFault
 from esa_tls.config.load import LoadResult, load_config_with_warnings
-from esa_tls.config.model import Listener
+from esa_tls.config.model import Listener, SpoolSync
 from esa_tls.hat.table import HostAccessTable
 from esa_tls.ids import IdAllocator
 from esa_tls.inbound.auth import PasswordFile
@@ -42,6 +42,7 @@ from esa_tls.report.counters import TLSCounters
 from esa_tls.report.delivery import record_delivery
 from esa_tls.report.storage import report_directory
 from esa_tls.spool import DurableSpool
+from esa_tls.spool.fs import WholeFileSystemSync
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
 from esa_tls.tls.store import CertificateStore
 from esa_tls.watch import FileWatcher
@@ -94,9 +95,16 @@ class GatewayService(MultiService):
         # Messages up to 64 KiB are received in memory and their files made
         # by the commit's thread job: creating a file can wait on the file
         # system journal, and the reactor thread must not (issue 7).
+        spool_dir = os.path.join(self.data_dir, "spool")
+        os.makedirs(spool_dir, exist_ok=True)
         self.spool = DurableSpool(
-            os.path.join(self.data_dir, "spool"),
+            spool_dir,
             reactor,
+            filesystem=(
+                WholeFileSystemSync(spool_dir)
+                if config.system.spool_sync is SpoolSync.FILESYSTEM
+                else None
+            ),
             memory_limit=64 * 1024,
             # A worker only receives; the primary process delivers.
             receive_only=worker is not None and not worker.primary,
@@ -287,6 +295,9 @@ class GatewayService(MultiService):
                 log.error("reload refused, configuration unchanged:\n{error}", error=str(e))
                 return [str(e)]
         problems += self.certificates.reload(new_config)
+        for key in ("data_dir", "spool_sync"):
+            if getattr(new_config.system, key) != getattr(self.config.system, key):
+                problems.append(f"system: {key} changed; restart to apply")
         for name, listener in new_config.listeners.items():
             factory = self.factories.get(name)
             old = self.config.listeners.get(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import textwrap
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from esa_tls.config.errors import ConfigError
 from esa_tls.config.load import (
@@ -25,9 +25,11 @@ from esa_tls.config.model import (
     ListenerType,
     SenderGroup,
     SMTPAuthMode,
+    SpoolSync,
     TLSMode,
 )
 from esa_tls.hat.syntax import SenderSyntaxError, parse_sender
+from esa_tls.spool.fs import syncfs_unsupported
 
 #: Lines 1-6 of most test files; a listener table starts on line 7.
 HEAD = """\
@@ -69,6 +71,40 @@ class FaultTestsMixin:
             return str(e).splitlines()
         self.fail("no ConfigError")  # type: ignore[attr-defined]
         raise AssertionError  # pragma: no cover
+
+
+class SpoolSyncTests(FaultTestsMixin, SynchronousTestCase):
+    """
+    C{[system] spool_sync}: C{file} by default, C{filesystem} where the
+    kernel makes C{syncfs} trustworthy.
+    """
+
+    def test_default(self) -> None:
+        """
+        Without the key each file is synced on its own.
+        """
+        self.assertIs(config(HEAD + LISTENER).system.spool_sync, SpoolSync.FILE)
+
+    def test_filesystem(self) -> None:
+        """
+        C{filesystem} is accepted here (the test machines run Linux 5.8 or
+        later).
+        """
+        why = syncfs_unsupported()
+        if why is not None:
+            raise SkipTest(why)
+        text = HEAD.replace("[system]", '[system]\nspool_sync = "filesystem"') + LISTENER
+        self.assertIs(config(text).system.spool_sync, SpoolSync.FILESYSTEM)
+
+    def test_unknown_value(self) -> None:
+        """
+        Any other value is refused, naming file, line, key and the choices.
+        """
+        text = HEAD.replace("[system]", '[system]\nspool_sync = "fsync"') + LISTENER
+        self.assertEqual(
+            self.faults(text),
+            ['site.toml:2: system.spool_sync: "fsync" is not one of file | filesystem'],
+        )
 
 
 class ListenerFaultTests(FaultTestsMixin, SynchronousTestCase):

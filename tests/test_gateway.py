@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from esa_tls.spool import DurableSpool
 from tests.support import TWISTD, free_port, in_thread, wait_until
@@ -277,6 +277,54 @@ class ReloadTests(TestCase):
         self.assertTrue((yield in_thread(wait_until, lambda: "reload refused" in child.log(), 20)))
         self.assertTrue((yield in_thread(required)))
         self.assertIsNone(child.process.poll())
+
+
+class SpoolSyncTests(TestCase):
+    @inlineCallbacks
+    def test_filesystemSync(self) -> Any:
+        """
+        A gateway with C{spool_sync = "filesystem"} (one C{syncfs} per
+        phase of a commit batch) acknowledges messages sent at once, each
+        whole in the spool after a SIGKILL; a reload that changes the
+        setting says it needs a restart.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from esa_tls.spool.fs import syncfs_unsupported
+
+        why = syncfs_unsupported()
+        if why is not None:
+            raise SkipTest(why)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        child = Child(self, directory, free_port())
+        with open(child.config) as f:
+            text = f.read()
+        with open(child.config, "w") as f:
+            f.write(text.replace("[system]\n", '[system]\nspool_sync = "filesystem"\n', 1))
+        yield in_thread(child.start)
+
+        def send_all() -> list[int]:
+            with ThreadPoolExecutor(8) as pool:
+                return list(pool.map(lambda n: send_one(child.port, n), range(16)))
+
+        mids = yield in_thread(send_all)
+        assert child.process is not None
+        with open(child.config, "w") as f:
+            f.write(text)
+        child.process.send_signal(signal.SIGHUP)
+        self.assertTrue(
+            (yield in_thread(wait_until, lambda: "spool_sync changed" in child.log(), 20)),
+            child.log(),
+        )
+        self.assertIn("system: spool_sync changed; restart to apply", child.log())
+        child.kill()
+        spool = DurableSpool(os.path.join(directory, "var", "spool"), reactor)
+        self.addCleanup(spool.close)
+        self.assertEqual(sorted(q.mid for q in spool.queued()), sorted(mids))
+        for n, mid in enumerate(mids):
+            with spool.open_body(mid) as body:
+                self.assertIn(b"Subject: %d\r\n" % n, body.read())
 
 
 def served_certificate(port: int) -> bytes:

@@ -19,13 +19,14 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from esa_tls.ids import IdAllocator
 from esa_tls.interfaces import IIncomingMessage, IMessageStore, StoreError
 from esa_tls.spool import DurableSpool, FileSystem
 from esa_tls.spool.fileformat import encode_message_header, encode_size_field
+from esa_tls.spool.fs import WholeFileSystemSync, syncfs_unsupported
 from esa_tls.values import Envelope, TLSInfo
 
 _T = TypeVar("_T")
@@ -280,6 +281,27 @@ class GroupCommitTests(SpoolTestMixin, TestCase):
         self.assertEqual(len(_queue_files(spool.directory)), 20)
 
     @inlineCallbacks
+    def test_noNameBeforeDataDurable(self) -> Any:
+        """
+        While the batch's files are being synced, none of them has its name
+        in C{queue/} yet: a crash then leaves only temporary files.
+        """
+        seen: list[list[str]] = []
+
+        class Watching(CountingFileSystem):
+            def fsync(self, fd: int) -> None:
+                seen.append(sorted(os.listdir(os.path.join(spool.directory, "queue"))))
+                super().fsync(fd)
+
+        spool = self.make_spool(filesystem=Watching())
+        messages = [spool.new_message(ENVELOPE) for _ in range(5)]
+        for m in messages:
+            m.write(BODY)
+        yield gatherResults([m.commit() for m in messages])
+        self.assertEqual(seen, [[]] * 5)
+        self.assertEqual(len(_queue_files(spool.directory)), 5)
+
+    @inlineCallbacks
     def test_laterTurnsJoinNextBatch(self) -> Any:
         """
         Commits requested while a batch is being synced wait for it to end
@@ -352,6 +374,123 @@ class GroupCommitTests(SpoolTestMixin, TestCase):
         self.assertEqual(_queue_files(spool.directory), [])
         self.assertEqual(spool.queued(), [])
         self.flushLoggedErrors(OSError)
+
+
+class RecordingSyncfs(WholeFileSystemSync):
+    """
+    The real C{syncfs}, recording what C{queue/} held at each call and
+    failing the calls it is told to.
+    """
+
+    def __init__(self, directory: str, fail: Callable[[int], bool] = lambda n: False) -> None:
+        os.makedirs(directory, exist_ok=True)
+        super().__init__(directory)
+        self.queue = os.path.join(directory, "queue")
+        self.calls: list[list[str]] = []
+        self.fsyncs = 0
+        self.fail = fail
+
+    def syncfs(self) -> None:
+        self.calls.append(sorted(os.listdir(self.queue)))
+        if self.fail(len(self.calls)):
+            raise OSError(errno.EIO, "injected I/O error")
+        super().syncfs()
+
+    def fsync(self, fd: int) -> None:
+        self.fsyncs += 1
+        super().fsync(fd)
+
+    def fsync_directory(self, path: str) -> None:
+        self.fsyncs += 1
+        super().fsync_directory(path)
+
+
+class WholeFileSystemSyncTests(SpoolTestMixin, TestCase):
+    """
+    C{spool_sync = "filesystem"}: a batch costs two C{syncfs} calls however
+    many messages it holds, with the same guarantees as one C{fsync} per
+    file.
+    """
+
+    def setUp(self) -> None:
+        why = syncfs_unsupported()
+        if why is not None:
+            raise SkipTest(why)
+
+    def commit_batch(self, spool: DurableSpool, count: int) -> Deferred[list[Any]]:
+        messages = []
+        for i in range(count):
+            m = spool.new_message(ENVELOPE)
+            m.write(BODY + b"%d\r\n" % (i,))
+            messages.append(m)
+        return gatherResults([m.commit().addErrback(lambda f: f.value) for m in messages])
+
+    @inlineCallbacks
+    def test_twoSyncsPerBatch(self) -> Any:
+        """
+        Twenty commits of one turn cost one C{syncfs} for their data, made
+        before any of them has its name in C{queue/}, and one for the
+        names; no C{fsync} at all.
+        """
+        directory = self.mktemp()
+        fs = RecordingSyncfs(directory)
+        spool = self.make_spool(directory, filesystem=fs)
+        mids = yield self.commit_batch(spool, 20)
+        self.assertEqual(len(set(mids)), 20)
+        self.assertEqual(len(fs.calls), 2)
+        self.assertEqual(fs.calls[0], [])
+        self.assertEqual(fs.calls[1], sorted(f"{mid}.msg" for mid in mids))
+        self.assertEqual(fs.fsyncs, 0)
+        self.assertEqual(_queue_files(directory), sorted(f"{mid}.msg" for mid in mids))
+        self.assertEqual(_tmp_files(directory), [])
+
+    @inlineCallbacks
+    def test_dataSyncFailureFailsBatch(self) -> Any:
+        """
+        When the data C{syncfs} fails, nobody can tell which file was not
+        written back: every commit of the batch fails with a transient
+        L{StoreError}, and none of their files is left anywhere.
+        """
+        directory = self.mktemp()
+        fs = RecordingSyncfs(directory, fail=lambda n: n == 1)
+        spool = self.make_spool(directory, filesystem=fs)
+        results = yield self.commit_batch(spool, 3)
+        for r in results:
+            self.assertIsInstance(r, StoreError)
+            self.assertTrue(r.transient)
+        self.assertEqual(len(fs.calls), 1)
+        self.assertEqual(_queue_files(directory), [])
+        self.assertEqual(_tmp_files(directory), [])
+        self.flushLoggedErrors(OSError)
+
+    @inlineCallbacks
+    def test_directorySyncFailureFailsBatch(self) -> Any:
+        """
+        When the C{syncfs} of the names fails, the batch's files are taken
+        back out of C{queue/} and every commit fails; the next batch
+        commits normally.
+        """
+        directory = self.mktemp()
+        fs = RecordingSyncfs(directory, fail=lambda n: n == 2)
+        spool = self.make_spool(directory, filesystem=fs)
+        results = yield self.commit_batch(spool, 3)
+        for r in results:
+            self.assertIsInstance(r, StoreError)
+        self.assertEqual(_queue_files(directory), [])
+        self.assertEqual(spool.queued(), [])
+        [mid] = yield self.commit_batch(spool, 1)
+        self.assertEqual(_queue_files(directory), [f"{mid}.msg"])
+        self.flushLoggedErrors(OSError)
+
+    def test_oldKernelsRefused(self) -> None:
+        """
+        C{syncfs} is trusted only where the kernel reports write-back
+        errors to it (Linux 5.8 and later).
+        """
+        self.assertIsNone(syncfs_unsupported("Linux", "6.1.0-13-amd64"))
+        self.assertIsNone(syncfs_unsupported("Linux", "5.8.0"))
+        self.assertIn("5.8", syncfs_unsupported("Linux", "5.4.0-150-generic") or "")
+        self.assertIn("Linux", syncfs_unsupported("FreeBSD", "14.0") or "")
 
 
 class WriteErrorTests(SpoolTestMixin, TestCase):

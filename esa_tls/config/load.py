@@ -58,12 +58,14 @@ from esa_tls.config.model import (
     MailFlowPolicy,
     SenderGroup,
     SMTPAuthMode,
+    SpoolSync,
     SystemSettings,
     TLSMode,
 )
 from esa_tls.hat.predefined import predefined_groups, predefined_policies
 from esa_tls.hat.syntax import SenderSyntaxError, parse_sender
 from esa_tls.outbound.discard import DISCARD_ROUTE
+from esa_tls.spool.fs import syncfs_unsupported
 
 #: The name of the built-in, insecure demonstration certificate.
 DEMO_CERTIFICATE = "Demo"
@@ -568,6 +570,7 @@ class _Loader:
                 "data_dir": self.string,
                 "resolvers": self.array(self.endpoint(53)),
                 "smtp_auth_users": self.file,
+                "spool_sync": self.spool_sync,
             },
         )
         if values is None:
@@ -576,6 +579,14 @@ class _Loader:
             values["hostname"] = socket.getfqdn()
         values["data_dir"] = self.resolve(values.get("data_dir", "var") or ".")
         return SystemSettings(**values)
+
+    def spool_sync(self, path: KeyPath, value: object) -> Any:
+        mode = self.enum(SpoolSync)(path, value)
+        if mode is SpoolSync.FILESYSTEM:
+            why = syncfs_unsupported()
+            if why is not None:
+                return self.fault(path, f'"filesystem" cannot be used here: {why}; use "file"')
+        return mode
 
     def interfaces(self, value: object) -> dict[str, Interface]:
         out: dict[str, Interface] = {}

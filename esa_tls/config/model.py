@@ -73,6 +73,21 @@ class SMTPAuthMode(enum.Enum):
     REQUIRE = "require"
 
 
+class SpoolSync(enum.Enum):
+    """
+    C{[system] spool_sync}: how a commit batch is made durable.
+
+    C{file}: one C{fsync} per file and per directory, as Postfix does;
+    only the spool's own files are written back.  C{filesystem}: one
+    C{syncfs} per phase of a batch however many messages it holds, which
+    also writes back everything else dirty on that file system, so it is
+    for a spool with a file system of its own (Linux 5.8 or later).
+    """
+
+    FILE = "file"
+    FILESYSTEM = "filesystem"
+
+
 class DestinationTLS(enum.Enum):
     """
     Outbound TLS setting of a Destination Controls row (ESA reference 6.2).
@@ -377,12 +392,14 @@ class SystemSettings:
 
     @ivar smtp_auth_users: a C{user:hash} password file for SMTP AUTH
         (lines made by C{esa-tls passwd}); without it AUTH is never offered.
+    @ivar spool_sync: see L{SpoolSync}.
     """
 
     hostname: str
     data_dir: str = "var"
     resolvers: tuple[str, ...] = ()
     smtp_auth_users: str = ""
+    spool_sync: SpoolSync = SpoolSync.FILE
 
 
 @frozen

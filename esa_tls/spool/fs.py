@@ -10,10 +10,12 @@ report a nearly full disk, and then watch what the spool and its peers do.
 
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Sequence
 from typing import BinaryIO
 
-__all__ = ["FileSystem"]
+__all__ = ["FileSystem", "WholeFileSystemSync", "syncfs_unsupported"]
 
 
 class FileSystem:
@@ -51,11 +53,48 @@ class FileSystem:
         finally:
             os.close(fd)
 
+    def sync_files(self, fds: Sequence[int]) -> list[BaseException | None]:
+        """
+        Make the data and metadata of each open file durable.  Runs in a
+        thread, never on the reactor.
+
+        @return: for each descriptor, C{None} or the exception that stopped
+            its sync (the others' syncs are still attempted).
+        """
+        results: list[BaseException | None] = []
+        for fd in fds:
+            try:
+                self.fsync(fd)
+            except Exception as e:
+                results.append(e)
+            else:
+                results.append(None)
+        return results
+
+    def sync_directories(self, paths: Sequence[str]) -> list[BaseException | None]:
+        """
+        Make the entries of each directory durable, as L{sync_files}.
+        """
+        results: list[BaseException | None] = []
+        for path in paths:
+            try:
+                self.fsync_directory(path)
+            except Exception as e:
+                results.append(e)
+            else:
+                results.append(None)
+        return results
+
     def replace(self, source: str, destination: str) -> None:
         """
         Atomically give file C{source} the name C{destination}.
         """
         os.replace(source, destination)
+
+    def close(self) -> None:
+        """
+        The spool is closed: release what this object holds.
+        """
 
     def free_bytes(self, path: str) -> int:
         """
@@ -64,3 +103,76 @@ class FileSystem:
         """
         st = os.statvfs(path)
         return st.f_bavail * st.f_frsize
+
+
+def syncfs_unsupported(system: str | None = None, release: str | None = None) -> str | None:
+    """
+    Why C{syncfs} cannot be trusted here, or C{None} if it can.
+
+    Linux before 5.8 returns success from C{syncfs} even when writing a
+    file back failed, so a lost write would be acknowledged with 250.
+    """
+    if system is None or release is None:
+        uname = os.uname()
+        system, release = uname.sysname, uname.release
+    if system != "Linux":
+        return f"syncfs is a Linux system call; this is {system}"
+    try:
+        major, minor = (int(part) for part in release.split(".")[:2])
+    except ValueError:
+        return f"cannot read the Linux version from {release!r}"
+    if (major, minor) < (5, 8):
+        return f"Linux {release} does not report write-back errors to syncfs (5.8 does)"
+    return None
+
+
+class WholeFileSystemSync(FileSystem):
+    """
+    C{spool_sync = "filesystem"}: one C{syncfs(2)} makes a whole batch
+    durable, where L{FileSystem} makes one C{fsync} per file.
+
+    Under load each C{fsync} waits its turn for a journal commit, and a
+    batch of fifteen messages paid fifteen of them (issue 7: the commit's
+    thread job took 7 ms at the median, 3.5 ms with C{syncfs}).  The price
+    is that C{syncfs} also writes back everything else dirty on the same
+    file system: worth it only when the spool has a file system of its
+    own, which is why it is not the default.
+
+    One descriptor of the spool directory is kept open for the life of the
+    spool: the kernel reports a write-back error to C{syncfs} once per open
+    descriptor, counting from when it was opened, so a descriptor opened
+    per call would miss the errors that happened between two calls.
+    """
+
+    def __init__(self, directory: str) -> None:
+        why = syncfs_unsupported()
+        if why is not None:
+            raise OSError(f'spool_sync = "filesystem": {why}')
+        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+
+    def syncfs(self) -> None:
+        """
+        Write back and commit the spool's whole file system.
+        """
+        if self._syncfs(self._fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs: {os.strerror(code)}")
+
+    def _all(self, count: int) -> list[BaseException | None]:
+        try:
+            self.syncfs()
+        except Exception as e:
+            return [e] * count
+        return [None] * count
+
+    def sync_files(self, fds: Sequence[int]) -> list[BaseException | None]:
+        return self._all(len(fds))
+
+    def sync_directories(self, paths: Sequence[str]) -> list[BaseException | None]:
+        return self._all(len(paths))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

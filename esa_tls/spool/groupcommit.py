@@ -1,15 +1,17 @@
 # -*- test-case-name: tests.test_spool_store -*-
 """
-Group commit: many durable changes, one thread job, one directory fsync.
+Group commit: many durable changes, one thread job, one sync per phase.
 
 Making one message durable costs an fsync of its file and an fsync of the
 queue directory, each a few milliseconds of waiting for the disk.  Twenty
 sessions finishing DATA at the same moment would pay that twenty times in a
 row.  Instead every change requested during one reactor turn is collected
-into a batch, and one job in the reactor's thread pool syncs every file of
-the batch, renames them, and then syncs each directory involved once.  No
-change is reported durable before the directory sync that covers it has
-returned, and the reactor thread never waits for the disk.
+into a batch, and one job in the reactor's thread pool writes every file of
+the batch, syncs their data, renames them, and then syncs each directory
+involved once.  No change is reported durable before the directory sync
+that covers it has returned, and the reactor thread never waits for the
+disk.  With C{spool_sync = "filesystem"} (L{esa_tls.spool.fs}) each of the
+two syncs is one C{syncfs} call however large the batch.
 
 One batch runs at a time, and batches run in the order they were
 requested; so do the steps inside a batch.  That keeps changes to the same
@@ -47,24 +49,42 @@ class Executor(Protocol):
 
 class DurableStep(Protocol):
     """
-    One change to make durable, split around the directory fsync that the
-    whole batch shares.
+    One change to make durable, in phases that the batch runs for all its
+    steps at once, so that one sync can cover every step of a phase: write
+    each file, sync the files' data, publish each file (rename it into
+    place, or unlink), sync the directories.  A name never points at data
+    that is not yet on stable storage.
 
-    @ivar directory: the directory whose fsync makes the change durable.
+    @ivar directory: the directory whose sync makes the change durable.
     """
 
     directory: str
 
-    def prepare(self, fs: FileSystem) -> None:
+    def write(self, fs: FileSystem) -> int | None:
         """
-        In the thread: everything before the directory sync (fsync the file,
-        rename it into place, or unlink).  Raising fails this step only; the
-        step must then have cleaned up after itself.
+        In the thread: write the new file and keep it open.  Raising fails
+        this step only; the step must then have cleaned up after itself.
+
+        @return: the descriptor of the file whose data must be durable
+            before L{publish}, or C{None} if there is none (a removal).
+        """
+
+    def abandon(self, fs: FileSystem) -> None:
+        """
+        In the thread: the data sync after L{write} failed; close and remove
+        what L{write} made.
+        """
+
+    def publish(self, fs: FileSystem) -> None:
+        """
+        In the thread, once the data is durable: close the file and rename it
+        into place, or unlink.  Raising fails this step only; the step must
+        then have cleaned up after itself.
         """
 
     def undo(self, fs: FileSystem) -> None:
         """
-        In the thread: the directory sync failed after L{prepare} succeeded;
+        In the thread: the directory sync failed after L{publish} succeeded;
         take the change back as far as possible, so that nothing the caller
         is told failed is acted on later.
         """
@@ -152,24 +172,48 @@ class GroupCommitter:
 
     def _run(self, steps: list[DurableStep]) -> _BatchResult:
         """
-        The thread job: prepare every step, sync each directory once, undo
-        the steps of a directory whose sync failed, finish the rest.
+        The thread job: write every step's file, sync their data, publish
+        them, sync each directory, undo the steps of a directory whose sync
+        failed, finish the rest.  L{FileSystem.sync_files} and
+        L{FileSystem.sync_directories} decide how many system calls a sync
+        of the whole batch costs.
         """
         fs = self._fs
         result = _BatchResult()
-        directories: dict[str, None] = {}
+        written: list[tuple[int, int]] = []
         for index, step in enumerate(steps):
             try:
-                step.prepare(fs)
+                fd = step.write(fs)
+            except BaseException:
+                result.failures[index] = Failure()
+            else:
+                if fd is not None:
+                    written.append((index, fd))
+        if written:
+            errors = fs.sync_files([fd for _, fd in written])
+            for (index, _), error in zip(written, errors, strict=True):
+                if error is not None:
+                    result.failures[index] = Failure(error)
+                    try:
+                        steps[index].abandon(fs)
+                    except BaseException:
+                        result.finish_failures.append(Failure())
+        directories: dict[str, None] = {}
+        for index, step in enumerate(steps):
+            if index in result.failures:
+                continue
+            try:
+                step.publish(fs)
             except BaseException:
                 result.failures[index] = Failure()
             else:
                 directories[step.directory] = None
-        for directory in directories:
-            try:
-                fs.fsync_directory(directory)
-            except BaseException:
-                failure = Failure()
+        if directories:
+            names = list(directories)
+            for directory, error in zip(names, fs.sync_directories(names), strict=True):
+                if error is None:
+                    continue
+                failure = Failure(error)
                 for index, step in enumerate(steps):
                     if step.directory == directory and index not in result.failures:
                         result.failures[index] = failure

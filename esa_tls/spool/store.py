@@ -15,7 +15,7 @@ Layout of the spool directory::
 
 The guarantee is that of the C{IMessageStore} contract: a message is in
 C{queue/} whole, or not at all.  It is written into its own temporary
-directory, fsync'd, renamed into C{queue/}, and C{queue/} is fsync'd before
+directory, synced, renamed into C{queue/}, and C{queue/} is synced before
 L{IncomingMessage.commit} fires; a crash before that leaves only a
 temporary file, which the next start removes.
 
@@ -83,11 +83,19 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+def _close_quietly(file: BinaryIO | None) -> None:
+    if file is not None:
+        try:
+            file.close()
+        except OSError:
+            pass
+
+
 @define
 class _CommitStep:
     """
-    Make a received message durable: fsync its file, rename it into
-    C{queue/}; the batch then fsyncs C{queue/}.
+    Make a received message durable: sync its file, rename it into
+    C{queue/}; the batch then syncs C{queue/}.
     """
 
     file: BinaryIO
@@ -95,12 +103,21 @@ class _CommitStep:
     final: str
     directory: str
 
-    def prepare(self, fs: FileSystem) -> None:
+    def write(self, fs: FileSystem) -> int:
         try:
-            try:
-                fs.fsync(self.file.fileno())
-            finally:
-                self.file.close()
+            self.file.flush()
+            return self.file.fileno()
+        except BaseException:
+            self.abandon(fs)
+            raise
+
+    def abandon(self, fs: FileSystem) -> None:
+        _close_quietly(self.file)
+        _unlink_quietly(self.temporary)
+
+    def publish(self, fs: FileSystem) -> None:
+        try:
+            self.file.close()
             fs.replace(self.temporary, self.final)
         except BaseException:
             _unlink_quietly(self.temporary)
@@ -118,21 +135,34 @@ class _CommitStep:
 @define
 class _WriteStep:
     """
-    Replace a small file atomically: write a temporary file, fsync it,
-    rename it over the old one; the batch then fsyncs the directory.
+    Replace a small file atomically: write a temporary file, sync it,
+    rename it over the old one; the batch then syncs the directory.
     """
 
     data: bytes
     temporary: str
     final: str
     directory: str
+    _file: BinaryIO | None = None
 
-    def prepare(self, fs: FileSystem) -> None:
+    def write(self, fs: FileSystem) -> int:
         try:
-            with fs.open_for_writing(self.temporary) as f:
-                f.write(self.data)
-                f.flush()
-                fs.fsync(f.fileno())
+            self._file = fs.open_for_writing(self.temporary)
+            self._file.write(self.data)
+            self._file.flush()
+            return self._file.fileno()
+        except BaseException:
+            self.abandon(fs)
+            raise
+
+    def abandon(self, fs: FileSystem) -> None:
+        _close_quietly(self._file)
+        _unlink_quietly(self.temporary)
+
+    def publish(self, fs: FileSystem) -> None:
+        try:
+            assert self._file is not None
+            self._file.close()
             fs.replace(self.temporary, self.final)
         except BaseException:
             _unlink_quietly(self.temporary)
@@ -151,7 +181,7 @@ class _WriteStep:
 class _CreateStep(_WriteStep):
     """
     Make a message held in memory durable: create its temporary file, write
-    it, fsync it, rename it into C{queue/}; the batch then fsyncs C{queue/}.
+    it, sync it, rename it into C{queue/}; the batch then syncs C{queue/}.
     All of it in the thread: creating a file takes the directory's lock and
     a journal handle, either of which can wait for a commit in progress.
     """
@@ -164,7 +194,7 @@ class _CreateStep(_WriteStep):
 @define
 class _RemoveStep:
     """
-    Forget a finished message: unlink it from C{queue/}, fsync C{queue/},
+    Forget a finished message: unlink it from C{queue/}, sync C{queue/},
     then unlink its state file (an orphan state file is harmless and
     removed at the next start, so that last unlink needs no sync).
     """
@@ -173,7 +203,13 @@ class _RemoveStep:
     state: str
     directory: str
 
-    def prepare(self, fs: FileSystem) -> None:
+    def write(self, fs: FileSystem) -> None:
+        return None
+
+    def abandon(self, fs: FileSystem) -> None:
+        pass
+
+    def publish(self, fs: FileSystem) -> None:
         _unlink_quietly(self.message)
 
     def undo(self, fs: FileSystem) -> None:
@@ -936,5 +972,6 @@ class DurableSpool:
             _unlink_quietly(self._tmp_dir + ".lock")
             os.close(self._lock_fd)
             self._lock_fd = -1
+            self._fs.close()
 
         return self.committer.drain().addCallback(release)
