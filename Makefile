@@ -47,3 +47,4 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	bench/run --quick
+	$(VENV)/bin/python bench/spool.py --rounds 1 --seconds 1
