@@ -302,6 +302,38 @@ class GroupCommitTests(SpoolTestMixin, TestCase):
         self.assertEqual(len(_queue_files(spool.directory)), 5)
 
     @inlineCallbacks
+    def test_writebackStartedForWholeBatch(self) -> Any:
+        """
+        The write-back of every file of a batch is started before the first
+        C{fsync} waits, so that the disk sees them together; a batch of one
+        goes straight to its C{fsync}.
+        """
+        events: list[tuple[str, str]] = []
+
+        class Recording(FileSystem):
+            def start_writeback(self, fd: int) -> None:
+                events.append(("start", _path_of(fd)))
+                super().start_writeback(fd)
+
+            def fsync(self, fd: int) -> None:
+                events.append(("fsync", _path_of(fd)))
+                super().fsync(fd)
+
+        spool = self.make_spool(filesystem=Recording())
+        messages = [spool.new_message(ENVELOPE) for _ in range(4)]
+        for m in messages:
+            m.write(BODY)
+        yield gatherResults([m.commit() for m in messages])
+        kinds = [kind for kind, _ in events]
+        self.assertEqual(kinds, ["start"] * 4 + ["fsync"] * 4)
+        self.assertEqual([p for _, p in events[:4]], [p for _, p in events[4:]])
+        del events[:]
+        lone = spool.new_message(ENVELOPE)
+        lone.write(BODY)
+        yield lone.commit()
+        self.assertEqual([kind for kind, _ in events], ["fsync"])
+
+    @inlineCallbacks
     def test_laterTurnsJoinNextBatch(self) -> Any:
         """
         Commits requested while a batch is being synced wait for it to end

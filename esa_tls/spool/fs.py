@@ -13,9 +13,24 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 __all__ = ["FileSystem", "WholeFileSystemSync", "syncfs_unsupported"]
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _libc_sync_file_range() -> Any:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _libc_sync_file_range()
 
 
 class FileSystem:
@@ -53,14 +68,33 @@ class FileSystem:
         finally:
             os.close(fd)
 
+    def start_writeback(self, fd: int) -> None:
+        """
+        Ask the kernel to start writing the open file C{fd} to disk, without
+        waiting and without any promise (Linux C{sync_file_range} with
+        C{SYNC_FILE_RANGE_WRITE}; nothing elsewhere).  Errors are left for
+        the C{fsync} that follows to report.
+        """
+        if _sync_file_range is not None:
+            _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
     def sync_files(self, fds: Sequence[int]) -> list[BaseException | None]:
         """
         Make the data and metadata of each open file durable.  Runs in a
         thread, never on the reactor.
 
+        The write-back of every file is started first, so that the disk
+        gets them as one burst and the first C{fsync}'s journal commit
+        covers the block allocations of all of them; the later C{fsync}s
+        then mostly find their work done.  Under load that made the
+        batches about 15% faster (C{bench/README.md}).
+
         @return: for each descriptor, C{None} or the exception that stopped
             its sync (the others' syncs are still attempted).
         """
+        if len(fds) > 1:
+            for fd in fds:
+                self.start_writeback(fd)
         results: list[BaseException | None] = []
         for fd in fds:
             try:
