@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import time
 from collections.abc import Sequence
 from io import BytesIO
 
@@ -645,6 +646,21 @@ class TransactionTests(DeliveryTestCase):
         """
         server = self.serve(silent_after=b"MAIL", ehlo_keywords=(b"8BITMIME",))
         result = await self.deliver(NO, server, timeouts=Timeouts.uniform(0.5))
+        self.assertStatuses(result, DEFERRED)
+        self.assertIn("timeout", result.recipients[0].text)
+
+    async def test_shorter_timeout_applies(self) -> None:
+        """
+        A stage with a shorter timeout than the one before gets it: a
+        server silent once it has accepted RCPT never answers DATA (the
+        C{354} wait, 0.5 s here), and the recipient is deferred in about
+        that time, not after the 30 s of MAIL and RCPT.
+        """
+        server = self.serve(silent_after=b"RCPT", ehlo_keywords=(b"8BITMIME",))
+        timeouts = Timeouts(connect=30, greeting=30, command=30, mail=30, rcpt=30, data_init=0.5)
+        started = time.monotonic()
+        result = await self.deliver(NO, server, timeouts=timeouts)
+        self.assertLess(time.monotonic() - started, 10)
         self.assertStatuses(result, DEFERRED)
         self.assertIn("timeout", result.recipients[0].text)
 

@@ -360,6 +360,22 @@ class DeliveryClient(ESMTPSender):
         )
         super().sendLine(line)
 
+    def setTimeout(self, period: float | None) -> float | None:
+        """
+        Change the reply timeout.  C{TimeoutMixin} moves its pending call
+        with C{DelayedCall.reset}; moving a call sooner (600 s for the
+        final dot, then 300 s for the next MAIL; 300 s, then 120 s for
+        DATA) costs Twisted a linear search of every timed call in the
+        reactor (C{_moveCallLaterSooner}), 5% of a relaying process's
+        reactor with a few hundred sessions.  A shorter period therefore
+        cancels the call, which is constant time, and schedules a new one.
+        """
+        previous = self.timeOut
+        if period is not None and previous is not None and period < previous:
+            super().setTimeout(None)
+        super().setTimeout(period)
+        return previous
+
     def lineReceived(self, line: bytes) -> None:
         """
         One reply line: bound the reply's size, and let only a reply's last
