@@ -310,6 +310,16 @@ class GatewayService(MultiService):
                 continue
             factory.config = listener
             factory.hat = HostAccessTable(listener, self.resolver, clock=self.reactor)
+            if (
+                isinstance(factory, SharedListenerFactory)
+                and listener.max_concurrency > factory.shared.capacity
+            ):
+                problems.append(
+                    f"listener {name}: max_concurrency {listener.max_concurrency} is above "
+                    f"the {factory.shared.capacity} the workers' shared per-IP table was "
+                    "made for; addresses beyond it are not counted across workers until "
+                    "a restart"
+                )
         self.config = new_config
         self.alerts.settings = new_config.alerts
         self.certificate_watch.config = new_config

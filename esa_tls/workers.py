@@ -28,7 +28,9 @@ for I{the gateway}, not for each process:
     together) and once when it ends (L{SharedListenerFactory}).  Each worker
     counts in its own column, so that when a worker dies its connections
     (which died with it) are subtracted by clearing its column, and nothing
-    leaks.
+    leaks.  The per-address tables are made at start for a Max Concurrency
+    of at least L{TABLE_CONCURRENCY_FLOOR}; a reload that raises a
+    listener's beyond its table says so, and a restart applies it.
   - B{Signals.}  SIGTERM stops the parent, which stops every worker
     (each says 421 to its sessions and finishes its commits) before it
     exits; SIGHUP is forwarded, so each worker reloads the configuration.
@@ -143,14 +145,22 @@ def _address_key(ip: str) -> bytes:
     return address.packed if address.packed != _EMPTY_KEY else b"\x00" * 15 + b"\x01"
 
 
+#: The Max Concurrency every listener's per-IP table is sized for at least,
+#: so that a reload can raise a listener's (the ESA's default is 50) up to
+#: the seed's 1000 without a restart.  The table lives in a sparse file:
+#: only the pages holding addresses in use take memory.
+TABLE_CONCURRENCY_FLOOR = 1000
+
+
 def _table_slots(max_concurrency: int) -> int:
     """
     Slots for a listener's per-IP table: a power of two with room to spare.
     The addresses counted at once can never outnumber the connections the
     listener holds, so the table cannot fill while the listener's Max
-    Concurrency is what it was at start.
+    Concurrency is at most L{SharedConnectionCounter.capacity}: the larger
+    of what it was at start and L{TABLE_CONCURRENCY_FLOOR}.
     """
-    wanted = max(64, 2 * max_concurrency + 1)
+    wanted = 2 * max(max_concurrency, TABLE_CONCURRENCY_FLOOR) + 1
     slots = 1
     while slots < wanted:
         slots *= 2
@@ -303,6 +313,14 @@ class SharedConnectionCounter(ConnectionCounter):
         self._slots_at = self.slots_offset(offset, workers)
         self._column = table.index
 
+    @property
+    def capacity(self) -> int:
+        """
+        The highest Max Concurrency whose per-IP counts this table always
+        has room for (half its slots: open addressing needs the spare).
+        """
+        return (self._slots - 1) // 2
+
     @staticmethod
     def slots_offset(offset: int, workers: int) -> int:
         return offset + (8 + 4 * workers + 7) // 8 * 8
@@ -432,8 +450,9 @@ class SharedConnectionCounter(ConnectionCounter):
         buffer = self._table.buffer
         slot, found = self._find(key)
         if slot < 0:
-            # Only after a reload raised Max Concurrency past what the
-            # table was sized for: the listener's own limit still holds.
+            # Only after a reload raised Max Concurrency past the table's
+            # capacity (said at the reload): the listener's own limit
+            # still holds.
             log.warn("shared connection table full; not counting {ip}", ip=ip)
             return True
         at = self._at(slot)

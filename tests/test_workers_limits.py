@@ -50,6 +50,34 @@ class SharedLimitsTests(TestCase):
         a.release("192.0.2.1")
         self.assertTrue(b.acquire("192.0.2.1", 3))
 
+    def test_roomForTheSeedsConcurrency(self) -> None:
+        """
+        However low a listener's Max Concurrency at start (10 here), its
+        table counts a thousand addresses at once, so that a reload can
+        raise it that far: each address is counted and held to its limit.
+        """
+        a = self.parent.listener("In")
+        b = self.child.listener("In")
+        assert a is not None and b is not None
+        self.assertGreaterEqual(a.capacity, 1000)
+        addresses = [f"2001:db8::{n:x}" for n in range(1000)]
+        for ip in addresses:
+            self.assertTrue(a.acquire(ip, 1), ip)
+        for ip in addresses:
+            self.assertFalse(b.acquire(ip, 1), ip)
+        self.assertEqual(b.count(addresses[-1]), 1)
+
+    def test_capacityFollowsLargerConcurrency(self) -> None:
+        """
+        A listener started with a Max Concurrency above the floor gets a
+        table for it.
+        """
+        big = SharedLimits.create({"In": 3000}, 2)
+        self.addCleanup(big.close)
+        counter = big.listener("In")
+        assert counter is not None
+        self.assertGreaterEqual(counter.capacity, 3000)
+
     def test_mappedAddressesAreOnePeer(self) -> None:
         """
         An IPv4 peer seen as an IPv4-mapped IPv6 address (a dual-stack

@@ -359,6 +359,18 @@ class WorkerTests(TestCase):
         self.assertTrue((yield in_thread(wait_until, reloaded, 30)), gateway.log())
         for index in (1, 2):
             self.assertIn(f"[worker {index}] configuration reloaded from", gateway.log())
+        # A Max Concurrency above what the shared per-IP table was made for
+        # is applied, and every process says what it cannot count.
+        with open(gateway.config) as f:
+            text = f.read()
+        with open(gateway.config, "w") as f:
+            f.write(text.replace("max_concurrency = 1000", "max_concurrency = 5000", 1))
+        os.kill(gateway.pid, signal.SIGHUP)
+        warning = "listener InboundMail: max_concurrency 5000 is above the 1023"
+        self.assertTrue(
+            (yield in_thread(wait_until, lambda: gateway.log().count(warning) == 3, 30)),
+            gateway.log(),
+        )
         assert gateway.process is not None
         gateway.process.send_signal(signal.SIGTERM)
         yield in_thread(gateway.process.wait, 60)
