@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
-from typing import Any, BinaryIO
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO, TypeVar
 
 __all__ = ["FileSystem", "WholeFileSystemSync", "syncfs_unsupported"]
 
@@ -31,6 +31,24 @@ def _libc_sync_file_range() -> Any:
 
 
 _sync_file_range = _libc_sync_file_range()
+
+_T = TypeVar("_T")
+
+
+def _each(sync: Callable[[_T], None], items: Sequence[_T]) -> list[BaseException | None]:
+    """
+    Sync every item, each whatever became of the others: C{None} for each
+    that succeeded, the exception for each that did not.
+    """
+    results: list[BaseException | None] = []
+    for item in items:
+        try:
+            sync(item)
+        except Exception as e:
+            results.append(e)
+        else:
+            results.append(None)
+    return results
 
 
 class FileSystem:
@@ -86,8 +104,8 @@ class FileSystem:
         The write-back of every file is started first, so that the disk
         gets them as one burst and the first C{fsync}'s journal commit
         covers the block allocations of all of them; the later C{fsync}s
-        then mostly find their work done.  Under load that made the
-        batches about 15% faster (C{bench/README.md}).
+        then mostly find their work done: 11% more commits per second with
+        the spool alone (C{bench/README.md}).
 
         @return: for each descriptor, C{None} or the exception that stopped
             its sync (the others' syncs are still attempted).
@@ -95,29 +113,13 @@ class FileSystem:
         if len(fds) > 1:
             for fd in fds:
                 self.start_writeback(fd)
-        results: list[BaseException | None] = []
-        for fd in fds:
-            try:
-                self.fsync(fd)
-            except Exception as e:
-                results.append(e)
-            else:
-                results.append(None)
-        return results
+        return _each(self.fsync, fds)
 
     def sync_directories(self, paths: Sequence[str]) -> list[BaseException | None]:
         """
         Make the entries of each directory durable, as L{sync_files}.
         """
-        results: list[BaseException | None] = []
-        for path in paths:
-            try:
-                self.fsync_directory(path)
-            except Exception as e:
-                results.append(e)
-            else:
-                results.append(None)
-        return results
+        return _each(self.fsync_directory, paths)
 
     def replace(self, source: str, destination: str) -> None:
         """

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
-from attrs import define
+from attrs import define, field
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -92,63 +92,27 @@ def _close_quietly(file: BinaryIO | None) -> None:
 
 
 @define
-class _CommitStep:
+class _FileStep:
     """
-    Make a received message durable: sync its file, rename it into
-    C{queue/}; the batch then syncs C{queue/}.
+    Put a new file in place durably: write it, sync it, rename it over
+    C{final}; the batch then syncs C{directory}.
     """
 
-    file: BinaryIO
     temporary: str
     final: str
     directory: str
+    _file: BinaryIO | None = field(default=None, init=False)
 
-    def write(self, fs: FileSystem) -> int:
-        try:
-            self.file.flush()
-            return self.file.fileno()
-        except BaseException:
-            self.abandon(fs)
-            raise
+    def _open(self, fs: FileSystem) -> BinaryIO:
+        raise NotImplementedError
 
-    def abandon(self, fs: FileSystem) -> None:
-        _close_quietly(self.file)
-        _unlink_quietly(self.temporary)
-
-    def publish(self, fs: FileSystem) -> None:
-        try:
-            self.file.close()
-            fs.replace(self.temporary, self.final)
-        except BaseException:
-            _unlink_quietly(self.temporary)
-            raise
-
-    def undo(self, fs: FileSystem) -> None:
-        # The rename may or may not survive a crash now; the caller is told
-        # the commit failed (451), so the message must not be delivered.
-        _unlink_quietly(self.final)
-
-    def finish(self, fs: FileSystem) -> None:
+    def _fill(self, file: BinaryIO) -> None:
         pass
 
-
-@define
-class _WriteStep:
-    """
-    Replace a small file atomically: write a temporary file, sync it,
-    rename it over the old one; the batch then syncs the directory.
-    """
-
-    data: bytes
-    temporary: str
-    final: str
-    directory: str
-    _file: BinaryIO | None = None
-
     def write(self, fs: FileSystem) -> int:
         try:
-            self._file = fs.open_for_writing(self.temporary)
-            self._file.write(self.data)
+            self._file = self._open(fs)
+            self._fill(self._file)
             self._file.flush()
             return self._file.fileno()
         except BaseException:
@@ -169,12 +133,45 @@ class _WriteStep:
             raise
 
     def undo(self, fs: FileSystem) -> None:
-        # The new state may or may not be on disk; the caller is told it
-        # failed and will write it again.
+        # A state file: the new state may or may not be on disk; the caller
+        # is told it failed and will write it again.
         pass
 
     def finish(self, fs: FileSystem) -> None:
         pass
+
+
+@define
+class _CommitStep(_FileStep):
+    """
+    Make a message received into its file durable, and give it its name in
+    C{queue/}.
+    """
+
+    received: BinaryIO
+
+    def _open(self, fs: FileSystem) -> BinaryIO:
+        return self.received
+
+    def undo(self, fs: FileSystem) -> None:
+        # The rename may or may not survive a crash now; the caller is told
+        # the commit failed (451), so the message must not be delivered.
+        _unlink_quietly(self.final)
+
+
+@define
+class _WriteStep(_FileStep):
+    """
+    Replace a small file (a message's recipient states) atomically.
+    """
+
+    data: bytes
+
+    def _open(self, fs: FileSystem) -> BinaryIO:
+        return fs.open_for_writing(self.temporary)
+
+    def _fill(self, file: BinaryIO) -> None:
+        file.write(self.data)
 
 
 @define
@@ -747,7 +744,8 @@ class DurableSpool:
 
     def _commit(self, message: IncomingMessage, file: BinaryIO, path: str) -> Deferred[int]:
         return self._submit_commit(
-            message, _CommitStep(file, path, self.message_path(message.mid), self._queue_dir)
+            message,
+            _CommitStep(path, self.message_path(message.mid), self._queue_dir, received=file),
         )
 
     def _submit_commit(
@@ -780,7 +778,8 @@ class DurableSpool:
 
     def _commit_memory(self, message: IncomingMessage, data: bytes, path: str) -> Deferred[int]:
         return self._submit_commit(
-            message, _CreateStep(data, path, self.message_path(message.mid), self._queue_dir)
+            message,
+            _CreateStep(path, self.message_path(message.mid), self._queue_dir, data=data),
         )
 
     def _notify(self, mid: int) -> None:
@@ -917,10 +916,10 @@ class DurableSpool:
         entry.recipients = merged
         self._state_serial += 1
         step = _WriteStep(
-            encode_recipient_states(mid, merged),
             os.path.join(self._tmp_dir, f"{mid}.json.{self._state_serial}"),
             self._state_path(mid),
             self._state_dir,
+            data=encode_recipient_states(mid, merged),
         )
 
         def failed(failure: Failure) -> Failure:
