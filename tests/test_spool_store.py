@@ -593,6 +593,28 @@ class SpaceTests(SpoolTestMixin, TestCase):
         self.assertTrue(spool.has_space(0))
         self.assertFalse(spool.has_space(2**62))
 
+    def test_freeSpaceAnswerReused(self) -> None:
+        """
+        The file system is asked at most once per C{free_bytes_ttl} however
+        many sessions ask the spool, and asked again once that has passed.
+        """
+        queries: list[str] = []
+
+        class Counting(FileSystem):
+            def query_free_bytes(self, path: str) -> int:
+                queries.append(path)
+                return super().query_free_bytes(path)
+
+        fs = Counting()
+        fs.free_bytes_ttl = 3600
+        spool = self.make_spool(min_free_bytes=0, filesystem=fs)
+        for _ in range(50):
+            self.assertTrue(spool.has_space(0))
+        self.assertEqual(queries, [spool.directory])
+        fs.free_bytes_ttl = 0
+        self.assertTrue(spool.has_space(0))
+        self.assertEqual(len(queries), 2)
+
 
 class RecoveryTests(SpoolTestMixin, TestCase):
     def test_deadProcessLeftoversRemoved(self) -> None:
