@@ -148,6 +148,16 @@ class MailLog:
             else None
         )
 
+    def flush(self) -> None:
+        """
+        Write the lines given so far now rather than at the end of the
+        reactor turn: before a reply that tells the client they are true
+        (the 250 of a message), so that mail.log has them when the client
+        has its reply.
+        """
+        if self._writer is not None:
+            self._writer.flush()
+
     def _emit(self, name: str, text: str, **fields: Any) -> None:
         if self._writer is not None:
             self._writer.line(text)

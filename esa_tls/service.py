@@ -34,6 +34,7 @@ from esa_tls.inbound.auth import PasswordFile
 from esa_tls.inbound.limits import RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.inbound.proxy import ProxyProtocolFactory
+from esa_tls.inbound.transport import WriteThroughEndpoint
 from esa_tls.maillog import MailLog, MailLogFile, mail_log_path
 from esa_tls.outbound.mx import resolver_from_config
 from esa_tls.outbound.queue import QueueManager
@@ -206,6 +207,9 @@ class GatewayService(MultiService):
         return factory
 
     def _endpoint(self, listener: Listener) -> IStreamServerEndpoint:
+        return WriteThroughEndpoint(self._tcp_endpoint(listener))
+
+    def _tcp_endpoint(self, listener: Listener) -> IStreamServerEndpoint:
         if self.worker is not None:
             adopted = self.worker.endpoint(self.reactor, listener.name)
             if adopted is not None:

@@ -14,6 +14,7 @@ import smtplib
 import socket
 import subprocess
 import threading
+import time
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -136,9 +137,11 @@ class Gateway(Child):
         f = sock.makefile("rb")
         line = f.readline()
         if line.startswith(b"421"):
-            # Refused: wait until the gateway has closed its end (and so
-            # given back the slot the refused session held).
+            # Refused: wait until the gateway has closed its end, and then
+            # a moment more: Twisted closes the socket just before it tells
+            # the session, which then gives back the slot it held.
             f.read()
+            time.sleep(0.2)
         return line
 
     def cleanup(self) -> None:

@@ -95,6 +95,23 @@ _HELP = (
 )
 
 
+#: Replies collected from one read before they are written anyway.
+_MAX_COLLECTED = 32
+
+
+def _format_reply(code: int, text: bytes) -> bytes:
+    """
+    The reply C{code} with C{text} on the wire: one line per line of text,
+    all but the last marked as continued.
+    """
+    if b"\n" not in text:
+        return b"%d %s\r\n" % (code, text)
+    lines = text.split(b"\n")
+    out = [b"%d-%s\r\n" % (code, line) for line in lines[:-1]]
+    out.append(b"%d %s\r\n" % (code, lines[-1]))
+    return b"".join(out)
+
+
 @implementer(IHandshakeListener, IPushProducer)
 class InboundSession(ESMTP):
     """
@@ -122,6 +139,9 @@ class InboundSession(ESMTP):
         self.tls_info: TLSInfo | None = None
         self._hostname = factory.hostname
         self._held = b""
+        # Replies made while one read is processed, sent as one write when
+        # it is done (pipelined commands get one segment, not three).
+        self._replies: list[bytes] | None = None
         self._busy = False
         self._paused = False
         self._output_full = False
@@ -222,17 +242,17 @@ class InboundSession(ESMTP):
             if rule is AccessRule.TCPREFUSE:
                 self._close(abort=True)
                 return
-            self._reply(self.policy.reject_banner_code, self._reject_text())
-            self._close()
+            self._close(reply=(self.policy.reject_banner_code, self._reject_text()))
             return
         if not self.factory.admit(self, self.peer_ip, self.policy.max_concurrency):
-            self._reply(
-                421,
-                b"4.7.0 "
-                + self._host_bytes()
-                + b" Too many concurrent connections from your address",
+            self._close(
+                reply=(
+                    421,
+                    b"4.7.0 "
+                    + self._host_bytes()
+                    + b" Too many concurrent connections from your address",
+                )
             )
-            self._close()
             return
         self._counted = True
         self.state = State.COMMAND
@@ -249,8 +269,7 @@ class InboundSession(ESMTP):
             # Bytes sent before our greeting: a client that does not wait
             # for the banner is not speaking SMTP (and "early talkers" are a
             # classic spam-bot tell); refuse it rather than guess.
-            self._reply(554, b"5.5.1 Protocol error: data received before the greeting")
-            self._close()
+            self._close(reply=(554, b"5.5.1 Protocol error: data received before the greeting"))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.state = State.CLOSED
@@ -273,7 +292,24 @@ class InboundSession(ESMTP):
         self.factory.session_closed(self, counted_ip)
         self.factory.maillog.icid_close(self.icid)
 
-    def _close(self, abort: bool = False) -> None:
+    def _close(self, abort: bool = False, reply: tuple[int, bytes] | None = None) -> None:
+        """
+        End the session: with C{abort}, at once; else after the replies
+        collected so far and the last C{reply}.
+
+        In the clear the last reply is written after C{loseConnection}, so
+        that it leaves in the same step as the connection ends and frees
+        its place in the limits (a client told 421 that reconnects at once
+        finds the place free); under TLS it must go before the TLS
+        shutdown.
+        """
+        last = None if abort or reply is None else _format_reply(*reply)
+        if not abort:
+            self._flush_replies()
+            if last is not None and ISSLTransport.providedBy(self.transport):
+                self._t.write(last)
+                last = None
+        self._replies = None
         self.state = State.CLOSED
         self._held = b""
         # A registered producer would keep the connection open (see
@@ -283,6 +319,8 @@ class InboundSession(ESMTP):
             self._t.abortConnection()
             return
         self._t.loseConnection()
+        if last is not None:
+            self._t.write(last)
         # loseConnection waits for the client to take the replies still
         # buffered; one that never reads would hold its slot (and per-IP
         # count) for ever.
@@ -293,29 +331,29 @@ class InboundSession(ESMTP):
         The gateway is stopping: tell the client, as RFC 5321 3.8 asks.
         """
         if self.state in (State.COMMAND, State.DATA):
-            self._reply(
-                421,
-                b"4.3.2 "
-                + self._host_bytes()
-                + b" Service shutting down, closing transmission channel",
+            self._close(
+                reply=(
+                    421,
+                    b"4.3.2 "
+                    + self._host_bytes()
+                    + b" Service shutting down, closing transmission channel",
+                )
             )
-            self._close()
 
     def timeoutConnection(self) -> None:
-        self._reply(421, b"4.4.2 " + self._host_bytes() + b" Error: timeout exceeded")
-        self._close()
+        self._close(reply=(421, b"4.4.2 " + self._host_bytes() + b" Error: timeout exceeded"))
 
     def _noInjection(self) -> None:
         if self.state is State.COMMAND and not self._busy:
-            self._reply(421, b"Timed out waiting for successful message injection, disconnecting.")
-            self._close()
+            self._close(
+                reply=(421, b"Timed out waiting for successful message injection, disconnecting.")
+            )
         elif self.state is not State.CLOSED:
             self._close_after_message = True
 
     def _connectionTimeLimit(self) -> None:
         if self.state is State.COMMAND and not self._busy:
-            self._reply(421, b"Exceeded allowable connection time, disconnecting.")
-            self._close()
+            self._close(reply=(421, b"Exceeded allowable connection time, disconnecting."))
         elif self.state is not State.CLOSED:
             # At 80% of the limit a message may be on its way: let it finish,
             # but not beyond the limit itself.
@@ -325,8 +363,7 @@ class InboundSession(ESMTP):
 
     def _hardTimeLimit(self) -> None:
         if self.state is not State.CLOSED:
-            self._reply(421, b"Exceeded allowable connection time, disconnecting.")
-            self._close()
+            self._close(reply=(421, b"Exceeded allowable connection time, disconnecting."))
 
     def handshakeCompleted(self) -> None:
         """
@@ -344,10 +381,12 @@ class InboundSession(ESMTP):
                 self.factory.maillog.icid_tls_failed(
                     self.icid, f"client certificate not verified: {status.error}"
                 )
-                self._reply(
-                    421, b"4.7.1 " + self._host_bytes() + b" Client certificate not accepted"
+                self._close(
+                    reply=(
+                        421,
+                        b"4.7.1 " + self._host_bytes() + b" Client certificate not accepted",
+                    )
                 )
-                self._close()
 
     # -- input --------------------------------------------------------------
 
@@ -363,8 +402,25 @@ class InboundSession(ESMTP):
         self._process()
 
     def _process(self) -> None:
-        self._consume()
-        self._flow()
+        if self._replies is not None:  # re-entered: the outer call sends
+            self._consume()
+            self._flow()
+            return
+        self._replies = []
+        try:
+            self._consume()
+            self._flow()
+        finally:
+            self._send_replies()
+
+    def _send_replies(self) -> None:
+        """
+        Send the replies collected so far, as one write.  Called at the end
+        of L{_process}, and before anything whose effect must follow them
+        on the wire (closing, starting TLS).
+        """
+        self._flush_replies()
+        self._replies = None
 
     def _consume(self) -> None:
         while not self._blocked() and self._held and self.state is not State.CLOSED:
@@ -485,8 +541,7 @@ class InboundSession(ESMTP):
     def _badCommand(self, code: int, text: bytes) -> None:
         self._bad_commands += 1
         if self._bad_commands >= self.factory.settings.bad_command_limit:
-            self._reply(421, b"Exceeded bad SMTP command limit, disconnecting.")
-            self._close()
+            self._close(reply=(421, b"Exceeded bad SMTP command limit, disconnecting."))
             return
         self._reply(code, text)
 
@@ -495,13 +550,25 @@ class InboundSession(ESMTP):
     def _reply(self, code: int, text: bytes) -> None:
         if self.state is State.CLOSED:
             return
-        if b"\n" not in text:
-            self._t.write(b"%d %s\r\n" % (code, text))
+        reply = _format_reply(code, text)
+        if self._replies is None:
+            self._t.write(reply)
             return
-        lines = text.split(b"\n")
-        out = [b"%d-%s\r\n" % (code, line) for line in lines[:-1]]
-        out.append(b"%d %s\r\n" % (code, lines[-1]))
-        self._t.write(b"".join(out))
+        self._replies.append(reply)
+        if len(self._replies) >= _MAX_COLLECTED:
+            # A long pipelined burst: hand them over now, so that the
+            # transport can push back (pauseProducing) on a client that
+            # does not read.
+            self._flush_replies()
+
+    def _flush_replies(self) -> None:
+        """
+        Send the replies collected so far now, and keep collecting.
+        """
+        if self._replies:
+            replies = self._replies
+            self._replies = []
+            self._t.write(b"".join(replies))
 
     def _host_bytes(self) -> bytes:
         host = self.policy.override_hostname
@@ -557,8 +624,7 @@ class InboundSession(ESMTP):
         self._reply(250, b"2.0.0 Ok")
 
     def smtp_QUIT(self, argument: str) -> None:
-        self._reply(221, b"2.0.0 Bye")
-        self._close()
+        self._close(reply=(221, b"2.0.0 Bye"))
 
     def smtp_HELP(self, argument: str) -> None:
         self._reply(214, _HELP)
@@ -592,6 +658,8 @@ class InboundSession(ESMTP):
         self.secure = True
         self.startedTLS = True
         self._tls_pending = True
+        # The 220 must leave in the clear, before the handshake starts.
+        self._flush_replies()
         self._t.startTLS(creator)
 
     def _auth_available(self) -> bool:
@@ -702,10 +770,12 @@ class InboundSession(ESMTP):
             self._reply(530, b"5.7.0 Authentication required")
             return
         if self._messages >= self.policy.max_msgs_per_session:
-            self._reply(
-                421, b"4.7.0 " + self._host_bytes() + b" Too many messages in this session, closing"
+            self._close(
+                reply=(
+                    421,
+                    b"4.7.0 " + self._host_bytes() + b" Too many messages in this session, closing",
+                )
             )
-            self._close()
             return
         try:
             path = parse_mail_from(argument)
@@ -861,6 +931,9 @@ class InboundSession(ESMTP):
             maillog.queued(mid)
             if self._unsuccessful is not None and self._unsuccessful.active():
                 self._unsuccessful.reset(self.factory.settings.unsuccessful_timeout)
+            # The 250 leaves at once (the listener's transport writes
+            # through): the message's lines go to mail.log first.
+            maillog.flush()
             self._reply(250, b"2.0.0 Ok: Message %d accepted" % (mid,))
 
         def failed(reason: Failure) -> None:
@@ -883,8 +956,7 @@ class InboundSession(ESMTP):
 
     def _afterMessage(self) -> None:
         if self._close_after_message and self.state is not State.CLOSED:
-            self._reply(421, b"Exceeded allowable connection time, disconnecting.")
-            self._close()
+            self._close(reply=(421, b"Exceeded allowable connection time, disconnecting."))
 
     def _abort_message(self) -> None:
         message, self._message = self._message, None
@@ -920,8 +992,9 @@ class InboundSession(ESMTP):
     def _internalError(self, reason: Failure) -> Any:
         log.failure("ICID {icid}: classifying the connection failed", reason, icid=self.icid)
         if self.state is not State.CLOSED:
-            self._reply(421, b"4.3.0 " + self._host_bytes() + b" Service temporarily unavailable")
-            self._close()
+            self._close(
+                reply=(421, b"4.3.0 " + self._host_bytes() + b" Service temporarily unavailable")
+            )
         return None
 
 
