@@ -49,12 +49,15 @@ class WriteThroughServer(tcp.Server):
             pass
 
     def write(self, data: bytes) -> None:
+        # FileDescriptor's buffers are Twisted's own attributes: should a
+        # release rename them, the missing one counts as data queued ahead,
+        # and every write takes Twisted's path (slower, never reordered).
         if (
             self.TLS
             or not self.connected
             or self.disconnecting
-            or self.dataBuffer
-            or self._tempDataBuffer
+            or getattr(self, "dataBuffer", True)
+            or getattr(self, "_tempDataBuffer", True)
             or not isinstance(data, bytes)
         ):
             super().write(data)
