@@ -298,10 +298,10 @@ class InboundSession(ESMTP):
         collected so far and the last C{reply}.
 
         In the clear the last reply is written after C{loseConnection}, so
-        that it leaves in the same step as the connection ends and frees
-        its place in the limits (a client told 421 that reconnects at once
-        finds the place free); under TLS it must go before the TLS
-        shutdown.
+        that it leaves in the same reactor step in which the connection
+        ends and gives back its place in the limits, not a step before (a
+        client told 421 that reconnects at once should find the place
+        free); under TLS it must go before the TLS shutdown.
         """
         last = None if abort or reply is None else _format_reply(*reply)
         if not abort:
@@ -415,9 +415,10 @@ class InboundSession(ESMTP):
 
     def _send_replies(self) -> None:
         """
-        Send the replies collected so far, as one write.  Called at the end
-        of L{_process}, and before anything whose effect must follow them
-        on the wire (closing, starting TLS).
+        Send the replies collected while processing a read, as one write,
+        and stop collecting: the end of L{_process}.  (L{_flush_replies}
+        sends them earlier, before anything that must follow them on the
+        wire: closing, starting TLS.)
         """
         self._flush_replies()
         self._replies = None
