@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
@@ -67,6 +68,33 @@ class ReuseTestCase(TestCase):
             system=SystemSettings(hostname="gw.test", data_dir=self.data_dir),
             destinations={"default": DestinationControl("default", DestinationTLS.NO), **rows},
             smtp_routes={domain: route for domain in ("partner.example", "other.example")},
+        )
+
+    def deliver(
+        self,
+        config: GatewayConfig,
+        pool: SessionPool,
+        rcpt: str,
+        body: bytes,
+        dcids: Iterator[int],
+        maillog: MailLog | None = None,
+    ) -> Deferred[Any]:
+        """
+        One message from a@sender.example to C{rcpt} at partner.example,
+        handed to L{deliver_message} with C{pool}.
+        """
+        return deliver_message(
+            reactor,
+            None,
+            config,
+            "partner.example",
+            "a@sender.example",
+            [(0, rcpt)],
+            BytesIO(body),
+            dcid_allocator=dcids.__next__,
+            maillog=maillog,
+            timeouts=Timeouts.uniform(10),
+            pool=pool,
         )
 
     def start(self, config: GatewayConfig) -> QueueManager:
@@ -251,18 +279,8 @@ class StaleSessionTests(ReuseTestCase):
         dcids = itertools.count(1)
 
         def send(subject: str) -> Deferred[Any]:
-            return deliver_message(
-                reactor,
-                None,
-                config,
-                "partner.example",
-                "a@sender.example",
-                [(0, "x@partner.example")],
-                BytesIO(f"Subject: {subject}\r\n\r\nbody\r\n".encode()),
-                dcid_allocator=dcids.__next__,
-                timeouts=Timeouts.uniform(10),
-                pool=pool,
-            )
+            body = f"Subject: {subject}\r\n\r\nbody\r\n".encode()
+            return self.deliver(config, pool, "x@partner.example", body, dcids)
 
         first = await send("first")
         self.assertEqual(first.recipients[0].status, RecipientStatus.DELIVERED)
@@ -294,18 +312,7 @@ class StaleSessionTests(ReuseTestCase):
         dcids = itertools.count(1)
 
         def send(rcpt: str) -> Deferred[Any]:
-            return deliver_message(
-                reactor,
-                None,
-                config,
-                "partner.example",
-                "a@sender.example",
-                [(0, rcpt)],
-                BytesIO(b"Subject: t\r\n\r\nbody\r\n"),
-                dcid_allocator=dcids.__next__,
-                timeouts=Timeouts.uniform(10),
-                pool=pool,
-            )
+            return self.deliver(config, pool, rcpt, b"Subject: t\r\n\r\nbody\r\n", dcids)
 
         first = await send("ok@partner.example")
         self.assertEqual(first.recipients[0].status, RecipientStatus.DELIVERED)
@@ -331,18 +338,13 @@ class PoolCloseTests(ReuseTestCase):
         """
         server = start_hostile_server(self, Script(silent_after=b"DOT"))
         pool = SessionPool(reactor, maillog=MailLog(self.collector))
-        result = await deliver_message(
-            reactor,
-            None,
+        result = await self.deliver(
             self.config(server.port),
-            "partner.example",
-            "a@sender.example",
-            [(0, "x@partner.example")],
-            BytesIO(b"Subject: once\r\n\r\nbody\r\n"),
-            dcid_allocator=itertools.count(1).__next__,
+            pool,
+            "x@partner.example",
+            b"Subject: once\r\n\r\nbody\r\n",
+            itertools.count(1),
             maillog=MailLog(self.collector),
-            timeouts=Timeouts.uniform(10),
-            pool=pool,
         )
         self.assertEqual(result.recipients[0].status, RecipientStatus.DELIVERED)
         await pool.close(grace=0.1)
