@@ -97,7 +97,7 @@ class GatewayService(MultiService):
         # by the commit's thread job: creating a file can wait on the file
         # system journal, and the reactor thread must not (issue 7).
         spool_dir = os.path.join(self.data_dir, "spool")
-        os.makedirs(spool_dir, exist_ok=True)
+        os.makedirs(spool_dir, mode=0o700, exist_ok=True)
         self.spool = DurableSpool(
             spool_dir,
             reactor,

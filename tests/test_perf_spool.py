@@ -61,6 +61,12 @@ class RecordingFileSystem(FileSystem):
             raise OSError(errno.ENOSPC, "No space left on device (injected)")
         return super().open_for_writing(path)
 
+    def create(self, path: str, data: bytes) -> int:
+        self.created_in.append(threading.current_thread().name)
+        if self.fail_create:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return super().create(path, data)
+
 
 class MemoryPathTests(TestCase):
     def make_spool(self, **kwargs: Any) -> DurableSpool:

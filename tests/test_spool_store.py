@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar, cast
@@ -27,6 +28,7 @@ from esa_tls.interfaces import IIncomingMessage, IMessageStore, StoreError
 from esa_tls.spool import DurableSpool, FileSystem
 from esa_tls.spool.fileformat import encode_message_header, encode_size_field
 from esa_tls.spool.fs import WholeFileSystemSync, syncfs_unsupported
+from esa_tls.spool.values import DELIVERED, RecipientState
 from esa_tls.values import Envelope, TLSInfo
 
 _T = TypeVar("_T")
@@ -90,6 +92,14 @@ class FullDiskFileSystem(FileSystem):
 
     def open_for_writing(self, path: str) -> BinaryIO:
         return open("/dev/full", "wb", buffering=self.buffer_size)
+
+    def create(self, path: str, data: bytes) -> int:
+        fd = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        raise AssertionError("/dev/full took a write")
 
 
 class CountingExecutor:
@@ -175,6 +185,33 @@ class CommitTests(SpoolTestMixin, TestCase):
         self.assertEqual(queued.envelope, ENVELOPE)
         self.assertEqual(queued.body_size, len(BODY))
         self.assertEqual(_tmp_files(spool.directory), [])
+
+    @inlineCallbacks
+    def test_ownerOnly(self) -> Any:
+        """
+        The spool's directories and files are its owner's alone: a message
+        received in memory, one received into a file, and a recipient state
+        file are all created with mode 0600, in directories made 0700.
+        """
+        spool = self.make_spool(memory_limit=1024)
+        small = spool.new_message(ENVELOPE)
+        small.write(BODY)
+        large = spool.new_message(ENVELOPE)
+        large.write(b"x" * 4096)
+        small_mid = yield small.commit()
+        large_mid = yield large.commit()
+        yield spool.update_recipients(
+            small_mid, {0: RecipientState(0, "bob@example.com", DELIVERED, 1, 0.0, "")}
+        )
+        state = os.path.join(spool.directory, "state")
+        files = [spool.message_path(small_mid), spool.message_path(large_mid)]
+        files += [os.path.join(state, name) for name in os.listdir(state)]
+        self.assertEqual(len(files), 3)
+        for path in files:
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
+        for name in ("queue", "state", "corrupt", "tmp"):
+            path = os.path.join(spool.directory, name)
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o700, path)
 
     @inlineCallbacks
     def test_committedMessageSurvivesRestart(self) -> Any:

@@ -101,32 +101,39 @@ class _FileStep:
     temporary: str
     final: str
     directory: str
-    _file: BinaryIO | None = field(default=None, init=False)
+    _fd: int | None = field(default=None, init=False)
 
-    def _open(self, fs: FileSystem) -> BinaryIO:
+    def _create(self, fs: FileSystem) -> int:
+        """
+        Write the whole file; on failure leave nothing open.
+
+        @return: its open descriptor.
+        """
         raise NotImplementedError
 
-    def _fill(self, file: BinaryIO) -> None:
-        pass
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def write(self, fs: FileSystem) -> int:
         try:
-            self._file = self._open(fs)
-            self._fill(self._file)
-            self._file.flush()
-            return self._file.fileno()
+            self._fd = self._create(fs)
         except BaseException:
-            self.abandon(fs)
+            _unlink_quietly(self.temporary)
             raise
+        return self._fd
 
     def abandon(self, fs: FileSystem) -> None:
-        _close_quietly(self._file)
+        try:
+            self._close()
+        except OSError:
+            pass
         _unlink_quietly(self.temporary)
 
     def publish(self, fs: FileSystem) -> None:
         try:
-            assert self._file is not None
-            self._file.close()
+            self._close()
             fs.replace(self.temporary, self.final)
         except BaseException:
             _unlink_quietly(self.temporary)
@@ -150,8 +157,18 @@ class _CommitStep(_FileStep):
 
     received: BinaryIO
 
-    def _open(self, fs: FileSystem) -> BinaryIO:
-        return self.received
+    def _create(self, fs: FileSystem) -> int:
+        try:
+            self.received.flush()
+        except BaseException:
+            _close_quietly(self.received)
+            raise
+        return self.received.fileno()
+
+    def _close(self) -> None:
+        # The file object owns the descriptor.
+        self._fd = None
+        self.received.close()
 
     def undo(self, fs: FileSystem) -> None:
         # The rename may or may not survive a crash now; the caller is told
@@ -167,11 +184,8 @@ class _WriteStep(_FileStep):
 
     data: bytes
 
-    def _open(self, fs: FileSystem) -> BinaryIO:
-        return fs.open_for_writing(self.temporary)
-
-    def _fill(self, file: BinaryIO) -> None:
-        file.write(self.data)
+    def _create(self, fs: FileSystem) -> int:
+        return fs.create(self.temporary, self.data)
 
 
 @define
@@ -457,8 +471,11 @@ class DurableSpool:
         self._state_dir = os.path.join(self.directory, "state")
         self._corrupt_dir = os.path.join(self.directory, "corrupt")
         self._tmp_root = os.path.join(self.directory, "tmp")
+        # Owner only, like every file in it: the spool holds other people's
+        # mail.  A directory that already exists keeps its mode (the
+        # administrator's choice).
         for d in (self._queue_dir, self._state_dir, self._corrupt_dir, self._tmp_root):
-            os.makedirs(d, exist_ok=True)
+            os.makedirs(d, mode=0o700, exist_ok=True)
         self._mids = (
             mid_allocator
             if mid_allocator is not None
@@ -496,7 +513,7 @@ class DurableSpool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(staging, os.path.join(self._tmp_root, f"{token}.lock"))
             path = os.path.join(self._tmp_root, token)
-            os.mkdir(path)
+            os.mkdir(path, 0o700)
         except BaseException:
             os.close(fd)
             raise

@@ -48,6 +48,16 @@ class FillableDisk(FileSystem):
             return open("/dev/full", "wb", buffering=self.buffer_size)
         return super().open_for_writing(path)
 
+    def create(self, path: str, data: bytes) -> int:
+        if self.writes_fail:
+            # The real ENOSPC of a write, from /dev/full.
+            fd = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        return super().create(path, data)
+
     def fsync(self, fd: int) -> None:
         if self.fsync_fails:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
