@@ -7,16 +7,22 @@ control and closing behind it unchanged.
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import PrivateCertificate
 from twisted.trial.unittest import TestCase
 
 from esa_tls.inbound.transport import WriteThroughEndpoint, WriteThroughServer
+from esa_tls.testing import self_signed
 from tests.support import in_thread
+
+ISSUED = self_signed(["transport.test"])
 
 BIG = b"x" * (8 * 1024 * 1024)
 
@@ -24,12 +30,31 @@ BIG = b"x" * (8 * 1024 * 1024)
 class Talker(Protocol):
     """
     Says hello, answers each line, and on C{big} writes 8 MiB (more than
-    a socket takes at once) followed by a last line and a close.
+    a socket takes at once) followed by a last line and a close (on
+    C{big-tls}, the last line and then the close); on C{starttls} answers
+    C{go} and starts TLS.  Records, for each answer,
+    whether the transport still waited to send something once it was
+    written (Twisted's own write buffers the bytes for the next reactor
+    iteration).
     """
 
     def connectionMade(self) -> None:
         self.factory.transports.append(self.transport)
+        self.factory.left_waiting = []
         self.transport.write(b"hello\r\n")  # type: ignore[union-attr]
+
+    def _say(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+        # Once this read is handled (the TLS protocol sends its records
+        # when the application's dataReceived returns), before the reactor
+        # polls again: is the connection still waiting to send?
+        transport = self.factory.transports[-1]
+
+        def record() -> None:
+            writers = IReactorFDSet(reactor).getWriters()
+            self.factory.left_waiting.append(transport in writers)
+
+        reactor.callLater(0, record)  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         for line in data.split(b"\r\n"):
@@ -37,8 +62,18 @@ class Talker(Protocol):
                 self.transport.write(BIG)  # type: ignore[union-attr]
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 self.transport.write(b"bye\r\n")  # type: ignore[union-attr]
+            elif line == b"big-tls":
+                # Twisted's TLS drops what is written after loseConnection
+                # (the session writes its last reply first under TLS).
+                self.transport.write(BIG)  # type: ignore[union-attr]
+                self.transport.write(b"bye\r\n")  # type: ignore[union-attr]
+                self.transport.loseConnection()  # type: ignore[union-attr]
+            elif line == b"starttls":
+                self._say(b"go\r\n")
+                certificate = PrivateCertificate.loadPEM(ISSUED.cert_pem + ISSUED.key_pem)
+                self.transport.startTLS(certificate.options())  # type: ignore[union-attr]
             elif line:
-                self.transport.write(b"echo " + line + b"\r\n")  # type: ignore[union-attr]
+                self._say(b"echo " + line + b"\r\n")
 
 
 class WriteThroughTests(TestCase):
@@ -99,6 +134,46 @@ class WriteThroughTests(TestCase):
 
         data = yield in_thread(talk)
         self.assertEqual(data, b"hello\r\n" + BIG + b"bye\r\n")
+
+    @inlineCallbacks
+    def test_tlsRecordsSentAtOnce(self) -> Any:
+        """
+        After STARTTLS the TLS records of a reply are sent in the turn that
+        wrote it, as clear replies are (nothing is left waiting for the
+        socket to be writable), and a big write under TLS followed by a
+        last line and C{loseConnection} arrives whole, in order, before
+        the TLS close.
+        """
+
+        def talk() -> tuple[bytes, bytes]:
+            sock = self.client()
+            reader = sock.makefile("rb")
+            assert reader.readline() == b"hello\r\n"
+            sock.sendall(b"starttls\r\n")
+            assert reader.readline() == b"go\r\n"
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            tls = context.wrap_socket(sock, server_hostname="transport.test")
+            tls.sendall(b"a\r\nb\r\n")
+            data = b""
+            while data.count(b"\r\n") < 2:
+                data += tls.recv(4096)
+            tls.sendall(b"big-tls\r\n")
+            chunks: list[bytes] = []
+            while True:
+                try:
+                    chunk = tls.recv(1 << 16)
+                except ssl.SSLZeroReturnError:
+                    chunk = b""
+                if not chunk:
+                    return data, b"".join(chunks)
+                chunks.append(chunk)
+
+        echoed, rest = yield in_thread(talk)
+        self.assertEqual(echoed, b"echo a\r\necho b\r\n")
+        self.assertEqual(rest, BIG + b"bye\r\n")
+        self.assertEqual(self.factory.left_waiting, [False, False, False])  # type: ignore[attr-defined]
 
     def test_otherPortsLeftAlone(self) -> Deferred[None]:
         """

@@ -14,21 +14,76 @@ event of the iteration before it leaves.
 L{WriteThroughServer} sends at once when nothing is queued ahead of the
 data, and hands whatever the socket did not take to Twisted's own
 buffering, so that ordering, flow control (the session is a producer),
-closing and errors work exactly as before.  A connection that has started
-TLS keeps Twisted's path: its writes go through the TLS protocol.
+closing and errors work exactly as before.  After STARTTLS the session's
+writes go through the TLS protocol, and the records it makes (handshake
+flights, replies) are sent the same way: Twisted's C{startTLS} would send
+them through C{FileDescriptor.write}, one reactor iteration late.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from zope.interface import implementer
 
+_start_tls: Callable[[Any, Any, bool, type], None] | None
+try:
+    from twisted.internet._newtls import startTLS as _start_tls
+except ImportError:  # pragma: no cover (a Twisted that moved it)
+    _start_tls = None
+
 __all__ = ["WriteThroughEndpoint", "WriteThroughServer"]
+
+
+def _send_at_once(
+    connection: tcp.Server, data: bytes, queue: Callable[[tcp.Server, bytes], None]
+) -> None:
+    """
+    Send C{data} on C{connection}'s socket now if nothing is queued ahead
+    of it, and C{queue} (a buffered Twisted write) whatever is left.
+
+    FileDescriptor's buffers are Twisted's own attributes: should a release
+    rename them, the missing one counts as data queued ahead, and every
+    write takes Twisted's path (slower, never reordered).
+    """
+    if (
+        not connection.connected
+        or connection.disconnecting
+        or getattr(connection, "dataBuffer", True)
+        or getattr(connection, "_tempDataBuffer", True)
+        or not isinstance(data, bytes)
+    ):
+        queue(connection, data)
+        return
+    try:
+        sent = connection.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # Let Twisted's write path meet the error and end the connection
+        # the way it always does.
+        queue(connection, data)
+        return
+    if sent < len(data):
+        queue(connection, data[sent:])
+
+
+class _SendTLSRecordsAtOnce(FileDescriptor):
+    """
+    What the TLS protocol writes its records through after STARTTLS (the
+    C{bypass} of L{twisted.internet._newtls.startTLS}, whose methods are
+    called with the connection as C{self}): Twisted's own, except that a
+    record is sent at once when it can be.
+    """
+
+    def write(self, data: bytes) -> None:
+        _send_at_once(cast(tcp.Server, self), data, FileDescriptor.write)
 
 
 class WriteThroughServer(tcp.Server):
@@ -49,30 +104,20 @@ class WriteThroughServer(tcp.Server):
             pass
 
     def write(self, data: bytes) -> None:
-        # FileDescriptor's buffers are Twisted's own attributes: should a
-        # release rename them, the missing one counts as data queued ahead,
-        # and every write takes Twisted's path (slower, never reordered).
-        if (
-            self.TLS
-            or not self.connected
-            or self.disconnecting
-            or getattr(self, "dataBuffer", True)
-            or getattr(self, "_tempDataBuffer", True)
-            or not isinstance(data, bytes)
-        ):
+        if self.TLS:
+            # Into the TLS protocol, which sends its records through
+            # _SendTLSRecordsAtOnce.
             super().write(data)
-            return
-        try:
-            sent = self.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            # Let Twisted's write path meet the error and end the
-            # connection the way it always does.
-            super().write(data)
-            return
-        if sent < len(data):
-            super().write(data[sent:])
+        else:
+            _send_at_once(self, data, tcp.Server.write)
+
+    def startTLS(self, ctx: Any, normal: bool = True) -> None:
+        # _newtls is Twisted's private module: should it move, STARTTLS
+        # keeps Twisted's own (later) sending.
+        if _start_tls is None:
+            super().startTLS(ctx, normal)
+        else:
+            _start_tls(self, ctx, normal, _SendTLSRecordsAtOnce)
 
 
 @implementer(IStreamServerEndpoint)
