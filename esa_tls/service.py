@@ -299,7 +299,7 @@ class GatewayService(MultiService):
                 log.error("reload refused, configuration unchanged:\n{error}", error=str(e))
                 return [str(e)]
         problems += self.certificates.reload(new_config)
-        for key in ("data_dir", "spool_sync"):
+        for key in ("data_dir", "spool_sync", "worker_cpu_affinity"):
             if getattr(new_config.system, key) != getattr(self.config.system, key):
                 problems.append(f"system: {key} changed; restart to apply")
         for name, listener in new_config.listeners.items():

@@ -62,7 +62,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import lru_cache
 from typing import IO, Any
 
@@ -86,7 +86,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from esa_tls.config.model import GatewayConfig, Listener
+from esa_tls.config.model import GatewayConfig, Listener, WorkerCPUAffinity
 from esa_tls.inbound.limits import ConnectionCounter, RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.inbound.session import InboundSession, counts_connection
@@ -101,7 +101,9 @@ __all__ = [
     "WorkerPool",
     "WorkerRole",
     "bind_listeners",
+    "cpu_plan",
     "default_workers",
+    "pin_to_cpu",
 ]
 
 log = Logger()
@@ -115,6 +117,53 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_plan(
+    workers: int, setting: WorkerCPUAffinity, allowed: Collection[int] | None = None
+) -> tuple[int, ...]:
+    """
+    The CPU each process of a gateway of C{workers} processes keeps to
+    (index 0: the parent), under C{[system] worker_cpu_affinity}.
+
+    @param allowed: the CPUs the gateway may run on; by default this
+        process's affinity (what C{taskset} or a container left it).
+    @return: one CPU per process, or C{()} for none pinned: C{off}, one
+        process, or more processes than CPUs (two reactors on one CPU
+        would only take turns; the scheduler does better there).
+    """
+    if setting is WorkerCPUAffinity.OFF or workers < 2:
+        return ()
+    if allowed is None:
+        try:
+            allowed = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            return ()
+    cpus = sorted(allowed)
+    if len(cpus) < workers:
+        return ()
+    return tuple(cpus[:workers])
+
+
+def pin_to_cpu(cpu: int) -> bool:
+    """
+    Keep this process on C{cpu}: every thread it has, and so every thread
+    they start from now on.  Called before the reactor runs.  A refusal
+    (no such call here, a seccomp profile) is logged and changes nothing.
+
+    @return: whether the process is now kept on C{cpu}.
+    """
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    try:
+        for tid in threads:
+            os.sched_setaffinity(tid, {cpu})
+    except (AttributeError, OSError) as e:
+        log.warn("could not keep this process on CPU {cpu}: {error}", cpu=cpu, error=e)
+        return False
+    return True
 
 
 # -- the shared table ------------------------------------------------------------
@@ -817,6 +866,8 @@ class WorkerRole:
     @ivar sockets: each listener's listening descriptor, by name.
     @ivar families: each listener's address family, by name.
     @ivar limits: the shared connection table.
+    @ivar cpus: the CPU each process keeps to, by index (L{cpu_plan});
+        empty when none is pinned.
     """
 
     index: int
@@ -824,6 +875,7 @@ class WorkerRole:
     sockets: Mapping[str, int]
     families: Mapping[str, socket.AddressFamily]
     limits: SharedLimits
+    cpus: tuple[int, ...] = ()
 
     @property
     def primary(self) -> bool:
@@ -987,6 +1039,8 @@ class WorkerPool(Service):
             target += 1
         if self.config_path is not None:
             args += ["--config", self.config_path]
+        if self.role.cpus:
+            args += ["--cpu", str(self.role.cpus[index])]
         return args, fds
 
     def startService(self) -> None:
@@ -1092,6 +1146,16 @@ def multi_worker_gateway(config_path: str | None, workers: int, reactor: Any = N
         reactor = _reactor
     loaded = load_config_with_warnings(config_path)
     config = loaded.config
+    # Before anything starts a thread: the threads inherit the CPU.
+    cpus = cpu_plan(workers, config.system.worker_cpu_affinity)
+    if cpus and pin_to_cpu(cpus[0]):
+        log.info(
+            "processes 0-{last} kept on CPUs {cpus} ([system] worker_cpu_affinity = auto)",
+            last=workers - 1,
+            cpus=", ".join(str(cpu) for cpu in cpus),
+        )
+    else:
+        cpus = ()
     bound = bind_listeners(config)
     limits = SharedLimits.create(
         {name: listener.max_concurrency for name, listener in config.listeners.items()}, workers
@@ -1102,6 +1166,7 @@ def multi_worker_gateway(config_path: str | None, workers: int, reactor: Any = N
         sockets={name: sock.fileno() for name, sock in bound.items()},
         families={name: _family(listener) for name, listener in config.listeners.items()},
         limits=limits,
+        cpus=cpus,
     )
     service = GatewayService(loaded, reactor, worker=role)
     pool = WorkerPool(
@@ -1210,6 +1275,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--limits", type=int, required=True)
     parser.add_argument("--listen", action="append", default=[])
     parser.add_argument("--config", default=None)
+    parser.add_argument("--cpu", type=int, default=None)
     return parser.parse_args(argv)
 
 
@@ -1219,6 +1285,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parse(sys.argv[1:] if argv is None else argv)
     _die_with_parent(args.parent)
+    if args.cpu is not None:
+        pin_to_cpu(args.cpu)
 
     from twisted.internet import reactor as _reactor
     from twisted.internet.stdio import StandardIO

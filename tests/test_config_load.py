@@ -27,6 +27,7 @@ from esa_tls.config.model import (
     SMTPAuthMode,
     SpoolSync,
     TLSMode,
+    WorkerCPUAffinity,
 )
 from esa_tls.hat.syntax import SenderSyntaxError, parse_sender
 from esa_tls.spool.fs import syncfs_unsupported
@@ -104,6 +105,41 @@ class SpoolSyncTests(FaultTestsMixin, SynchronousTestCase):
         self.assertEqual(
             self.faults(text),
             ['site.toml:2: system.spool_sync: "fsync" is not one of file | filesystem'],
+        )
+
+
+class WorkerCPUAffinityTests(FaultTestsMixin, SynchronousTestCase):
+    """
+    C{[system] worker_cpu_affinity}: C{auto} by default, or C{off}.
+    """
+
+    def test_default(self) -> None:
+        """
+        Without the key, processes are kept on CPUs of their own where that
+        fits (L{esa_tls.workers.cpu_plan}).
+        """
+        self.assertIs(config(HEAD + LISTENER).system.worker_cpu_affinity, WorkerCPUAffinity.AUTO)
+
+    def test_off(self) -> None:
+        """
+        C{off} leaves every process to the scheduler.
+        """
+        text = HEAD.replace("[system]", '[system]\nworker_cpu_affinity = "off"') + LISTENER
+        self.assertIs(config(text).system.worker_cpu_affinity, WorkerCPUAffinity.OFF)
+
+    def test_unknown_value(self) -> None:
+        """
+        Any other value is refused, naming file, line, key and the choices.
+        """
+        text = HEAD.replace("[system]", '[system]\nworker_cpu_affinity = "on"') + LISTENER
+        self.assertEqual(
+            self.faults(text),
+            ['site.toml:2: system.worker_cpu_affinity: "on" is not one of auto | off'],
+        )
+        text = HEAD.replace("[system]", "[system]\nworker_cpu_affinity = true") + LISTENER
+        self.assertEqual(
+            self.faults(text),
+            ["site.toml:2: system.worker_cpu_affinity: expected a string, got a boolean (true)"],
         )
 
 

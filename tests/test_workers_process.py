@@ -18,8 +18,10 @@ import time
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from esa_tls.config.model import WorkerCPUAffinity
+from esa_tls.workers import cpu_plan
 from tests.support import TWISTD, Raw, free_port, in_thread, wait_until
 from tests.test_gateway import Child
 
@@ -27,7 +29,7 @@ CONFIG = """
 [system]
 hostname = "mx.test.example"
 data_dir = "{data_dir}"
-
+{system}
 [interfaces.Loopback]
 address = "127.0.0.1/8"
 
@@ -89,6 +91,7 @@ class Gateway(Child):
         ip_limit: int = 10,
         rcpt_limit: int = -1,
         extra: str = "",
+        system: str = "",
     ) -> None:
         directory = os.path.abspath(case.mktemp())
         os.makedirs(directory)
@@ -103,6 +106,7 @@ class Gateway(Child):
                     ip_limit=ip_limit,
                     rcpt_limit=rcpt_limit,
                     extra=extra,
+                    system=system,
                 )
             )
         self.sockets: list[socket.socket] = []
@@ -389,6 +393,52 @@ class WorkerTests(TestCase):
             )
 
     @inlineCallbacks
+    def test_cpuAffinity(self) -> Any:
+        """
+        With as many processes as CPUs, C{worker_cpu_affinity = "auto"} (the
+        default) keeps the parent and the worker, every thread of each, on
+        a CPU of its own and says so; with C{"off"} both may run on every
+        CPU; a reload that changes the setting says it needs a restart.
+        """
+        from esa_tls.workers import default_workers
+
+        allowed = sorted(os.sched_getaffinity(0))
+        if default_workers() < 2:
+            raise SkipTest(f"needs two CPUs, this process may use {allowed}")
+
+        def cpus(pid: int) -> set[frozenset[int]]:
+            return {
+                frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")
+            }
+
+        pinned = Gateway(self, workers=2)
+        yield in_thread(pinned.start)
+        [worker] = children(pinned.pid)
+        self.assertEqual(cpus(pinned.pid), {frozenset({allowed[0]})})
+        self.assertEqual(cpus(worker), {frozenset({allowed[1]})})
+        self.assertIn(
+            f"processes 0-1 kept on CPUs {allowed[0]}, {allowed[1]}"
+            " ([system] worker_cpu_affinity = auto)",
+            pinned.log(),
+        )
+        with open(pinned.config) as f:
+            text = f.read()
+        with open(pinned.config, "w") as f:
+            f.write(text.replace("[system]\n", '[system]\nworker_cpu_affinity = "off"\n', 1))
+        os.kill(pinned.pid, signal.SIGHUP)
+        changed = "system: worker_cpu_affinity changed; restart to apply"
+        self.assertTrue(
+            (yield in_thread(wait_until, lambda: pinned.log().count(changed) == 2, 30)),
+            pinned.log(),
+        )
+        free = Gateway(self, workers=2, system='worker_cpu_affinity = "off"')
+        yield in_thread(free.start)
+        [free_worker] = children(free.pid)
+        self.assertEqual(cpus(free.pid), {frozenset(allowed)})
+        self.assertEqual(cpus(free_worker), {frozenset(allowed)})
+        self.assertNotIn("kept on CPUs", free.log())
+
+    @inlineCallbacks
     def test_killedParentLeavesNoWorker(self) -> Any:
         """
         A gateway killed with SIGKILL takes its workers with it, so the port
@@ -439,3 +489,28 @@ class WorkerTests(TestCase):
         )
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(b"--workers: not a number", result.stdout + result.stderr)
+
+
+class CPUPlanTests(SynchronousTestCase):
+    """
+    L{cpu_plan}: which CPU each process keeps to.
+    """
+
+    def test_oneEach(self) -> None:
+        """
+        With at least as many CPUs as processes, process I gets the I-th
+        CPU it may use, in order (not CPU I: a C{taskset} may have left it
+        others).
+        """
+        self.assertEqual(cpu_plan(2, WorkerCPUAffinity.AUTO, {0, 1}), (0, 1))
+        self.assertEqual(cpu_plan(2, WorkerCPUAffinity.AUTO, {7, 3, 5}), (3, 5))
+        self.assertEqual(cpu_plan(3, WorkerCPUAffinity.AUTO, range(8)), (0, 1, 2))
+
+    def test_none(self) -> None:
+        """
+        Nothing is pinned with C{off}, for a single process, or with more
+        processes than CPUs.
+        """
+        self.assertEqual(cpu_plan(2, WorkerCPUAffinity.OFF, {0, 1}), ())
+        self.assertEqual(cpu_plan(1, WorkerCPUAffinity.AUTO, {0, 1}), ())
+        self.assertEqual(cpu_plan(3, WorkerCPUAffinity.AUTO, {0, 1}), ())

@@ -61,6 +61,7 @@ from esa_tls.config.model import (
     SpoolSync,
     SystemSettings,
     TLSMode,
+    WorkerCPUAffinity,
 )
 from esa_tls.hat.predefined import predefined_groups, predefined_policies
 from esa_tls.hat.syntax import SenderSyntaxError, parse_sender
@@ -571,6 +572,7 @@ class _Loader:
                 "resolvers": self.array(self.endpoint(53)),
                 "smtp_auth_users": self.file,
                 "spool_sync": self.spool_sync,
+                "worker_cpu_affinity": self.enum(WorkerCPUAffinity),
             },
         )
         if values is None:

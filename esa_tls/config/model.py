@@ -88,6 +88,25 @@ class SpoolSync(enum.Enum):
     FILESYSTEM = "filesystem"
 
 
+class WorkerCPUAffinity(enum.Enum):
+    """
+    C{[system] worker_cpu_affinity}: whether each process of a multi-worker
+    gateway keeps to a CPU of its own.
+
+    C{auto}: with C{--workers N}, N at least 2 and at most the number of
+    CPUs the gateway may run on, process I (0: the parent) and its threads
+    run on the I-th of those CPUs only, as nginx's C{worker_cpu_affinity
+    auto} does: a reactor that is not moved between CPUs keeps its caches,
+    and its commit thread shares them (C{bench/RESULTS.md}: more msg/s and
+    a shorter p99 on two cores shared with the load generator).  With one
+    process, or more processes than CPUs, nothing is pinned.  C{off}: the
+    kernel's scheduler places every process.
+    """
+
+    AUTO = "auto"
+    OFF = "off"
+
+
 class DestinationTLS(enum.Enum):
     """
     Outbound TLS setting of a Destination Controls row (ESA reference 6.2).
@@ -393,6 +412,7 @@ class SystemSettings:
     @ivar smtp_auth_users: a C{user:hash} password file for SMTP AUTH
         (lines made by C{esa-tls passwd}); without it AUTH is never offered.
     @ivar spool_sync: see L{SpoolSync}.
+    @ivar worker_cpu_affinity: see L{WorkerCPUAffinity}.
     """
 
     hostname: str
@@ -400,6 +420,7 @@ class SystemSettings:
     resolvers: tuple[str, ...] = ()
     smtp_auth_users: str = ""
     spool_sync: SpoolSync = SpoolSync.FILE
+    worker_cpu_affinity: WorkerCPUAffinity = WorkerCPUAffinity.AUTO
 
 
 @frozen
