@@ -52,6 +52,14 @@ rat = ["example.com"]
 """
 
 
+def with_system(line: str) -> str:
+    """
+    A valid configuration with C{line} added at the top of its C{[system]}
+    table (line 2).
+    """
+    return HEAD.replace("[system]", "[system]\n" + line) + LISTENER
+
+
 def config(text: str) -> GatewayConfig:
     return parse_config(textwrap.dedent(text), "site.toml")
 
@@ -60,6 +68,13 @@ class FaultTestsMixin:
     """
     Helpers to run the loader on text expected to be invalid.
     """
+
+    def system_faults(self, line: str) -> list[str]:
+        """
+        The fault lines reported for a valid configuration with C{line}
+        added at the top of its C{[system]} table (line 2).
+        """
+        return self.faults(with_system(line))
 
     def faults(self, text: str) -> list[str]:
         """
@@ -94,16 +109,16 @@ class SpoolSyncTests(FaultTestsMixin, SynchronousTestCase):
         why = syncfs_unsupported()
         if why is not None:
             raise SkipTest(why)
-        text = HEAD.replace("[system]", '[system]\nspool_sync = "filesystem"') + LISTENER
-        self.assertIs(config(text).system.spool_sync, SpoolSync.FILESYSTEM)
+        self.assertIs(
+            config(with_system('spool_sync = "filesystem"')).system.spool_sync, SpoolSync.FILESYSTEM
+        )
 
     def test_unknown_value(self) -> None:
         """
         Any other value is refused, naming file, line, key and the choices.
         """
-        text = HEAD.replace("[system]", '[system]\nspool_sync = "fsync"') + LISTENER
         self.assertEqual(
-            self.faults(text),
+            self.system_faults('spool_sync = "fsync"'),
             ['site.toml:2: system.spool_sync: "fsync" is not one of file | filesystem'],
         )
 
@@ -124,21 +139,19 @@ class WorkerCPUAffinityTests(FaultTestsMixin, SynchronousTestCase):
         """
         C{off} leaves every process to the scheduler.
         """
-        text = HEAD.replace("[system]", '[system]\nworker_cpu_affinity = "off"') + LISTENER
-        self.assertIs(config(text).system.worker_cpu_affinity, WorkerCPUAffinity.OFF)
+        affinity = config(with_system('worker_cpu_affinity = "off"')).system.worker_cpu_affinity
+        self.assertIs(affinity, WorkerCPUAffinity.OFF)
 
     def test_unknown_value(self) -> None:
         """
         Any other value is refused, naming file, line, key and the choices.
         """
-        text = HEAD.replace("[system]", '[system]\nworker_cpu_affinity = "on"') + LISTENER
         self.assertEqual(
-            self.faults(text),
+            self.system_faults('worker_cpu_affinity = "on"'),
             ['site.toml:2: system.worker_cpu_affinity: "on" is not one of auto | off'],
         )
-        text = HEAD.replace("[system]", "[system]\nworker_cpu_affinity = true") + LISTENER
         self.assertEqual(
-            self.faults(text),
+            self.system_faults("worker_cpu_affinity = true"),
             ["site.toml:2: system.worker_cpu_affinity: expected a string, got a boolean (true)"],
         )
 

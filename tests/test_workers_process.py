@@ -124,6 +124,17 @@ class Gateway(Child):
         ):
             raise AssertionError(f"gateway did not start:\n{self.log()}")
 
+    def reload(self, old: str, new: str) -> None:
+        """
+        Change the first C{old} in the configuration file to C{new}, and
+        send the parent SIGHUP (which it passes on to every worker).
+        """
+        with open(self.config) as f:
+            text = f.read()
+        with open(self.config, "w") as f:
+            f.write(text.replace(old, new, 1))
+        os.kill(self.pid, signal.SIGHUP)
+
     @property
     def pid(self) -> int:
         assert self.process is not None
@@ -368,11 +379,7 @@ class WorkerTests(TestCase):
             self.assertIn(f"[worker {index}] configuration reloaded from", gateway.log())
         # A Max Concurrency above what the shared per-IP table was made for
         # is applied, and every process says what it cannot count.
-        with open(gateway.config) as f:
-            text = f.read()
-        with open(gateway.config, "w") as f:
-            f.write(text.replace("max_concurrency = 1000", "max_concurrency = 5000", 1))
-        os.kill(gateway.pid, signal.SIGHUP)
+        gateway.reload("max_concurrency = 1000", "max_concurrency = 5000")
         warning = "listener InboundMail: max_concurrency 5000 is above the 1023"
         self.assertTrue(
             (yield in_thread(wait_until, lambda: gateway.log().count(warning) == 3, 30)),
@@ -421,11 +428,7 @@ class WorkerTests(TestCase):
             " ([system] worker_cpu_affinity = auto)",
             pinned.log(),
         )
-        with open(pinned.config) as f:
-            text = f.read()
-        with open(pinned.config, "w") as f:
-            f.write(text.replace("[system]\n", '[system]\nworker_cpu_affinity = "off"\n', 1))
-        os.kill(pinned.pid, signal.SIGHUP)
+        pinned.reload("[system]\n", '[system]\nworker_cpu_affinity = "off"\n')
         changed = "system: worker_cpu_affinity changed; restart to apply"
         self.assertTrue(
             (yield in_thread(wait_until, lambda: pinned.log().count(changed) == 2, 30)),
