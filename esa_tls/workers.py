@@ -159,7 +159,10 @@ def pin_to_cpu(cpu: int) -> bool:
         threads = [0]
     try:
         for tid in threads:
-            os.sched_setaffinity(tid, {cpu})
+            try:
+                os.sched_setaffinity(tid, {cpu})
+            except ProcessLookupError:  # a thread that has just ended
+                pass
     except (AttributeError, OSError) as e:
         log.warn("could not keep this process on CPU {cpu}: {error}", cpu=cpu, error=e)
         return False

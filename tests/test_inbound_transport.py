@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from io import BytesIO
 from typing import Any
 
 from twisted.internet import reactor
@@ -16,6 +17,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import PrivateCertificate
+from twisted.protocols.basic import FileSender
 from twisted.trial.unittest import TestCase
 
 from esa_tls.inbound.transport import WriteThroughEndpoint, WriteThroughServer
@@ -62,6 +64,12 @@ class Talker(Protocol):
                 self.transport.write(BIG)  # type: ignore[union-attr]
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 self.transport.write(b"bye\r\n")  # type: ignore[union-attr]
+            elif line == b"file":
+                # A pull producer: resumed by the transport each time what
+                # it wrote has left.
+                sending = FileSender().beginFileTransfer(BytesIO(BIG), self.transport)
+                sending.addCallback(lambda _: self.transport.write(b"done\r\n"))  # type: ignore[union-attr]
+                sending.addCallback(lambda _: self.transport.loseConnection())  # type: ignore[union-attr]
             elif line == b"big-tls":
                 # Twisted's TLS drops what is written after loseConnection
                 # (the session writes its last reply first under TLS).
@@ -174,6 +182,27 @@ class WriteThroughTests(TestCase):
         self.assertEqual(echoed, b"echo a\r\necho b\r\n")
         self.assertEqual(rest, BIG + b"bye\r\n")
         self.assertEqual(self.factory.left_waiting, [False, False, False])  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_pullProducer(self) -> Any:
+        """
+        A file sent with C{FileSender} (a pull producer, which only the
+        transport's own write path asks for more) arrives whole, followed
+        by what is written after it.
+        """
+
+        def talk() -> bytes:
+            sock = self.client()
+            sock.sendall(b"file\r\n")
+            chunks: list[bytes] = []
+            while True:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+
+        data = yield in_thread(talk)
+        self.assertEqual(data, b"hello\r\n" + BIG + b"done\r\n")
 
     def test_otherPortsLeftAlone(self) -> Deferred[None]:
         """

@@ -13,8 +13,9 @@ event of the iteration before it leaves.
 
 L{WriteThroughServer} sends at once when nothing is queued ahead of the
 data, and hands whatever the socket did not take to Twisted's own
-buffering, so that ordering, flow control (the session is a producer),
-closing and errors work exactly as before.  After STARTTLS the session's
+buffering, so that ordering, flow control (the session is a producer;
+a pull producer's writes take Twisted's path, the only one that asks it
+for more), closing and errors work exactly as before.  After STARTTLS the session's
 writes go through the TLS protocol, and the records it makes (handshake
 flights, replies) are sent the same way: Twisted's C{startTLS} would send
 them through C{FileDescriptor.write}, one reactor iteration late.
@@ -55,6 +56,9 @@ def _send_at_once(
     if (
         not connection.connected
         or connection.disconnecting
+        # A pull producer (FileSender) is asked for more only by Twisted's
+        # own write path, once what it wrote has left.
+        or (connection.producer is not None and not connection.streamingProducer)
         or getattr(connection, "dataBuffer", True)
         or getattr(connection, "_tempDataBuffer", True)
         or not isinstance(data, bytes)

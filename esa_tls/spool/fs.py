@@ -83,11 +83,10 @@ class FileSystem:
         Create C{path}, which must not exist, readable by its owner only,
         and write all of C{data} to it; on failure nothing is left behind.
 
-        Plain system calls rather than a file object: this runs in the
-        commit's thread, where each system call hands the interpreter lock
-        to the busy reactor and waits to get it back, and a buffered file
-        object costs two more of them (the C{fstat} of C{open}, and a
-        separate flush).
+        Plain system calls rather than a buffered file object, which costs
+        two more (the C{fstat} of C{open}, a separate flush): this runs in
+        the commit's thread, where after each system call the thread waits
+        its turn for the interpreter lock with the busy reactor.
 
         @return: the open descriptor, for the caller to sync and close.
         """
