@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar, cast
 
+from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
@@ -726,6 +727,8 @@ class RecoveryTests(SpoolTestMixin, TestCase):
             "42.msg": header(7, 3) + b"abc",
             "notes.txt": b"hello",
             "5000.msg": b'{"format":"esa_tls-spool","version":99}\n',
+            # A header line that never ends, longer than the first read.
+            "44.msg": b'{"format":"esa_tls-spool","version":1,' + b" " * 20000,
         }
         for name, data in files.items():
             with open(os.path.join(queue, name), "wb") as f:
@@ -740,6 +743,28 @@ class RecoveryTests(SpoolTestMixin, TestCase):
         quarantined = [e for e in events if "quarantined" in e.get("log_format", "")]
         self.assertEqual(len(quarantined), len(files))
         self.assertGreater(spool.new_message(ENVELOPE).mid, 5000)
+
+    @inlineCallbacks
+    def test_largeHeader(self) -> Any:
+        """
+        A message whose header (its envelope) is longer than the spool's
+        first read of a file, with a thousand recipients, is found again
+        whole by a new spool on the same directory.
+        """
+        directory = self.mktemp()
+        envelope = evolve(ENVELOPE, rcpt_to=tuple(f"user{n}@example.com" for n in range(1000)))
+        spool = self.make_spool(directory)
+        message = spool.new_message(envelope)
+        message.write(BODY)
+        mid = yield message.commit()
+        yield spool.close()
+        self.assertGreater(len(encode_message_header(mid, envelope)), 16384)
+        again = self.make_spool(directory)
+        [queued] = again.queued()
+        self.assertEqual(queued.envelope, envelope)
+        self.assertEqual(len(queued.recipients), 1000)
+        with again.open_body(mid) as f:
+            self.assertEqual(f.read(), BODY)
 
     def test_orphanStateRemoved(self) -> None:
         """

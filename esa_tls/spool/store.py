@@ -76,6 +76,33 @@ def _store_error(failure: Failure, what: str) -> StoreError:
     return StoreError(f"{what}: {failure.getErrorMessage()}", transient=True)
 
 
+#: What the first read of a message file takes: a header with the
+#: envelope of a message for a few dozen recipients.
+_HEADER_READ = 8192
+
+
+def _read_header_line(path: str) -> tuple[bytes, int]:
+    """
+    The first line of message file C{path} (newline included; at most
+    L{MAX_HEADER_LENGTH} octets) and the file's size, in three or four
+    system calls: the parent of a multi-worker gateway reads the header of
+    every message its workers commit.
+
+    @raise FileNotFoundError: the file is gone.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, min(size, _HEADER_READ), 0)
+        end = head.find(b"\n")
+        if end < 0 and len(head) < min(size, MAX_HEADER_LENGTH):
+            head = os.pread(fd, min(size, MAX_HEADER_LENGTH), 0)
+            end = head.find(b"\n")
+    finally:
+        os.close(fd)
+    return (head[: end + 1] if end >= 0 else head), size
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -647,22 +674,23 @@ class DurableSpool:
             reason=reason,
         )
 
-    def _load(self, mid: int) -> _Entry | None:
+    def _load(self, mid: int, states: bool = True) -> _Entry | None:
         """
         Read, validate and index committed message C{mid}; quarantine it
         (and its state file) when it fails validation.
 
+        @param states: whether to look for a state file; C{False} only for
+            a message another process has just committed (L{announce}):
+            state files are written by this process alone, for messages it
+            has loaded and so has in C{_entries}.
         @return: the entry, or C{None} if the message is not (or no
             longer) in the queue.
         """
-        path = self.message_path(mid)
         try:
-            with open(path, "rb") as f:
-                line = f.readline(MAX_HEADER_LENGTH)
-                header = decode_message_header(line)
-                if header.mid != mid:
-                    raise SpoolFormatError(f"file holds MID {header.mid}")
-                length = os.fstat(f.fileno()).st_size
+            line, length = _read_header_line(self.message_path(mid))
+            header = decode_message_header(line)
+            if header.mid != mid:
+                raise SpoolFormatError(f"file holds MID {header.mid}")
         except FileNotFoundError:
             return None
         except SpoolFormatError as e:
@@ -675,6 +703,10 @@ class DurableSpool:
             )
             return None
         recipients = _initial_states(header.envelope)
+        if not states:
+            entry = _Entry(header, recipients)
+            self._entries[mid] = entry
+            return entry
         state_path = self._state_path(mid)
         try:
             with open(state_path, "rb") as f:
@@ -813,6 +845,9 @@ class DurableSpool:
         if it had been committed here: the delivery engine starts on it at
         once instead of at its next scan of the queue.
         """
+        if mid not in self._entries and mid not in self._removing:
+            # Just committed elsewhere: no state file can exist yet.
+            self._load(mid, states=False)
         self._notify(mid)
 
     # -- queue side ---------------------------------------------------------
