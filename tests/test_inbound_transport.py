@@ -99,6 +99,20 @@ class WriteThroughTests(TestCase):
         self.addCleanup(sock.close)
         return sock
 
+    def until_closed(self, command: bytes) -> bytes:
+        """
+        In a thread: connect, send C{command}, and return everything the
+        server sends until it closes the connection.
+        """
+        sock = self.client()
+        sock.sendall(command)
+        chunks: list[bytes] = []
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
     @inlineCallbacks
     def test_repliesInOrderNagleOff(self) -> Any:
         """
@@ -130,17 +144,7 @@ class WriteThroughTests(TestCase):
         before the end of the stream.
         """
 
-        def talk() -> bytes:
-            sock = self.client()
-            sock.sendall(b"big\r\n")
-            chunks: list[bytes] = []
-            while True:
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
-
-        data = yield in_thread(talk)
+        data = yield in_thread(self.until_closed, b"big\r\n")
         self.assertEqual(data, b"hello\r\n" + BIG + b"bye\r\n")
 
     @inlineCallbacks
@@ -191,17 +195,7 @@ class WriteThroughTests(TestCase):
         by what is written after it.
         """
 
-        def talk() -> bytes:
-            sock = self.client()
-            sock.sendall(b"file\r\n")
-            chunks: list[bytes] = []
-            while True:
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
-
-        data = yield in_thread(talk)
+        data = yield in_thread(self.until_closed, b"file\r\n")
         self.assertEqual(data, b"hello\r\n" + BIG + b"done\r\n")
 
     def test_otherPortsLeftAlone(self) -> Deferred[None]:
