@@ -26,7 +26,7 @@ from zope.interface.verify import verifyObject
 
 from esa_tls.ids import IdAllocator
 from esa_tls.interfaces import IIncomingMessage, IMessageStore, StoreError
-from esa_tls.spool import DurableSpool, FileSystem
+from esa_tls.spool import DurableSpool, FileSystem, IncomingMessage
 from esa_tls.spool.fileformat import encode_message_header, encode_size_field
 from esa_tls.spool.fs import WholeFileSystemSync, syncfs_unsupported
 from esa_tls.spool.values import DELIVERED, RecipientState
@@ -141,6 +141,16 @@ class SpoolTestMixin:
         spool = DurableSpool(directory, IReactorTime(reactor), **kwargs)
         self.addCleanup(spool.close)
         return spool
+
+    def written(self, spool: DurableSpool, count: int) -> list[IncomingMessage]:
+        """
+        C{count} messages started in C{spool}, each holding L{BODY}, not yet
+        committed.
+        """
+        messages = [spool.new_message(ENVELOPE) for _ in range(count)]
+        for m in messages:
+            m.write(BODY)
+        return messages
 
     def capture_log(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -332,9 +342,7 @@ class GroupCommitTests(SpoolTestMixin, TestCase):
                 super().fsync(fd)
 
         spool = self.make_spool(filesystem=Watching())
-        messages = [spool.new_message(ENVELOPE) for _ in range(5)]
-        for m in messages:
-            m.write(BODY)
+        messages = self.written(spool, 5)
         yield gatherResults([m.commit() for m in messages])
         self.assertEqual(seen, [[]] * 5)
         self.assertEqual(len(_queue_files(spool.directory)), 5)
@@ -358,9 +366,7 @@ class GroupCommitTests(SpoolTestMixin, TestCase):
                 super().fsync(fd)
 
         spool = self.make_spool(filesystem=Recording())
-        messages = [spool.new_message(ENVELOPE) for _ in range(4)]
-        for m in messages:
-            m.write(BODY)
+        messages = self.written(spool, 4)
         yield gatherResults([m.commit() for m in messages])
         kinds = [kind for kind, _ in events]
         self.assertEqual(kinds, ["start"] * 4 + ["fsync"] * 4)
@@ -434,9 +440,7 @@ class GroupCommitTests(SpoolTestMixin, TestCase):
         fs = CountingFileSystem()
         fs.fail_directory_sync = True
         spool = self.make_spool(filesystem=fs)
-        messages = [spool.new_message(ENVELOPE) for _ in range(2)]
-        for m in messages:
-            m.write(BODY)
+        messages = self.written(spool, 2)
         results = yield gatherResults([m.commit().addErrback(lambda f: f.value) for m in messages])
         for r in results:
             self.assertIsInstance(r, StoreError)

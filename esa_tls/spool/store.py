@@ -703,17 +703,8 @@ class DurableSpool:
             )
             return None
         recipients = _initial_states(header.envelope)
-        if not states:
-            entry = _Entry(header, recipients)
-            self._entries[mid] = entry
-            return entry
-        state_path = self._state_path(mid)
-        try:
-            with open(state_path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            pass
-        else:
+        data = self._read_state_file(mid) if states else None
+        if data is not None:
             try:
                 stored = decode_recipient_states(data, mid)
                 if set(stored) != set(recipients) or any(
@@ -723,13 +714,24 @@ class DurableSpool:
             except SpoolFormatError as e:
                 # Without a trustworthy state, delivering could send again
                 # to recipients already delivered: keep both for an operator.
-                self._quarantine(state_path, str(e))
+                self._quarantine(self._state_path(mid), str(e))
                 self._quarantine_message(mid, "its state file is malformed")
                 return None
             recipients = stored
         entry = _Entry(header, recipients)
         self._entries[mid] = entry
         return entry
+
+    def _read_state_file(self, mid: int) -> bytes | None:
+        """
+        @return: the contents of message C{mid}'s state file, or C{None}
+            if it has none (no recipient state recorded yet).
+        """
+        try:
+            with open(self._state_path(mid), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     def _quarantine_message(self, mid: int, reason: str) -> None:
         self._entries.pop(mid, None)
