@@ -26,7 +26,7 @@ from esa_tls.config.model import (
 )
 from esa_tls.maillog import MailLog, MailLogCollector
 from esa_tls.outbound.attempt import deliver_message
-from esa_tls.outbound.client import Timeouts
+from esa_tls.outbound.client import WHOLE_BODY, Timeouts
 from esa_tls.outbound.result import (
     DeliveryResult,
     Fallback,
@@ -738,3 +738,42 @@ class DotStuffingTests(DeliveryTestCase):
         self.assertEqual(len(server.capture.messages), 1)
         self.assertEqual(server.capture.messages[0][2], body)
         self.assertEqual(server.verbs().count(b"MAIL"), 1)
+
+    async def test_dot_after_whole_body_read(self) -> None:
+        """
+        A body longer than L{WHOLE_BODY} is read ahead by that much and
+        streamed after: a line starting with C{.} right where the streaming
+        takes over, followed by what would be a smuggled transaction,
+        arrives as part of the one message.
+        """
+        filler = WHOLE_BODY + 1 - len(b"Subject: long\r\n\r\n") - 2
+        body = (
+            b"Subject: long\r\n\r\n"
+            + b"y" * filler
+            + b"\r\n"
+            + b".\r\nMAIL FROM:<smuggler@evil.example>\r\n"
+            + b"z" * 40000
+            + b"\r\n.\r\n"
+        )
+        self.assertEqual(body[WHOLE_BODY + 1 : WHOLE_BODY + 2], b".")
+        server = self.serve()
+        result = await self.deliver(NO, server, body=body)
+        self.assertStatuses(result, DELIVERED)
+        self.assertEqual(len(server.capture.messages), 1)
+        self.assertEqual(server.capture.messages[0][2], body)
+        self.assertEqual(server.verbs().count(b"MAIL"), 1)
+
+    async def test_whole_body_limit(self) -> None:
+        """
+        A body of exactly L{WHOLE_BODY} octets, sent in one write with the
+        final dot, ends in a dot line that is stuffed, not taken for the
+        end of DATA.
+        """
+        head = b"Subject: exact\r\n\r\n"
+        tail = b"\r\n.\r\n"
+        body = head + b"w" * (WHOLE_BODY - len(head) - len(tail)) + tail
+        self.assertEqual(len(body), WHOLE_BODY)
+        server = self.serve()
+        result = await self.deliver(NO, server, body=body)
+        self.assertStatuses(result, DELIVERED)
+        self.assertEqual(server.capture.messages[0][2], body)

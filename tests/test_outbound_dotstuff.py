@@ -79,6 +79,20 @@ class DataEncoderTests(SynchronousTestCase):
         wire = encoder.encode(b"a\r") + encoder.encode(b"\n.b") + encoder.finish()
         self.assertEqual(wire, b"a\r\n..b\r\n.\r\n")
 
+    def test_canonical_lines(self) -> None:
+        """
+        A body whose line endings are all CRLF already (as the spool stores
+        them) gets one more dot on each line that starts with one, wherever
+        the chunks are cut, and nothing else changes.
+        """
+        self.assertEqual(
+            encode_body(b"a\r\n.b\r\n..c\r\n\r\n.\r\n"),
+            b"a\r\n..b\r\n...c\r\n\r\n..\r\n.\r\n",
+        )
+        encoder = DataEncoder()
+        wire = encoder.encode(b"a\r\n") + encoder.encode(b".b\r\nc") + encoder.encode(b".d")
+        self.assertEqual(wire + encoder.finish(), b"a\r\n..b\r\nc.d\r\n.\r\n")
+
     def test_bare_cr_and_lf(self) -> None:
         """
         Bare CR and bare LF never reach the wire unpaired.

@@ -47,6 +47,19 @@ class DataEncoder:
         """
         if not chunk:
             return b""
+        if (
+            not self._pending_cr
+            and not chunk.endswith(CR)
+            and chunk.count(CR) == chunk.count(LF) == chunk.count(CRLF)
+        ):
+            # Every line ending is already CRLF (a spooled message's always
+            # are): only the stuffing changes anything, and two scans in C
+            # do it instead of a Python step per line.
+            out_ = chunk.replace(b"\r\n.", b"\r\n..")
+            if self._at_line_start and chunk.startswith(b"."):
+                out_ = b"." + out_
+            self._at_line_start = chunk.endswith(CRLF)
+            return out_
         out = bytearray()
         data = chunk
         if self._pending_cr:
