@@ -47,4 +47,5 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	bench/run --quick
+	bench/compare --quick
 	$(VENV)/bin/python bench/spool.py --rounds 1 --seconds 1
