@@ -53,13 +53,13 @@ class DataEncoder:
             and chunk.count(CR) == chunk.count(LF) == chunk.count(CRLF)
         ):
             # Every line ending is already CRLF (a spooled message's always
-            # are): only the stuffing changes anything, and two scans in C
+            # are): only the stuffing changes anything, and a few scans in C
             # do it instead of a Python step per line.
-            out_ = chunk.replace(b"\r\n.", b"\r\n..")
+            stuffed = chunk.replace(b"\r\n.", b"\r\n..")
             if self._at_line_start and chunk.startswith(b"."):
-                out_ = b"." + out_
+                stuffed = b"." + stuffed
             self._at_line_start = chunk.endswith(CRLF)
-            return out_
+            return stuffed
         out = bytearray()
         data = chunk
         if self._pending_cr:
