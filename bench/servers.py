@@ -147,16 +147,22 @@ class Gateway(Server):
         workers = workers if workers is not None else args.workers
         if workers is not None:
             command += ["--workers", str(workers)]
-        self.process = subprocess.Popen(
-            command,
-            cwd=self.directory,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            env=None if env is None else dict(env),
-        )
+        # What twistd says before its log is open (a configuration error)
+        # goes here.
+        self.output = os.path.join(self.directory, "twistd.out")
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.directory,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=None if env is None else dict(env),
+            )
         if not wait_listening(self.port, 60, self.process):
             self.stop()
-            raise RuntimeError(f"the gateway did not start; see {self.directory}/twistd.log")
+            raise RuntimeError(
+                f"the gateway did not start; see {self.output} and {self.directory}/twistd.log"
+            )
 
     def roots(self) -> list[int]:
         return [self.process.pid]
