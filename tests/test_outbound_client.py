@@ -719,6 +719,17 @@ class DotStuffingTests(DeliveryTestCase):
     The body crosses the wire intact however it is cut.
     """
 
+    async def assertDeliveredIntact(self, body: bytes) -> None:
+        """
+        C{body} arrives as one message, exactly, in one transaction.
+        """
+        server = self.serve()
+        result = await self.deliver(NO, server, body=body)
+        self.assertStatuses(result, DELIVERED)
+        self.assertEqual(len(server.capture.messages), 1)
+        self.assertEqual(server.capture.messages[0][2], body)
+        self.assertEqual(server.verbs().count(b"MAIL"), 1)
+
     async def test_dot_at_16k_boundary(self) -> None:
         """
         A line starting with C{.} at offset 16384, followed by what would be
@@ -732,12 +743,7 @@ class DotStuffingTests(DeliveryTestCase):
             + b"DATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
         )
         self.assertEqual(body[16384:16385], b".")
-        server = self.serve()
-        result = await self.deliver(NO, server, body=body)
-        self.assertStatuses(result, DELIVERED)
-        self.assertEqual(len(server.capture.messages), 1)
-        self.assertEqual(server.capture.messages[0][2], body)
-        self.assertEqual(server.verbs().count(b"MAIL"), 1)
+        await self.assertDeliveredIntact(body)
 
     async def test_dot_after_whole_body_read(self) -> None:
         """
@@ -756,12 +762,7 @@ class DotStuffingTests(DeliveryTestCase):
             + b"\r\n.\r\n"
         )
         self.assertEqual(body[WHOLE_BODY + 1 : WHOLE_BODY + 2], b".")
-        server = self.serve()
-        result = await self.deliver(NO, server, body=body)
-        self.assertStatuses(result, DELIVERED)
-        self.assertEqual(len(server.capture.messages), 1)
-        self.assertEqual(server.capture.messages[0][2], body)
-        self.assertEqual(server.verbs().count(b"MAIL"), 1)
+        await self.assertDeliveredIntact(body)
 
     async def test_whole_body_limit(self) -> None:
         """
@@ -773,7 +774,4 @@ class DotStuffingTests(DeliveryTestCase):
         tail = b"\r\n.\r\n"
         body = head + b"w" * (WHOLE_BODY - len(head) - len(tail)) + tail
         self.assertEqual(len(body), WHOLE_BODY)
-        server = self.serve()
-        result = await self.deliver(NO, server, body=body)
-        self.assertStatuses(result, DELIVERED)
-        self.assertEqual(server.capture.messages[0][2], body)
+        await self.assertDeliveredIntact(body)
