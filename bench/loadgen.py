@@ -223,6 +223,40 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[index]
 
 
+def send_command(settings: argparse.Namespace, port: int, extra: Sequence[str]) -> list[str]:
+    """
+    The command line of a C{send} run against C{port}, with the benchmark
+    scripts' load settings (C{concurrency}, C{size}, C{processes}) and
+    C{extra} arguments.
+    """
+    return [
+        sys.executable,
+        os.path.abspath(__file__),
+        "send",
+        "--port",
+        str(port),
+        "--concurrency",
+        str(settings.concurrency),
+        "--size",
+        str(settings.size),
+        "--processes",
+        str(settings.processes),
+        *extra,
+    ]
+
+
+def send_result(returncode: int, out: str, err: str) -> dict[str, Any]:
+    """
+    What a finished C{send} run printed, or why it failed.
+
+    @raise RuntimeError: it failed.
+    """
+    if returncode != 0:
+        raise RuntimeError(f"loadgen failed: {err[-2000:]}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
 def run_send(args: argparse.Namespace) -> dict[str, Any]:
     """
     Fork the processes, start them together, merge what they measured.
