@@ -267,6 +267,32 @@ class LimitTests(QueueTestCase):
         self.assertEqual(os.listdir(os.path.join(self.data_dir, "delivernow")), [])
         self.assertRaises(KeyError, self.spool.get, mid)
 
+    async def test_delivernow_beyond_concurrency(self) -> None:
+        """
+        C{delivernow} with more deferred messages than the domain's
+        concurrency limit: those that wait for a slot are still tried now
+        when their turn comes, not at their retry time (a backlog after an
+        outage of the next hop is flushed whole).
+        """
+        for i in range(4):
+            await inject(self.spool, "", [f"busy{i}@partner.example"])
+        self.server.script.rcpt_replies = {
+            f"busy{i}@partner.example": b"450 4.2.1 Mailbox busy" for i in range(4)
+        }
+        config = make_config(self.server.port, self.data_dir, concurrency=1)
+        manager = self.manager(config=config)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        while any(s.attempts == 0 for m in self.spool.queued() for s in m.recipients):
+            await deferLater(reactor, 0.05, lambda: None)
+        self.server.script.rcpt_replies = {}
+        manager.deliver_now()
+        deadline = time.monotonic() + 10
+        while self.spool.queued() and time.monotonic() < deadline:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.server.capture.messages), 4)
+        self.assertEqual(self.server.capture.max_open, 1)
+
 
 class _Child(ProcessProtocol):
     def __init__(self) -> None:

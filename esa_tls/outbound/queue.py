@@ -196,7 +196,10 @@ class QueueManager(Service):
         self._active: dict[str, int] = defaultdict(int)
         self._sent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
         self._loops: list[LoopingCall] = []
-        self._waiting: dict[str, dict[int, None]] = defaultdict(dict)
+        # Each domain's line of messages held back by its limits, in order:
+        # whether the message was asked for by delivernow (so that it is
+        # still tried before its retry time when its turn comes).
+        self._waiting: dict[str, dict[int, bool]] = defaultdict(dict)
         self._wake_domains: set[str] = set()
         self._wake_call: Any = None
 
@@ -318,13 +321,13 @@ class QueueManager(Service):
         for domain in domains:
             waiting = self._waiting.get(domain)
             while waiting and self._allowed(domain, 1, now) > 0:
-                mid = next(iter(waiting))
+                mid, forced = next(iter(waiting.items()))
                 del waiting[mid]
                 try:
                     message = self.spool.get(mid)
                 except KeyError:
                     continue
-                for d in self._schedule(message, now):
+                for d in self._schedule(message, now, domain if forced else False):
                     d.addErrback(self._log_failure, mid)
             if not waiting:
                 self._waiting.pop(domain, None)
@@ -406,7 +409,8 @@ class QueueManager(Service):
             else:
                 # Its turn comes when one of the domain's deliveries ends
                 # (or, for a rate limit, at a later scan).
-                self._waiting[domain][message.mid] = None
+                line = self._waiting[domain]
+                line[message.mid] = line.get(message.mid, False) or force is True or force == domain
         return started
 
     def _allowed(self, domain: str, wanted: int, now: float) -> int:
