@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
@@ -292,6 +293,35 @@ class LimitTests(QueueTestCase):
             await deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(len(self.server.capture.messages), 4)
         self.assertEqual(self.server.capture.max_open, 1)
+
+    async def test_delivernow_beyond_recipient_rate(self) -> None:
+        """
+        A message that C{delivernow} asked for but the domain's recipient
+        rate held back goes at the first scan the rate allows, not at its
+        retry time.
+        """
+        for i in range(2):
+            await inject(self.spool, "", [f"busy{i}@partner.example"])
+        self.server.script.rcpt_replies = {
+            f"busy{i}@partner.example": b"450 4.2.1 Mailbox busy" for i in range(2)
+        }
+        config = make_config(self.server.port, self.data_dir, limit=1)
+        partner = attrs.evolve(config.destinations["partner.example"], recipient_minutes=1)
+        config = attrs.evolve(config, destinations={**config.destinations, partner.domain: partner})
+        manager = self.manager(config=config)
+        await manager.run_once()
+        self.clock.advance(61)
+        await manager.run_once()
+        self.assertEqual(self.server.verbs().count(b"RCPT"), 2)
+        self.server.script.rcpt_replies = {}
+        await manager.deliver_now()
+        self.assertEqual(len(self.server.capture.messages), 1)
+        # The rate's window has passed; the retry time (5 minutes after the
+        # last failure) has not.
+        self.clock.advance(61)
+        await manager.run_once()
+        self.assertEqual(len(self.server.capture.messages), 2)
+        self.assertEqual(self.spool.queued(), [])
 
 
 class _Child(ProcessProtocol):

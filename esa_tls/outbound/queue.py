@@ -393,7 +393,13 @@ class QueueManager(Service):
         by_domain: dict[str, list[RecipientState]] = defaultdict(list)
         for state in message.pending:
             domain = _domain_of(state.address)
-            if force is True or force == domain or state.next_attempt <= now:
+            if (
+                force is True
+                or force == domain
+                or state.next_attempt <= now
+                # delivernow asked for it, and a limit held it back since.
+                or self._waiting.get(domain, {}).get(message.mid, False)
+            ):
                 by_domain[domain].append(state)
         started = []
         for domain, states in by_domain.items():
