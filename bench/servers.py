@@ -178,6 +178,28 @@ class Gateway(Server):
                 return
             time.sleep(0.05)
 
+    def deferred(self) -> int:
+        """
+        How many messages have had an attempt and wait for a retry (each
+        has its recipient states in a file of its own).
+        """
+        try:
+            return len(os.listdir(os.path.join(self.directory, "var", "spool", "state")))
+        except OSError:
+            return 0
+
+    def deliver_now(self) -> None:
+        """
+        What C{esa-tls delivernow} does: ask the running gateway to retry
+        every deferred recipient now.
+        """
+        directory = os.path.join(self.directory, "var", "delivernow")
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"bench-{time.monotonic_ns()}.request")
+        with open(path + ".tmp", "w") as f:
+            f.write("ALL\n")
+        os.rename(path + ".tmp", path)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -213,12 +235,24 @@ class PostfixServer(Server):
 class Sink:
     """
     Postfix's smtp-sink: accepts everything, stores nothing, and counts.
+    It can be stopped and started again on the same port (the next hop of
+    a queue-drain benchmark going down and coming back).
     """
 
     def __init__(self, workdir: str) -> None:
-        path = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        self.workdir = workdir
         self.port = postfix.free_port()
-        self.output = os.path.join(workdir, f"sink-{self.port}.out")
+        self.starts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        """
+        Listen again; L{count} starts from 0.
+        """
+        path = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        self.starts += 1
+        self.output = os.path.join(self.workdir, f"sink-{self.port}-{self.starts}.out")
         self._file = open(self.output, "wb")
         command = [path, "-c", f"127.0.0.1:{self.port}", "256"]
         if os.geteuid() == 0:
@@ -229,7 +263,8 @@ class Sink:
 
     def count(self) -> int:
         """
-        Messages received so far (the last C{mesg=N} smtp-sink printed).
+        Messages received since the last start (the last C{mesg=N}
+        smtp-sink printed).
         """
         with open(self.output, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 200))
@@ -241,9 +276,11 @@ class Sink:
         return int(digits) if digits.isdigit() else 0
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait()
-        self._file.close()
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait()
+            self.process = None
+            self._file.close()
 
 
 def wait_listening(port: int, timeout: float, process: subprocess.Popen[bytes]) -> bool:
