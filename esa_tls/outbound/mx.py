@@ -29,7 +29,7 @@ import enum
 import ipaddress
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -201,13 +201,38 @@ def parse_route_host(entry: str, default_port: int = SMTP_PORT) -> tuple[str, in
     return host, port
 
 
+_Row = TypeVar("_Row")
+
+#: Tables by normalized name, by the identity of the table they were made
+#: from (kept in the value, so that the identity stays valid).
+_normalized: dict[tuple[int, str], tuple[Mapping[str, Any], dict[str, Any]]] = {}
+
+
+def normalized_table(table: Mapping[str, _Row], keep: str = "") -> dict[str, _Row]:
+    """
+    C{table} (C{[smtp_routes]}, Destination Controls) by normalized name,
+    made once per table: every delivery asks, and a table can have
+    thousands of rows.
+
+    @param keep: a key left as it is (C{[smtp_routes]}' C{ALL}).
+    """
+    cached = _normalized.get((id(table), keep))
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    rows = {key if key == keep else normalize_name(key): row for key, row in table.items()}
+    if len(_normalized) >= 32:
+        _normalized.clear()
+    _normalized[(id(table), keep)] = (table, rows)
+    return rows
+
+
 def find_route(routes: Mapping[str, Sequence[str]], domain: str) -> Sequence[str] | None:
     """
     The C{[smtp_routes]} hosts for C{domain}: an exact entry wins, then the
     nearest C{.parent} entry (which matches subdomains only), then C{ALL}.
     """
     domain = normalize_name(domain)
-    table = {normalize_name(key) if key != "ALL" else key: value for key, value in routes.items()}
+    table = normalized_table(routes, keep="ALL")
     if domain in table:
         return table[domain]
     labels = domain.split(".")

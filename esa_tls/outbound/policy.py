@@ -11,36 +11,20 @@ all, the Default row is C{preferred}, as the issue asks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from attrs import frozen
 
 from esa_tls.config.model import DestinationControl, DestinationTLS, GatewayConfig
-from esa_tls.outbound.mx import normalize_name
+from esa_tls.outbound.mx import normalize_name, normalized_table
 
 #: The Default row's TLS setting when the configuration has none.
 DEFAULT_TLS = DestinationTLS.PREFERRED
 
 
-#: Normalized Destination Controls tables, by the identity of the table
-#: they were made from (kept in the value, so the identity stays valid).
-_tables: dict[int, tuple[Mapping[str, DestinationControl], dict[str, DestinationControl]]] = {}
-
-
 def _rows(config: GatewayConfig) -> dict[str, DestinationControl]:
     """
-    C{config.destinations} by normalized name, made once per table: every
-    delivery asks, and a table can have thousands of rows.
+    C{config.destinations} by normalized name.
     """
-    table = config.destinations
-    cached = _tables.get(id(table))
-    if cached is not None and cached[0] is table:
-        return cached[1]
-    rows = {normalize_name(key): row for key, row in table.items()}
-    if len(_tables) >= 16:
-        _tables.clear()
-    _tables[id(table)] = (table, rows)
-    return rows
+    return normalized_table(config.destinations)
 
 
 def destination_for(config: GatewayConfig, domain: str) -> DestinationControl:

@@ -929,7 +929,9 @@ class DurableSpool:
         """
         entry = self._entry(mid)
         try:
-            f = open(self.message_path(mid), "rb")
+            # Unbuffered: a delivery reads a whole small body in one call,
+            # and a buffer would only add system calls (and a copy).
+            f = open(self.message_path(mid), "rb", buffering=0)
         except FileNotFoundError:
             raise KeyError(mid) from None
         f.seek(entry.header.body_offset)
