@@ -147,6 +147,10 @@ class Gateway(Server):
         workers = workers if workers is not None else args.workers
         if workers is not None:
             command += ["--workers", str(workers)]
+        self.env = None if env is None else dict(env)
+        # The administrator's command line, next to twistd in the same
+        # virtualenv and run from the same tree.
+        self.cli = os.path.join(os.path.dirname(args.twistd), "esa-tls")
         # What twistd says before its log is open (a configuration error)
         # goes here.
         self.output = os.path.join(self.directory, "twistd.out")
@@ -156,7 +160,7 @@ class Gateway(Server):
                 cwd=self.directory,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=None if env is None else dict(env),
+                env=self.env,
             )
         if not wait_listening(self.port, 60, self.process):
             self.stop()
@@ -190,15 +194,16 @@ class Gateway(Server):
 
     def deliver_now(self) -> None:
         """
-        What C{esa-tls delivernow} does: ask the running gateway to retry
-        every deferred recipient now.
+        Ask the running gateway to retry every deferred recipient now, as an
+        administrator does: C{esa-tls delivernow}.
         """
-        directory = os.path.join(self.directory, "var", "delivernow")
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"bench-{time.monotonic_ns()}.request")
-        with open(path + ".tmp", "w") as f:
-            f.write("ALL\n")
-        os.rename(path + ".tmp", path)
+        subprocess.run(
+            [self.cli, "--config", self.config, "delivernow"],
+            cwd=self.directory,
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
