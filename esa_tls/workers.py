@@ -11,7 +11,7 @@ for I{the gateway}, not for each process:
   - B{Sockets.}  The C{twistd} process (worker 0) binds every listener
     itself, before anything else, and hands the listening descriptors to
     workers 1..N-1, which it starts as child processes
-    (C{python -m esa_tls.workers}); each worker, the parent included,
+    (C{python -m esa_tls.worker}); each worker, the parent included,
     adopts them with C{reactor.adoptStreamPort}.  The kernel gives each new
     connection to whichever process accepts first: a busy worker accepts
     less.  (C{SO_REUSEPORT} would hash connections to workers regardless
@@ -1017,7 +1017,7 @@ class WorkerPool(Service):
         args = [
             self.executable,
             "-m",
-            "esa_tls.workers",
+            "esa_tls.worker",
             "--worker",
             str(index),
             "--workers",
@@ -1271,7 +1271,7 @@ class _Announcer:
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m esa_tls.workers")
+    parser = argparse.ArgumentParser(prog="python -m esa_tls.worker")
     parser.add_argument("--worker", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
@@ -1338,7 +1338,3 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     freeze_startup_heap()
     reactor.run()
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(worker_main())
