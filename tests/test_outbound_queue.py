@@ -8,11 +8,12 @@ sending process killed in the middle of a batch.
 from __future__ import annotations
 
 import email
+import errno
 import itertools
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 from twisted.internet import reactor
@@ -31,6 +32,7 @@ from esa_tls.outbound.client import Timeouts
 from esa_tls.outbound.dsn import build_dsn, status_of
 from esa_tls.outbound.queue import QueueManager, RetryPolicy, request_delivery_now
 from esa_tls.spool import BOUNCED, DEFERRED, QUEUED, DurableSpool
+from esa_tls.spool.fs import FileSystem
 from esa_tls.values import Envelope
 from tests.peers.hostile import HostileServer, Script, start_hostile_server
 
@@ -321,6 +323,141 @@ class LimitTests(QueueTestCase):
         self.clock.advance(61)
         await manager.run_once()
         self.assertEqual(len(self.server.capture.messages), 2)
+        self.assertEqual(self.spool.queued(), [])
+
+    async def test_delivernow_split_by_recipient_rate(self) -> None:
+        """
+        The same with both deferred recipients in one message: the one the
+        rate held back goes at the first scan the rate allows, not at its
+        retry time.
+        """
+        await inject(self.spool, "", ["busy0@partner.example", "busy1@partner.example"])
+        self.server.script.rcpt_replies = {
+            f"busy{i}@partner.example": b"450 4.2.1 Mailbox busy" for i in range(2)
+        }
+        config = make_config(self.server.port, self.data_dir, limit=1)
+        partner = attrs.evolve(config.destinations["partner.example"], recipient_minutes=1)
+        config = attrs.evolve(config, destinations={**config.destinations, partner.domain: partner})
+        manager = self.manager(config=config)
+        await manager.run_once()
+        self.clock.advance(61)
+        await manager.run_once()
+        self.assertEqual(self.server.verbs().count(b"RCPT"), 2)
+        self.server.script.rcpt_replies = {}
+        self.clock.advance(61)
+        await manager.deliver_now()
+        self.assertEqual(len(self.server.capture.messages), 1)
+        # The rate's window has passed; neither retry time has.
+        self.clock.advance(61)
+        await manager.run_once()
+        self.assertEqual(len(self.server.capture.messages), 2)
+        self.assertEqual(self.spool.queued(), [])
+
+
+class _FailingWrites(FileSystem):
+    """
+    A file system on which new files fail with ENOSPC while C{full} says
+    so: every one (C{"all"}) or new messages only (C{"messages"}, which
+    leaves recipient state files alone).
+    """
+
+    full = ""
+
+    def _check(self, path: str) -> None:
+        if self.full == "all" or (self.full == "messages" and ".json" not in path):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    def open_for_writing(self, path: str) -> BinaryIO:
+        self._check(path)
+        return super().open_for_writing(path)
+
+    def create(self, path: str, data: bytes) -> int:
+        self._check(path)
+        return super().create(path, data)
+
+
+class SpoolFaultTests(QueueTestCase):
+    """
+    When the spool cannot write (disk full), a delivery's outcome is not
+    lost and the message is not sent again to recipients who have it.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fs = _FailingWrites()
+        self.spool = DurableSpool(os.path.abspath(self.mktemp()), reactor, filesystem=self.fs)
+        self.addCleanup(self.spool.close)
+
+    def copies(self, rcpt: bytes) -> int:
+        return sum(1 for _, rcpts, _ in self.server.capture.messages if rcpt in rcpts)
+
+    async def test_bounce_not_spooled(self) -> None:
+        """
+        A 250 and a 550 in one delivery, and no room for the bounce: the
+        delivered recipient is recorded (and not sent the message again),
+        the refused one is deferred, and bounced once it can be.
+        """
+        mid = await inject(
+            self.spool, "a@sender.example", ["ok@partner.example", "gone@partner.example"]
+        )
+        self.fs.full = "messages"
+        manager = self.manager()
+        for _ in range(3):
+            await manager.run_once()
+        self.assertEqual(self.copies(b"ok@partner.example"), 1)
+        states = {s.address: s for s in self.spool.get(mid).recipients}
+        self.assertEqual(states["ok@partner.example"].status, "delivered")
+        gone = states["gone@partner.example"]
+        self.assertEqual((gone.status, gone.next_attempt), (DEFERRED, self.clock.seconds() + 300))
+        self.assertIn("550 5.1.1 No such user (its bounce was not spooled:", gone.last_error)
+        self.fs.full = ""
+        self.clock.advance(300)
+        await manager.run_once()
+        await manager.run_once()
+        self.assertEqual(self.spool.queued(), [])
+        self.assertEqual(self.copies(b"ok@partner.example"), 1)
+        # RCPTs: ok@ and gone@, gone@ again after the fault, the bounce.
+        self.assertEqual(self.server.verbs().count(b"RCPT"), 4)
+        dsn_from, dsn_to, dsn = self.server.capture.messages[-1]
+        self.assertEqual((dsn_from, dsn_to), (b"", [b"a@sender.example"]))
+        self.assertIn(b"Final-Recipient: rfc822; gone@partner.example", dsn)
+
+    async def test_states_not_recorded(self) -> None:
+        """
+        With no room even for the recipients' states, the message waits,
+        not sent again, while each scan tries to record them; once they
+        are, the rest of its work goes on.
+        """
+        mid = await inject(
+            self.spool, "a@sender.example", ["ok@partner.example", "busy@partner.example"]
+        )
+        self.fs.full = "all"
+        manager = self.manager()
+        for _ in range(3):
+            await manager.run_once()
+            self.clock.advance(400)
+        self.assertEqual(self.copies(b"ok@partner.example"), 1)
+        self.assertEqual(self.copies(b"busy@partner.example"), 0)
+        self.assertEqual(self.server.verbs().count(b"RCPT"), 2)
+        # Handled, not a failed delivery.
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.fs.full = ""
+        await manager.run_once()
+        states = {s.address: s for s in self.spool.get(mid).recipients}
+        self.assertEqual(states["ok@partner.example"].status, "delivered")
+        self.assertEqual(states["busy@partner.example"].status, DEFERRED)
+        # Recorded on disk: a new spool (a restart) finds the same.
+        again = DurableSpool(self.spool.directory, reactor)
+        self.addCleanup(again.close)
+        self.assertEqual(
+            {s.address: s.status for s in again.get(mid).recipients},
+            {"ok@partner.example": "delivered", "busy@partner.example": DEFERRED},
+        )
+        self.server.script.rcpt_replies = {}
+        self.clock.advance(300)
+        await manager.run_once()
+        self.assertEqual(self.copies(b"ok@partner.example"), 1)
+        self.assertEqual(self.copies(b"busy@partner.example"), 1)
         self.assertEqual(self.spool.queued(), [])
 
 

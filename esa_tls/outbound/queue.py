@@ -57,6 +57,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from esa_tls.config.model import DestinationControl, GatewayConfig
+from esa_tls.interfaces import StoreError
 from esa_tls.maillog import MailLog
 from esa_tls.outbound.attempt import deliver_message
 from esa_tls.outbound.client import Timeouts
@@ -202,6 +203,14 @@ class QueueManager(Service):
         self._waiting: dict[str, dict[int, bool]] = defaultdict(dict)
         self._wake_domains: set[str] = set()
         self._wake_call: Any = None
+        # What deliveries learned but the spool could not record (disk
+        # full, an I/O error), by MID.  Such a message is not delivered
+        # again while it is here: its states on disk are the old ones, and
+        # would send it again, at every scan, to recipients who have it.
+        # Each scan tries to record them again.
+        self._unrecorded: dict[int, dict[int, RecipientState]] = {}
+        # MIDs whose held states a scan is writing again.
+        self._rerecording: set[int] = set()
 
     @property
     def config(self) -> GatewayConfig:
@@ -388,6 +397,12 @@ class QueueManager(Service):
         """
         Start the deliveries of one message that are due and allowed.
         """
+        if message.mid in self._unrecorded or message.mid in self._rerecording:
+            if message.mid in self._rerecording or any(
+                mid == message.mid for mid, _ in self.in_flight
+            ):
+                return []
+            return [Deferred.fromCoroutine(self._record_again(message.mid))]
         if not message.pending:
             return [self._finish(message)]
         by_domain: dict[str, list[RecipientState]] = defaultdict(list)
@@ -409,14 +424,18 @@ class QueueManager(Service):
                 started.append(self._start(message, domain, states, now, drop=True))
                 continue
             allowed = self._allowed(domain, len(states), now)
+            line = self._waiting.get(domain)
+            forced = (line is not None and line.get(message.mid, False)) or force in (True, domain)
             if allowed > 0:
-                self._waiting.get(domain, {}).pop(message.mid, None)
                 started.append(self._start(message, domain, states[:allowed], now))
-            else:
-                # Its turn comes when one of the domain's deliveries ends
-                # (or, for a rate limit, at a later scan).
-                line = self._waiting[domain]
-                line[message.mid] = line.get(message.mid, False) or force is True or force == domain
+            if allowed < len(states):
+                # The rest's turn comes when one of the domain's deliveries
+                # ends (or, for a rate limit, at a later scan), with
+                # delivernow's word kept for them; a message already in
+                # the line keeps its place.
+                self._waiting[domain][message.mid] = forced
+            elif line is not None:
+                line.pop(message.mid, None)
         return started
 
     def _allowed(self, domain: str, wanted: int, now: float) -> int:
@@ -516,6 +535,8 @@ class QueueManager(Service):
         by_rid = {s.rid: s for s in states}
         new_states: dict[int, RecipientState] = {}
         failed: list[FailedRecipient] = []
+        failed_rids: list[int] = []
+        gave_up: list[tuple[int, str]] = []
         for outcome in result.recipients:
             old = by_rid[outcome.rid]
             attempts = old.attempts + 1
@@ -529,12 +550,13 @@ class QueueManager(Service):
                         old.address, text, status_of(outcome.text, outcome.code), remote=True
                     )
                 )
+                failed_rids.append(old.rid)
             elif now - arrived >= self.retry.give_up:
                 reason = f"gave up after {attempts} attempts: {text}"
                 new = evolve(old, status=BOUNCED, attempts=attempts, last_error=reason)
                 failed.append(FailedRecipient(old.address, reason, "4.4.7", remote=False))
-                if self.maillog is not None:
-                    self.maillog.bounced(message.mid, [old.rid], reason)
+                failed_rids.append(old.rid)
+                gave_up.append((old.rid, reason))
             else:
                 new = evolve(
                     old,
@@ -545,7 +567,36 @@ class QueueManager(Service):
                 )
             new_states[old.rid] = new
         if failed:
-            await self._bounce(message, failed, arrived)
+            try:
+                await self._bounce(message, failed, arrived)
+            except (StoreError, OSError) as e:
+                # Postfix's "bounce or trace service failure": the failed
+                # recipients are deferred (tried again after their backoff,
+                # and bounced then), while what else this delivery
+                # learned, above all who has the message now, is still
+                # recorded; otherwise every scan would send it to them again.
+                log.error(
+                    "MID {mid}: bounce for {n} recipient(s) not spooled ({error}); deferring them",
+                    mid=message.mid,
+                    n=len(failed),
+                    error=e,
+                )
+                for rid in failed_rids:
+                    state = new_states[rid]
+                    new_states[rid] = evolve(
+                        state,
+                        status=DEFERRED,
+                        next_attempt=now + self.retry.delay(state.attempts),
+                        last_error=f"{state.last_error} (its bounce was not spooled: {e})",
+                    )
+                gave_up = []
+                if self.maillog is not None:
+                    self.maillog.deferred(
+                        message.mid, failed_rids, f"its bounce was not spooled: {e}"
+                    )
+        if self.maillog is not None:
+            for rid, reason in gave_up:
+                self.maillog.bounced(message.mid, [rid], reason)
         await self._record(message.mid, new_states)
 
     async def _record(self, mid: int, new_states: dict[int, RecipientState]) -> None:
@@ -554,22 +605,44 @@ class QueueManager(Service):
         every recipient is delivered or bounced.
 
         When these states finish the message, its removal alone records
-        them (one durable step instead of two): if the removal does not
-        reach the disk, the message is found again with its old states and
-        those recipients are sent again, the same window a crash before
-        the states were written leaves.
+        them (one durable step instead of two).  States the spool could not
+        record are held (L{_unrecorded}) and written again at each scan,
+        the message not delivered meanwhile; only a crash before they are
+        written sends those recipients the message again.
         """
-        current = self.spool.get(mid)
-        finished = all(
-            new_states[s.rid].status in FINAL_STATUSES
-            if s.rid in new_states
-            else s.status in FINAL_STATUSES
-            for s in current.recipients
-        )
-        if finished:
-            await self.spool.remove(mid)
-            return
-        await self.spool.update_recipients(mid, new_states)
+        new_states = {**self._unrecorded.pop(mid, {}), **new_states}
+        try:
+            current = self.spool.get(mid)
+            finished = all(
+                new_states[s.rid].status in FINAL_STATUSES
+                if s.rid in new_states
+                else s.status in FINAL_STATUSES
+                for s in current.recipients
+            )
+            if finished:
+                await self.spool.remove(mid)
+            else:
+                await self.spool.update_recipients(mid, new_states)
+        except StoreError as e:
+            # Held, not forgotten: see _unrecorded.
+            self._unrecorded[mid] = {**new_states, **self._unrecorded.get(mid, {})}
+            log.error(
+                "MID {mid}: recipient states not recorded ({error}); the message waits"
+                " until they are",
+                mid=mid,
+                error=e,
+            )
+
+    async def _record_again(self, mid: int) -> None:
+        self._rerecording.add(mid)
+        try:
+            await self._record(mid, {})
+        except KeyError:
+            # The message has left the queue meanwhile (removed by an
+            # administrator): nothing is left to record.
+            self._unrecorded.pop(mid, None)
+        finally:
+            self._rerecording.discard(mid)
 
     async def _drop(
         self, message: QueuedMessage, domain: str, states: list[RecipientState]
