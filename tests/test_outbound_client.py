@@ -356,6 +356,53 @@ class RefusedTests(DeliveryTestCase):
         result = await self.deliver(REQUIRED_VERIFY, server)
         self.assertTLSDeferred(result, server, TLSResultType.STARTTLS_NOT_SUPPORTED)
 
+    async def test_required_421(self) -> None:
+        """
+        C{required} and a 421 in place of the 220 (a server closing, or a
+        man in the middle hiding that it strips TLS): deferred, nothing
+        sent, and a TLS failure with its alert, as for a 454.
+        """
+        server = self.serve(certificate=GOOD, starttls_reply=b"421 4.3.2 Service not available")
+        result = await self.deliver(REQUIRED, server)
+        self.assertTLSDeferred(result, server, TLSResultType.STARTTLS_NOT_SUPPORTED)
+
+    async def test_preferred_421(self) -> None:
+        """
+        C{preferred} and a 421: the server is closing; deferred, no TLS
+        alert (the setting does not require TLS).
+        """
+        server = self.serve(certificate=GOOD, starttls_reply=b"421 4.3.2 Service not available")
+        result = await self.deliver(PREFERRED, server)
+        self.assertStatuses(result, DEFERRED)
+        self.assertNothingSent(server)
+        self.assertFalse(result.tls_required_failure)
+        self.assertEqual(self.events, [])
+
+
+class EHLORefusedOverTLSTests(DeliveryTestCase):
+    """
+    TLS is up and verified, and the server then refuses the EHLO that
+    RFC 3207 has the client send again.
+    """
+
+    async def test_required_verify(self) -> None:
+        """
+        A session error, not a TLS failure: deferred, nothing sent, the
+        TLS outcome kept (encrypted, verified), and no TLS alert.
+        """
+        server = self.serve(
+            certificate=GOOD, ehlo_reply_over_tls=b"554 5.7.1 EHLO rejected by local policy"
+        )
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertStatuses(result, DEFERRED)
+        self.assertIn("EHLO refused after STARTTLS: 554", result.recipients[0].text)
+        self.assertNothingSent(server)
+        self.assertFalse(result.tls_required_failure)
+        assert result.tls is not None
+        self.assertTrue(result.tls.encrypted and result.tls.verified)
+        self.assertIsNone(result.tls.failure)
+        self.assertEqual(self.events, [])
+
 
 class BrokenAfter220Tests(DeliveryTestCase):
     """
@@ -449,6 +496,39 @@ class CertificateTests(DeliveryTestCase):
     """
     Certificates that do not verify.
     """
+
+    def break_ca_file(self) -> None:
+        """
+        The destination's C{ca_file} was replaced, since the configuration
+        was loaded, by something that is not PEM.
+        """
+        with open(self.ca_file, "wb") as f:
+            f.write(b"not a certificate\n")
+
+    async def test_unloadable_ca_file_preferred_verify(self) -> None:
+        """
+        C{preferred-verify} with trust anchors that cannot be loaded: the
+        peer cannot be verified, so the message goes encrypted and
+        unverified, never in the clear, and the error is logged.
+        """
+        self.break_ca_file()
+        server = self.serve(certificate=GOOD)
+        result = await self.deliver(PREFERRED_VERIFY, server)
+        self.assertDeliveredEncrypted(result, server, verified=False)
+        assert result.tls is not None
+        self.assertEqual(result.tls.failure, TLSResultType.CERTIFICATE_NOT_TRUSTED)
+        self.assertEqual(server.capture.connections, 1)
+
+    async def test_unloadable_ca_file_required_verify(self) -> None:
+        """
+        C{required-verify} with trust anchors that cannot be loaded: a
+        verification failure (deferred, alert), not a handshake failure
+        blamed on the peer.
+        """
+        self.break_ca_file()
+        server = self.serve(certificate=GOOD)
+        result = await self.deliver(REQUIRED_VERIFY, server)
+        self.assertTLSDeferred(result, server, TLSResultType.CERTIFICATE_NOT_TRUSTED)
 
     async def test_self_signed_preferred_verify(self) -> None:
         """

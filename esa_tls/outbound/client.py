@@ -512,8 +512,15 @@ class DeliveryClient(ESMTPSender):
     def esmtpEHLORequired(self, code: int = -1, resp: bytes | None = None) -> None:
         """
         EHLO was refused: without it there is no STARTTLS, so a setting
-        that requires TLS ends here.
+        that requires TLS ends here.  After TLS is up (the EHLO that
+        RFC 3207 asks for again) the refusal is the session's, not TLS's:
+        no TLS failure, no alert, a deferral.
         """
+        if self._tls_ok:
+            self._fail(f"EHLO refused after STARTTLS: {code} {_text(resp or b'')}", code)
+            self._stage = Stage.QUIT
+            self._disconnectFromServer()
+            return
         if self._plan.require:
             self._tls_update(
                 failure=TLSResultType.STARTTLS_NOT_SUPPORTED,
@@ -533,7 +540,12 @@ class DeliveryClient(ESMTPSender):
         if self._maillog is not None:
             self._maillog.dcid_tls_failed(self._dcid, detail)
         if code == 421:
-            # The server is closing the session, not refusing TLS.
+            # The server is closing the session, not refusing TLS; but
+            # where TLS is required, a 421 in place of the 220 is also
+            # how a man in the middle would strip it, so it counts (and
+            # alerts) as the failure it is for this setting.
+            if self._plan.require:
+                self._tls_failure = True
             self._fail(detail, code)
             self._stage = Stage.QUIT
             self._connection.loseConnection()
@@ -574,8 +586,8 @@ class DeliveryClient(ESMTPSender):
             self._fail("no TLS client configured")
             self._connection.abortConnection()
             return
-        self._creator = self._tls_creator_factory()
         try:
+            self._creator = self._tls_creator_factory()
             self._connection.startTLS(self._creator)
         except Exception as e:
             self._fail(f"could not start TLS: {e}")

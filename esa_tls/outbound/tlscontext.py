@@ -33,11 +33,14 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import CertificateOptions, platformTrust
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from esa_tls.outbound.result import TLSResultType
 from esa_tls.tls.verifyerrors import VERIFY_ERROR_TEXTS
+
+log = Logger()
 
 #: OpenSSL X509_V_ERR codes that mean "not signed by anyone we trust".
 _UNTRUSTED = {2, 18, 19, 20, 21, 24, 27, 28}
@@ -128,7 +131,24 @@ def _client_context(ca_file: str | None, trust_system: bool) -> SSL.Context:
     )
     context = options.getContext()
     if ca_file:
-        context.load_verify_locations(ca_file.encode())
+        try:
+            context.load_verify_locations(ca_file.encode())
+        except (SSL.Error, OSError) as e:
+            # Checked when the configuration was loaded, but a file can be
+            # replaced (or half rewritten) since.  Its anchors are then
+            # missing: a peer they would have vouched for fails
+            # verification, which each setting handles as it says
+            # (Preferred-Verify: encrypted, unverified; Required-Verify:
+            # deferred), rather than the handshake failing and a
+            # Preferred setting going on in the clear.  Tried again next
+            # time: not remembered.
+            log.error(
+                "outbound TLS: could not load the trust anchors of {ca_file}: {error};"
+                " verifying without them",
+                ca_file=ca_file,
+                error=e,
+            )
+            return context
     if stamp is None and ca_file:
         return context  # could not tell its version: never remembered
     if len(_contexts) >= 64:

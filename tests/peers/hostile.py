@@ -59,6 +59,8 @@ class Script:
         the server stops answering, or C{b"GREETING"} for no banner.
     @ivar hold_ehlo_reply_over_tls: delay the post-TLS EHLO reply, so that
         a client sending before the reply is caught (L{Capture.premature}).
+    @ivar ehlo_reply_over_tls: the reply to the EHLO after TLS, in place
+        of the usual one (a refusal, say).
     @ivar hang_after_messages: once this many messages were accepted, take
         the next ones' data but never answer the final dot (they go to
         L{Capture.unanswered}): a server that is slow, or a sender that
@@ -77,6 +79,7 @@ class Script:
     final_reply: bytes = b"250 2.0.0 Ok: queued"
     silent_after: bytes | None = None
     hold_ehlo_reply_over_tls: float = 0.0
+    ehlo_reply_over_tls: bytes | None = None
     hang_after_messages: int | None = None
 
 
@@ -207,6 +210,9 @@ class _HostileSMTP(LineReceiver):
             self.silent = True
 
     def do_EHLO(self, line: bytes) -> None:
+        if self.tls and self.script.ehlo_reply_over_tls is not None:
+            self._reply(b"EHLO", self.script.ehlo_reply_over_tls)
+            return
         keywords = self.script.ehlo_keywords
         if keywords is None:
             keywords = (b"PIPELINING", b"8BITMIME")
