@@ -111,6 +111,38 @@ class DestConfigTests(DialogTestCase):
         self.assertEqual(config.destinations["example.org"].tls, DestinationTLS.DEFAULT)
         self.assertEqual(config.destinations["default"].tls, DestinationTLS.REQUIRED)
 
+    def test_default_row_as_it_runs(self) -> None:
+        """
+        Without a default row the gateway uses Preferred: LIST and DETAIL
+        say so, and editing the default row while keeping its TLS answer
+        keeps Preferred (not No, which would send every other domain's
+        mail in the clear).
+        """
+        out = self.dialog("destconfig", "list", "detail", "ALL")
+        self.assertRegex(out, r"\(Default\) +\d+ +\d+ +None +Preferred\n")
+        self.assertIn("(Default)\n", out)
+        self.assertIn("    TLS: Preferred\n", out)
+        out = self.dialog("destconfig", "default", "y", "200", "n", "n", "")
+        self.assertIn("[2]>", out)
+        self.commit()
+        default = load_config(self.config).destinations["default"]
+        self.assertEqual(
+            (default.tls, default.max_host_concurrency), (DestinationTLS.PREFERRED, 200)
+        )
+
+    def test_import_key_twice(self) -> None:
+        """
+        IMPORT refuses a section that gives a key twice, as TOML does,
+        rather than taking the last value (required, then no).
+        """
+        with open("twice.ini", "w") as f:
+            f.write("[bank.example]\ntls = required\nmax_host_concurrency = 10\ntls = no\n")
+        out = self.dialog("destconfig", "import", "twice.ini")
+        self.assertIn("twice.ini was not imported:", out)
+        self.assertIn("line 4: tls is given twice in [bank.example]", out)
+        with self.assertRaises(ValueError):
+            parse_table("[a.example]\ntls = no\ntls = required\n")
+
     def test_export_import(self) -> None:
         """
         EXPORT writes the table; IMPORT replaces it, refusing a file whose

@@ -39,7 +39,7 @@ from esa_tls.cli._prompt import BadAnswer, Prompter
 from esa_tls.cli._session import EditSession, edit, fault_at, show_faults
 from esa_tls.cli.main import CommandContext
 from esa_tls.config.errors import KeyPath
-from esa_tls.config.model import DestinationControl, DestinationTLS
+from esa_tls.config.model import DEFAULT_ROW_TLS, DestinationControl, DestinationTLS
 from esa_tls.durable import write_atomically
 
 __all__ = ["TLS_CHOICES", "format_table", "parse_table", "run"]
@@ -115,6 +115,11 @@ def parse_table(text: str) -> dict[str, dict[str, Any]]:
         if key not in _KEYS:
             faults.append(f"line {number}: unknown key {key!r} (one of {', '.join(_KEYS)})")
             continue
+        if key in current:
+            # As TOML says: a second value is a mistake, not an override
+            # (tls = required, then tls = no, must not import as no).
+            faults.append(f"line {number}: {key} is given twice in [{name}]")
+            continue
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
         current[key] = int(value) if re.fullmatch(r"-?\d+", value) else value
@@ -167,7 +172,7 @@ class DestConfig:
     def effective(self, key: str) -> dict[str, Any]:
         row = self.row(key)
         values = {
-            "tls": "no" if key.lower() == "default" else "default",
+            "tls": DEFAULT_ROW_TLS.value if key.lower() == "default" else "default",
             "max_host_concurrency": _MODEL.max_host_concurrency,
             "max_messages_per_connection": _MODEL.max_messages_per_connection,
             "recipient_limit": _MODEL.recipient_limit,

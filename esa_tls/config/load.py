@@ -40,6 +40,7 @@ from esa_tls.config.errors import (
     suggest,
 )
 from esa_tls.config.model import (
+    DEFAULT_ROW_TLS,
     POLICY_PARAMETER_KEYS,
     UNIMPLEMENTED_POLICY_KEYS,
     AccessRule,
@@ -757,11 +758,11 @@ class _Loader:
                             "or required-verify-hosted)",
                         )
                         continue
-                    values.setdefault("tls", DestinationTLS.PREFERRED)
+                    values.setdefault("tls", DEFAULT_ROW_TLS)
                 out[key] = DestinationControl(key, **values)
         # Without a Default row, TLS is opportunistic (like Postfix 3.11 "may"):
         # encrypted whenever the destination offers it, never refused for it.
-        out.setdefault("default", DestinationControl("default", tls=DestinationTLS.PREFERRED))
+        out.setdefault("default", DestinationControl("default", tls=DEFAULT_ROW_TLS))
         return out
 
     def smtp_routes(self, value: object) -> dict[str, tuple[str, ...]]:

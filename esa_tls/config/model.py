@@ -143,6 +143,14 @@ class DestinationTLS(enum.Enum):
         )
 
 
+#: The default row's TLS when the file does not set it (or has no default
+#: row): opportunistic, like Postfix's C{may}, encrypted whenever the
+#: destination offers it and never refused for it.  The loader and the
+#: C{destconfig} dialog both take it from here, so that what the dialog
+#: shows (and writes back when the administrator keeps it) is what runs.
+DEFAULT_ROW_TLS = DestinationTLS.PREFERRED
+
+
 #: Mail flow policy parameters that the ESA has but this gateway does not
 #: implement.  They are accepted in configuration (so an ESA administrator's
 #: habits do not break the file) and reported as not implemented at start-up.
