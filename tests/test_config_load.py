@@ -520,6 +520,40 @@ class HATFaultTests(FaultTestsMixin, SynchronousTestCase):
             lines[0],
         )
 
+    def test_mandatory_senders_without_tls(self) -> None:
+        """
+        A policy that lists TLS-mandatory senders but has TLS off (set or
+        inherited) is refused: those senders would be taken in the clear.
+        The list may sit in the Default Policy Parameters for the policies
+        that turn TLS on.
+        """
+        policy = "[listeners.Inboundmail.policies.ACCEPTED]\n"
+        lines = self.faults(
+            HEAD + LISTENER + policy + 'tls_mandatory_senders = ["@bank.example"]\n'
+        )
+        self.assertEqual(
+            lines,
+            [
+                "site.toml:13: listeners.Inboundmail.policies.ACCEPTED.tls_mandatory_senders: "
+                'tls_mandatory_senders needs tls = "preferred" (or "required"): with TLS off '
+                "the senders it lists would be taken in the clear"
+            ],
+        )
+        default = (
+            '[listeners.Inboundmail.policies.default]\ntls_mandatory_senders = ["@bank.example"]\n'
+        )
+        lines = self.faults(HEAD + LISTENER + default + policy + 'tls = "off"\n')
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(
+            lines[0].startswith("site.toml:15: listeners.Inboundmail.policies.ACCEPTED.tls: "),
+            lines,
+        )
+        loaded = config(HEAD + LISTENER + default + policy + 'tls = "preferred"\n')
+        accepted = loaded.listeners["Inboundmail"].policies["ACCEPTED"]
+        self.assertEqual(
+            (accepted.tls, accepted.tls_mandatory_senders), (TLSMode.PREFERRED, ("@bank.example",))
+        )
+
 
 class OtherSectionFaultTests(FaultTestsMixin, SynchronousTestCase):
     """
@@ -912,6 +946,23 @@ class ResolutionTests(SynchronousTestCase):
             (
                 "site.toml:11: listeners.Inboundmail.rat: the RAT is empty: this public listener "
                 "accepts mail for no domain (only RELAY senders)",
+            ),
+        )
+
+    def test_private_rat_warning(self) -> None:
+        """
+        A RAT on a private listener is allowed, with a warning that says
+        what it does here (the ESA's private listeners have none).
+        """
+        result = parse_config_with_warnings(
+            HEAD + LISTENER.replace('"public"', '"private"'), "site.toml"
+        )
+        self.assertEqual(
+            result.warnings,
+            (
+                "site.toml:11: listeners.Inboundmail.rat: private listeners have no RAT on the "
+                "ESA; here it still decides which recipients senders under an ACCEPT policy may "
+                "send to (RELAY policies skip it)",
             ),
         )
 

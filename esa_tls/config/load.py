@@ -1050,7 +1050,9 @@ class _ListenerLoader:
         if kind is ListenerType.PRIVATE and rat:
             loader.warn(
                 (*path, "rat"),
-                "private listeners have no RAT: it is ignored (RELAY policies decide)",
+                "private listeners have no RAT on the ESA; here it still decides which"
+                " recipients senders under an ACCEPT policy may send to (RELAY policies"
+                " skip it)",
             )
         if kind is ListenerType.PUBLIC and not rat:
             loader.warn(
@@ -1266,6 +1268,22 @@ class _ListenerLoader:
             resolved[name] = self.resolve(
                 name, rule, default_params, params, default_unimplemented, unimplemented, explicit
             )
+            policy = resolved[name]
+            if (
+                policy.tls is TLSMode.OFF
+                and policy.tls_mandatory_senders
+                and {"tls", "tls_mandatory_senders"} & explicit
+            ):
+                # The list only acts where TLS is Preferred (under Required
+                # every sender must use it): with TLS off these senders
+                # would be taken in the clear, the opposite of what it says.
+                key = "tls_mandatory_senders" if "tls_mandatory_senders" in explicit else "tls"
+                loader.fault(
+                    (*ppath, name, key),
+                    'tls_mandatory_senders needs tls = "preferred" (or "required"): with TLS'
+                    " off the senders it lists would be taken in the clear",
+                )
+                ok = False
         return resolved if ok else None
 
     @staticmethod
