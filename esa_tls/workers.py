@@ -88,7 +88,7 @@ from zope.interface import implementer
 
 from esa_tls.config.model import GatewayConfig, Listener, WorkerCPUAffinity
 from esa_tls.inbound.limits import ConnectionCounter, RecipientRateLimiter
-from esa_tls.inbound.listener import ListenerFactory
+from esa_tls.inbound.listener import Busy, ListenerFactory
 from esa_tls.inbound.session import InboundSession, counts_connection
 from esa_tls.maillog import is_maillog_event
 
@@ -709,18 +709,6 @@ class SharedRecipientRates(RecipientRateLimiter):
             self._table.unlock(self._offset)
 
 
-class _Busy(Protocol):
-    """
-    Says 421 and hangs up: the listener is at its Max Concurrency in all
-    workers together.
-    """
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.write(b"421 4.3.2 Too many connections to this listener, try again later\r\n")
-        transport.loseConnection()
-
-
 class SharedListenerFactory(ListenerFactory):
     """
     A L{ListenerFactory} whose Max Concurrency counts the sessions of all
@@ -768,7 +756,8 @@ class SharedListenerFactory(ListenerFactory):
         else:
             room, admitted = self.shared.admit(self.config.max_concurrency, ip, limit)
         if not room:
-            busy = _Busy()
+            # At the listener's Max Concurrency in all workers together.
+            busy = Busy()
             busy.factory = self
             return busy
         protocol = super().buildProtocol(addr)

@@ -178,6 +178,49 @@ class AuthTests(AuthGatewayMixin, TestCase):
         refused = yield in_thread(send)
         self.assertEqual(refused, {})
 
+    @inlineCallbacks
+    def test_mailAuthParameter(self) -> Any:
+        """
+        Where AUTH is offered, MAIL takes RFC 4954's AUTH= parameter
+        (C{<>} or an xtext identity, before or after AUTH) and ignores its
+        value; a malformed one gets 501, and where AUTH is not offered it
+        is an unknown parameter (555).  The identity never authenticates
+        anyone: relaying still needs the session's own AUTH.
+        """
+        gw = self.auth_gateway("allow", requires_tls=False, tls="off")
+        replies = yield in_thread(
+            session,
+            gw.port,
+            [
+                b"EHLO c\r\n",
+                b"MAIL FROM:<a@b.test> AUTH=<>\r\n",
+                b"RCPT TO:<friend@elsewhere.test>\r\n",
+                b"RSET\r\n",
+                b"MAIL FROM:<a@b.test> AUTH=alice@b.test\r\n",
+                b"RCPT TO:<friend@elsewhere.test>\r\n",
+                b"RSET\r\n",
+                b"MAIL FROM:<a@b.test> AUTH=a+zz@b.test\r\n",
+                b"AUTH PLAIN " + PLAIN_GOOD.encode() + b"\r\n",
+                b"MAIL FROM:<alice@b.test> AUTH=alice+2Bx@b.test\r\n",
+            ],
+            [],
+            None,
+        )
+        self.assertIn(b"AUTH PLAIN LOGIN", replies[1])
+        self.assertEqual(replies[2], b"250 2.1.0 Ok\r\n")
+        self.assertEqual(replies[3][:3], b"550", replies[3])
+        self.assertEqual(replies[5], b"250 2.1.0 Ok\r\n")
+        self.assertEqual(replies[6][:3], b"550", replies[6])
+        self.assertEqual(replies[8], b"501 5.5.4 Bad AUTH parameter\r\n")
+        self.assertEqual(replies[9], b"235 2.7.0 Authentication successful\r\n")
+        self.assertEqual(replies[10], b"250 2.1.0 Ok\r\n")
+        plain = self.auth_gateway("disallow", requires_tls=False, tls="off")
+        replies = yield in_thread(
+            session, plain.port, [b"EHLO c\r\n", b"MAIL FROM:<a@b.test> AUTH=<>\r\n"], [], None
+        )
+        self.assertNotIn(b"AUTH", replies[1])
+        self.assertEqual(replies[2], b"555 5.5.4 Unsupported parameter AUTH\r\n")
+
 
 class PasswordTests(SynchronousTestCase):
     def test_hashes(self) -> None:

@@ -7,16 +7,21 @@ TLS, client certificates, and interoperability with swaks and openssl.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import subprocess
 from typing import Any
 
+import attrs
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names.client import Resolver
 from twisted.trial.unittest import TestCase
 
 from esa_tls.config.load import parse_config_with_warnings
+from esa_tls.inbound.listener import BUSY_LINGER
 from esa_tls.service import GatewayService
 from esa_tls.testing import CertificateAuthority
 from tests.support import BASE, Gateway, Raw, in_thread, require, smtp_send
@@ -44,7 +49,12 @@ class TLSGatewayMixin:
     """
 
     def gateway(
-        self: Any, tls: str, extra: str = "", protocol: str = "SMTP", users: str = ""
+        self: Any,
+        tls: str,
+        extra: str = "",
+        protocol: str = "SMTP",
+        users: str = "",
+        clock: bool = False,
     ) -> Gateway:
         self.ca = CertificateAuthority.generate()
         directory = os.path.abspath(self.mktemp())
@@ -53,7 +63,9 @@ class TLSGatewayMixin:
         with open(self.ca_file, "wb") as f:
             f.write(self.ca.cert_pem)
         certificates = f'[certificates.MX]\ncert = "{cert}"\nkey = "{key}"\nchain = "{chain}"\n'
-        return Gateway(self, listener(tls, extra, protocol), extra_base=certificates, users=users)
+        return Gateway(
+            self, listener(tls, extra, protocol), extra_base=certificates, users=users, clock=clock
+        )
 
     def client_context(self: Any, cert: Any = None) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca_file)
@@ -323,6 +335,36 @@ class STARTTLSTests(TLSGatewayMixin, TestCase):
         self.assertNotIn(b"250", rest)
         self.assertTrue(any(line.startswith("ICID 1 TLS failed: ") for line in gw.lines), gw.lines)
         self.assertIn("ICID 1 close", gw.lines)
+
+    @inlineCallbacks
+    def test_implicitTLSBusyClosed(self) -> Any:
+        """
+        On a full SMTPS listener, a connection turned away whose client
+        never makes the handshake (so never reads the 421) is still
+        closed, after L{BUSY_LINGER} seconds, rather than held for ever.
+        """
+        gw = self.gateway("required", extra="", protocol="SMTPS", clock=True)
+        gw.factory.config = attrs.evolve(gw.factory.config, max_concurrency=1)
+        first = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        self.addCleanup(first.close)
+        while len(gw.factory.sessions) < 1:
+            yield deferLater(reactor, 0.01, lambda: None)
+        second = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        self.addCleanup(second.close)
+
+        def state(wait: float) -> str:
+            second.settimeout(wait)
+            try:
+                return "closed" if second.recv(100) == b"" else "data"
+            except TimeoutError:
+                return "open"
+            except ConnectionResetError:
+                return "closed"
+
+        self.assertEqual((yield in_thread(state, 0.5)), "open")
+        gw.clock.advance(BUSY_LINGER)
+        self.assertEqual((yield in_thread(state, 5)), "closed")
+        self.assertEqual(len(gw.factory.sessions), 1)
 
     @inlineCallbacks
     def test_implicitTLS(self) -> Any:

@@ -16,9 +16,10 @@ from typing import Protocol as TypingProtocol
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from esa_tls.config.model import Listener, ListenerSettings, MailFlowPolicy, TLSMode
@@ -51,15 +52,34 @@ class _Counter:
         return self._last
 
 
-class _Busy(Protocol):
+#: How long a turned-away connection may take to read its 421 and go.
+BUSY_LINGER = 10.0
+
+
+class Busy(Protocol):
     """
     Says 421 and hangs up: the listener is at its Max Concurrency.
+
+    The hang-up is a polite close, which waits for the 421 to be sent; on
+    an SMTPS listener the 421 waits in the TLS layer for a handshake the
+    client may never make, so without a deadline every such connection
+    would stay open for ever, uncounted (the listener is full, after all):
+    after L{BUSY_LINGER} seconds it is aborted.
     """
+
+    factory: ListenerFactory
+    _linger: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
         transport.write(b"421 4.3.2 Too many connections to this listener, try again later\r\n")
         transport.loseConnection()
+        self._linger = self.factory.clock.callLater(BUSY_LINGER, transport.abortConnection)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
 
 
 @implementer(IListener)
@@ -136,7 +156,7 @@ class ListenerFactory(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if len(self.sessions) >= self.config.max_concurrency:
-            busy = _Busy()
+            busy = Busy()
             busy.factory = self
             return busy
         session = InboundSession(self, self.icids.next())

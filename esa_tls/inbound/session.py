@@ -19,6 +19,7 @@ its connection was classified into, and the L{ITLSPolicy} made from it.
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -63,6 +64,10 @@ _MAX_HELD = 64 * 1024
 #: Seconds a closed session waits for its client to take the last replies
 #: before the connection is aborted.
 _LINGER = 30.0
+
+#: RFC 3461 xtext (section 4): printable ASCII but "+" and "=", which
+#: encode as "+" and two upper-case hex digits.
+_XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
 
 
 def counts_connection(policy: MailFlowPolicy, reject_at_rcpt: bool) -> bool:
@@ -601,7 +606,7 @@ class InboundSession(ESMTP):
         lines.append(b"ENHANCEDSTATUSCODES")
         if self.tls_policy.offer_starttls(self.secure):
             lines.append(b"STARTTLS")
-        if self._auth_available() and self.tls_policy.offer_auth(self.secure):
+        if self._auth_offered():
             lines.append(b"AUTH " + b" ".join(MECHANISMS))
         self._reply(250, b"\n".join(lines))
 
@@ -662,6 +667,12 @@ class InboundSession(ESMTP):
         # The 220 must leave in the clear, before the handshake starts.
         self._flush_replies()
         self._t.startTLS(creator)
+
+    def _auth_offered(self) -> bool:
+        """
+        Whether this session's EHLO offers AUTH (as it would now).
+        """
+        return self._auth_available() and self.tls_policy.offer_auth(self.secure)
 
     def _auth_available(self) -> bool:
         return (
@@ -792,6 +803,14 @@ class InboundSession(ESMTP):
                 size = int(value)
             elif key == "BODY" and self._esmtp and (value or "").upper() in ("7BIT", "8BITMIME"):
                 pass
+            elif key == "AUTH" and self._esmtp and self._auth_offered():
+                # RFC 4954 section 5: the identity a relaying client
+                # vouches for.  Nothing here trusts another MTA's word for
+                # it, so it is taken as AUTH=<> (as the RFC asks of such a
+                # server) once it is well formed.
+                if value is None or not (value == "<>" or _XTEXT.fullmatch(value)):
+                    self._reply(501, b"5.5.4 Bad AUTH parameter")
+                    return
             else:
                 self._reply(555, b"5.5.4 Unsupported parameter " + key.encode("ascii"))
                 return
