@@ -33,7 +33,7 @@ from esa_tls.ids import IdAllocator
 from esa_tls.inbound.auth import PasswordFile
 from esa_tls.inbound.limits import RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
-from esa_tls.inbound.proxy import ProxyProtocolFactory
+from esa_tls.inbound.proxy import ProxyProtocolFactory, TrustedProxies
 from esa_tls.inbound.transport import WriteThroughEndpoint
 from esa_tls.maillog import MailLog, MailLogFile, mail_log_path
 from esa_tls.outbound.mx import resolver_from_config
@@ -57,6 +57,9 @@ class GatewayService(MultiService):
     The listeners, the spool and the parts they share.
 
     @ivar factories: the L{ListenerFactory} of each listener, by name.
+    @ivar proxies: the L{ProxyProtocolFactory} in front of each
+        C{proxy_protocol} listener, by name (a reload gives it the new
+        C{proxy_trusted}).
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class GatewayService(MultiService):
             )
             self.queue.setServiceParent(self)
         self.factories: dict[str, ListenerFactory] = {}
+        self.proxies: dict[str, ProxyProtocolFactory] = {}
         self.watcher = FileWatcher(self._watched_files, self.reload, reactor, watch_interval)
         for listener in config.listeners.values():
             factory = self._factory(listener)
@@ -232,8 +236,16 @@ class GatewayService(MultiService):
             served = TLSMemoryBIOFactory(factory.tls_creator(policy), False, factory)
         if listener.proxy_protocol:
             # Behind HAProxy: the PROXY header comes before anything else
-            # (TLS included), and names the client the HAT must judge.
-            served = ProxyProtocolFactory(served, self.reactor)
+            # (TLS included), and names the client the HAT must judge; only
+            # the proxies in proxy_trusted may send one.
+            proxy = ProxyProtocolFactory(
+                served,
+                self.reactor,
+                trusted=TrustedProxies(listener.proxy_trusted),
+                listener=listener.name,
+            )
+            self.proxies[listener.name] = proxy
+            served = proxy
         return served
 
     # -- running -----------------------------------------------------------
@@ -282,9 +294,10 @@ class GatewayService(MultiService):
 
         Policies, HAT and RAT of existing listeners take effect for new
         connections at once; sessions in progress keep what they started
-        with.  A file that does not validate changes nothing.  A certificate
-        that does not validate is refused and the old one stays in service.
-        Adding, removing or moving listeners needs a restart (said in the
+        with.  So does C{proxy_trusted}.  A file that does not validate
+        changes nothing.  A certificate that does not validate is refused and
+        the old one stays in service.  Adding, removing or moving listeners,
+        and turning C{proxy_protocol} on or off, need a restart (said in the
         log).
 
         @return: the problems found, one per line (empty: all applied).
@@ -314,6 +327,15 @@ class GatewayService(MultiService):
                 continue
             factory.config = listener
             factory.hat = HostAccessTable(listener, self.resolver, clock=self.reactor)
+            # The PROXY reader is in front of the listening socket's factory,
+            # put there (or not) when the listener started: compared with
+            # what runs, not with the last file, so that the warning stays
+            # until the restart.
+            proxy = self.proxies.get(name)
+            if (proxy is not None) != listener.proxy_protocol:
+                problems.append(f"listener {name}: proxy_protocol changed; restart to apply")
+            elif proxy is not None:
+                proxy.trusted = TrustedProxies(listener.proxy_trusted)
             if (
                 isinstance(factory, SharedListenerFactory)
                 and listener.max_concurrency > factory.shared.capacity

@@ -179,8 +179,22 @@ class Raw:
     from L{in_thread}.
     """
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(
+        self,
+        port: int,
+        timeout: float = 10.0,
+        *,
+        host: str = "127.0.0.1",
+        source: str | None = None,
+    ) -> None:
+        """
+        @param source: the local address to connect from (any of 127/8
+            reaches a listener on 127.0.0.1), for tests about who the
+            peer is.
+        """
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.file = self.sock.makefile("rb")
 
     def send(self, data: bytes) -> None:

@@ -6,6 +6,7 @@ valid files become complete, resolved values.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import textwrap
 
@@ -552,6 +553,124 @@ class HATFaultTests(FaultTestsMixin, SynchronousTestCase):
         accepted = loaded.listeners["Inboundmail"].policies["ACCEPTED"]
         self.assertEqual(
             (accepted.tls, accepted.tls_mandatory_senders), (TLSMode.PREFERRED, ("@bank.example",))
+        )
+
+
+class ProxyTrustedTests(FaultTestsMixin, SynchronousTestCase):
+    """
+    C{proxy_trusted}: the proxies whose connections may carry a PROXY
+    header, on a C{proxy_protocol} listener only.
+    """
+
+    def listener(self, lines: str) -> str:
+        """
+        A valid configuration whose listener has C{lines} from line 12 on.
+        """
+        return HEAD + LISTENER + lines
+
+    def test_default(self) -> None:
+        """
+        Without the key, this host's loopback addresses are the proxies.
+        """
+        listener = config(self.listener("proxy_protocol = true\n")).listeners["Inboundmail"]
+        self.assertEqual(
+            listener.proxy_trusted,
+            (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        )
+
+    def test_forms(self) -> None:
+        """
+        IPv4 and IPv6 addresses and CIDR networks; an entry given twice
+        counts once.
+        """
+        text = self.listener(
+            "proxy_protocol = true\n"
+            'proxy_trusted = ["192.0.2.10", "10.0.0.0/24", "2001:db8::/64", "::1", "192.0.2.10"]\n'
+        )
+        self.assertEqual(
+            config(text).listeners["Inboundmail"].proxy_trusted,
+            tuple(
+                ipaddress.ip_network(n)
+                for n in ("192.0.2.10/32", "10.0.0.0/24", "2001:db8::/64", "::1/128")
+            ),
+        )
+
+    def test_bad_network(self) -> None:
+        """
+        An entry that is not an address or network, has host bits set, is
+        not a string, or is IPv4-mapped is refused, naming file, line and
+        key; so is an empty list.
+        """
+        text = self.listener(
+            "proxy_protocol = true\n"
+            "proxy_trusted = [\n"
+            '  "10.0.0.300",\n'
+            '  "10.1.1.1/16",\n'
+            "  10,\n"
+            '  "::ffff:192.0.2.1",\n'
+            '  "2001:db8::/129",\n'
+            "]\n"
+        )
+        self.assertEqual(
+            self.faults(text),
+            [
+                'site.toml:14: listeners.Inboundmail.proxy_trusted[0]: "10.0.0.300" is not an IP '
+                'address or network (e.g. "192.0.2.10", "10.0.0.0/24", "2001:db8::/64")',
+                'site.toml:15: listeners.Inboundmail.proxy_trusted[1]: "10.1.1.1/16" has host '
+                "bits set (the network is 10.1.0.0/16)",
+                "site.toml:16: listeners.Inboundmail.proxy_trusted[2]: expected a string, got an "
+                "integer (10)",
+                'site.toml:17: listeners.Inboundmail.proxy_trusted[3]: "::ffff:192.0.2.1" is an '
+                "IPv4-mapped IPv6 address: give the IPv4 address (connections from it are seen "
+                "as IPv4)",
+                'site.toml:18: listeners.Inboundmail.proxy_trusted[4]: "2001:db8::/129" is not an '
+                'IP address or network (e.g. "192.0.2.10", "10.0.0.0/24", "2001:db8::/64")',
+            ],
+        )
+        self.assertEqual(
+            self.faults(self.listener("proxy_protocol = true\nproxy_trusted = []\n")),
+            [
+                "site.toml:13: listeners.Inboundmail.proxy_trusted: must name at least one proxy "
+                "(with none, every connection is refused); leave the key out for the default, "
+                "this host's loopback addresses"
+            ],
+        )
+
+    def test_without_proxy_protocol(self) -> None:
+        """
+        On a listener that reads no PROXY header the key would restrict
+        nothing: refused, whether C{proxy_protocol} is false or absent.
+        """
+        fault = (
+            "listeners.Inboundmail.proxy_trusted: only means something with "
+            "proxy_protocol = true (this listener reads no PROXY header): remove it, or set "
+            "proxy_protocol = true"
+        )
+        self.assertEqual(
+            self.faults(self.listener('proxy_trusted = ["10.0.0.1"]\n')),
+            [f"site.toml:12: {fault}"],
+        )
+        self.assertEqual(
+            self.faults(self.listener('proxy_protocol = false\nproxy_trusted = ["10.0.0.1"]\n')),
+            [f"site.toml:13: {fault}"],
+        )
+
+    def test_everyone_warned(self) -> None:
+        """
+        Trusting every address is allowed (it is what the key's absence
+        meant before it existed), with a warning.
+        """
+        result = parse_config_with_warnings(
+            self.listener('proxy_protocol = true\nproxy_trusted = ["0.0.0.0/0", "::/0"]\n'),
+            "site.toml",
+        )
+        self.assertEqual(
+            result.warnings,
+            tuple(
+                f"site.toml:13: listeners.Inboundmail.proxy_trusted[{i}]: {n} trusts every "
+                "address: any client that can connect may claim any address in a PROXY header"
+                for i, n in enumerate(("0.0.0.0/0", "::/0"))
+            ),
         )
 
 

@@ -9,6 +9,7 @@ HAProxy on 127.0.0.1), and the mail logs name the client.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import smtplib
@@ -53,6 +54,10 @@ class ExampleFilesTests(TestCase):
         """
         config = load_config(os.path.join(EXAMPLE, "gateway.toml"))
         self.assertTrue(config.listeners["InboundMail"].proxy_protocol)
+        # HAProxy runs on this host: the header is believed from it alone.
+        self.assertEqual(
+            config.listeners["InboundMail"].proxy_trusted, (ipaddress.ip_network("127.0.0.1"),)
+        )
         result = subprocess.run(
             [haproxy(), "-c", "-f", os.path.join(EXAMPLE, "haproxy.cfg")],
             capture_output=True,

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -398,6 +399,77 @@ class WorkerTests(TestCase):
                 f"worker {index} stopped (A process has ended without apparent errors",
                 gateway.log(),
             )
+
+    @inlineCallbacks
+    def test_proxyTrustInEveryWorker(self) -> Any:
+        """
+        On a C{proxy_protocol} listener every process believes the PROXY
+        header of a C{proxy_trusted} peer only: a client on 127.0.0.2 that
+        claims a RELAYLIST address gets nothing from the parent or from
+        worker 1 (each logs the refusal), the proxy on 127.0.0.1 is
+        believed by both; a reload that trusts 127.0.0.2 instead reaches
+        every process.
+        """
+        from tests.test_proxy_protocol import v1
+        from tests.test_proxy_trust import FORGED, RELAY, converse, rejected
+
+        gateway = Gateway(
+            self,
+            workers=2,
+            extra=(
+                '\n[[listeners.InboundMail.hat]]\ngroup = "RELAYLIST"\npolicy = "RELAYED"\n'
+                'senders = ["10.1.2.3"]\n\n[listeners.InboundMail.policies.RELAYED]\n'
+                'rule = "RELAY"\n'
+            ),
+        )
+        with open(gateway.config) as f:
+            text = f.read()
+        with open(gateway.config, "w") as f:
+            f.write(
+                text.replace(
+                    "max_concurrency = 1000\n",
+                    'max_concurrency = 1000\nproxy_protocol = true\nproxy_trusted = ["127.0.0.1"]\n',
+                    1,
+                )
+            )
+        yield in_thread(gateway.start)
+        [worker] = children(gateway.pid)
+
+        def each_process(attempt: Callable[[], bytes]) -> list[bytes]:
+            """
+            Make C{attempt} once with worker 1 (the parent stopped), once
+            with the parent (worker 1 stopped).
+            """
+            out = []
+            for stopped in (gateway.pid, worker):
+                os.kill(stopped, signal.SIGSTOP)
+                try:
+                    out.append(attempt())
+                finally:
+                    os.kill(stopped, signal.SIGCONT)
+            return out
+
+        def forge(source: str) -> Callable[[], bytes]:
+            return lambda: rejected(gateway.port, source, FORGED)
+
+        def relay(source: str) -> Callable[[], bytes]:
+            return lambda: converse(gateway.port, source, v1("10.1.2.3"), RELAY)[3][:4]
+
+        self.assertEqual((yield in_thread(each_process, forge("127.0.0.2"))), [b""] * 2)
+        self.assertEqual((yield in_thread(each_process, relay("127.0.0.1"))), [b"250 "] * 2)
+        line = "PROXY protocol: listener InboundMail: refusing 127.0.0.2: not a trusted proxy"
+        log = gateway.log()
+        self.assertIn(f"[worker 1] {line}", log)
+        self.assertEqual(log.count(line), 2, log)
+        gateway.reload('proxy_trusted = ["127.0.0.1"]', 'proxy_trusted = ["127.0.0.2"]')
+
+        def reloaded() -> bool:
+            return gateway.log().count("configuration reloaded from") == 2
+
+        self.assertTrue((yield in_thread(wait_until, reloaded, 30)), gateway.log())
+        self.assertNotIn("restart to apply", gateway.log())
+        self.assertEqual((yield in_thread(each_process, relay("127.0.0.2"))), [b"250 "] * 2)
+        self.assertEqual((yield in_thread(each_process, forge("127.0.0.1"))), [b""] * 2)
 
     @inlineCallbacks
     def test_cpuAffinity(self) -> Any:

@@ -107,6 +107,7 @@ _LISTENER_KEYS = (
     "tls_ciphers",
     "hostname",
     "proxy_protocol",
+    "proxy_trusted",
 )
 _TLS_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 _ALERT_SEVERITIES = ("critical", "warning", "info")
@@ -1021,6 +1022,7 @@ class _ListenerLoader:
             "tls_ciphers": loader.string,
             "hostname": loader.hostname,
             "proxy_protocol": loader.boolean,
+            "proxy_trusted": self.proxy_trusted,
         }
         loader.known_keys(path, table, _LISTENER_KEYS)
         values: dict[str, Any] = {}
@@ -1035,6 +1037,15 @@ class _ListenerLoader:
         for key in ("type", "interface", "port"):
             if key not in table:
                 loader.fault(path, f'missing key "{key}"')
+        if "proxy_trusted" in table and table.get("proxy_protocol", False) is False:
+            # Only a listener that reads PROXY headers has proxies to trust:
+            # elsewhere the key would look like a restriction it is not.
+            loader.fault(
+                (*path, "proxy_trusted"),
+                "only means something with proxy_protocol = true (this listener reads no "
+                "PROXY header): remove it, or set proxy_protocol = true",
+            )
+            valid = False
         kind = values.get("type")
         if kind is None:
             # Without a type the predefined policies are unknown, so the
@@ -1088,6 +1099,64 @@ class _ListenerLoader:
                 + suggest(text, self.certificates),
             )
         return text
+
+    def proxy_trusted(self, path: KeyPath, value: object) -> Any:
+        """
+        The proxies whose connections may carry a PROXY header: addresses
+        and networks, at least one (an empty list would refuse every
+        connection).
+        """
+        networks = self.loader.array(self.proxy_network, unique=True)(path, value)
+        if networks is not _INVALID and not networks:
+            return self.loader.fault(
+                path,
+                "must name at least one proxy (with none, every connection is refused); "
+                "leave the key out for the default, this host's loopback addresses",
+            )
+        return networks
+
+    def proxy_network(self, path: KeyPath, value: object) -> Any:
+        """
+        One C{proxy_trusted} entry: an IPv4 or IPv6 address or a CIDR
+        network, without host bits (C{10.1.1.1/16} is more likely a typo
+        than a wish to trust C{10.1.0.0/16}).
+        """
+        text = self.loader.string(path, value)
+        if text is _INVALID:
+            return text
+        if "%" in text:
+            return self.loader.fault(
+                path, f"{_toml_string(text)}: a zone (%...) is not supported; give the address"
+            )
+        try:
+            network = ipaddress.ip_network(text)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                return self.loader.fault(
+                    path,
+                    f"{_toml_string(text)} is not an IP address or network "
+                    '(e.g. "192.0.2.10", "10.0.0.0/24", "2001:db8::/64")',
+                )
+            return self.loader.fault(
+                path, f"{_toml_string(text)} has host bits set (the network is {loose})"
+            )
+        if isinstance(network, ipaddress.IPv6Network) and (
+            network.network_address.ipv4_mapped is not None
+        ):
+            return self.loader.fault(
+                path,
+                f"{_toml_string(text)} is an IPv4-mapped IPv6 address: give the IPv4 "
+                "address (connections from it are seen as IPv4)",
+            )
+        if network.prefixlen == 0:
+            self.loader.warn(
+                path,
+                f"{network} trusts every address: any client that can connect may claim "
+                "any address in a PROXY header",
+            )
+        return network
 
     def sni(self, path: KeyPath, value: object) -> Any:
         table = self.loader.table(path, value)

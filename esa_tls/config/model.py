@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from ipaddress import IPv4Interface, IPv6Interface
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_network
 from typing import Any
 
 import attrs
@@ -246,6 +246,17 @@ class Interface:
         return str(self.address.ip)
 
 
+#: C{proxy_trusted} when a listener does not set it: this host's loopback
+#: addresses only.  HAProxy on the same host keeps working without a word
+#: of configuration; a proxy anywhere else must be named, so that a client
+#: that reaches the port directly cannot claim an address with a PROXY
+#: header of its own.
+DEFAULT_PROXY_TRUSTED: tuple[IPv4Network | IPv6Network, ...] = (
+    ip_network("127.0.0.0/8"),
+    ip_network("::1/128"),
+)
+
+
 @frozen
 class Listener:
     """
@@ -260,6 +271,13 @@ class Listener:
         or C{user@} (that local part in any RAT domain).
     @ivar sni: SNI host name to certificate name, for listeners that serve
         several names.
+    @ivar proxy_protocol: every connection starts with a PROXY protocol
+        header (HAProxy), and the HAT judges the client it names.
+    @ivar proxy_trusted: with C{proxy_protocol}, the networks whose
+        connections may carry that header; a connection from anywhere else
+        is closed before a byte is read, since its header would be a claim
+        anyone could make.  Meaningless (and refused by the loader)
+        without C{proxy_protocol}.
     """
 
     name: str
@@ -280,6 +298,7 @@ class Listener:
     tls_ciphers: str = ""
     hostname: str = ""
     proxy_protocol: bool = False
+    proxy_trusted: tuple[IPv4Network | IPv6Network, ...] = DEFAULT_PROXY_TRUSTED
 
     @property
     def default_policy(self) -> MailFlowPolicy:

@@ -19,6 +19,15 @@ A connection whose first bytes are not a valid header is closed without a
 byte of reply: on a listener that expects the PROXY protocol, anything else
 is a client that bypassed the load balancer, or not a load balancer at all,
 and its claimed addresses cannot be trusted.
+
+Nor can a I{valid} header from just anyone: a client that reaches the port
+directly can write C{PROXY TCP4 10.1.2.3 ...} as easily as HAProxy can, and
+become whatever sender group it likes (RELAYLIST: an open relay).  So, as
+the PROXY protocol specification asks of a receiver (and as Exim's
+C{hosts_proxy} and nginx's C{set_real_ip_from} do), only connections from
+the listener's L{TrustedProxies} (C{proxy_trusted}, by default this host's
+loopback addresses) may carry one; any other is closed as soon as it is
+made, before a byte of it is read.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import ipaddress
 import struct
 from typing import Any
 
+from attrs import frozen
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
@@ -41,11 +51,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from esa_tls.config.model import DEFAULT_PROXY_TRUSTED
+
 __all__ = [
     "HEADER_TIMEOUT",
     "ProxyHeader",
     "ProxyHeaderError",
     "ProxyProtocolFactory",
+    "TrustedProxies",
     "parse_header",
 ]
 
@@ -216,6 +229,43 @@ def parse_header(data: bytes) -> ProxyHeader | None:
     return ProxyHeader(1, source, destination, end + 2)
 
 
+@frozen
+class TrustedProxies:
+    """
+    The peers whose connections may carry a PROXY header (a listener's
+    C{proxy_trusted}).
+
+    One immutable value, so that a reload replaces the whole list at once:
+    a connection is judged by the old list or the new one, never a mix.
+
+    @ivar networks: the trusted addresses and networks.
+    """
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = DEFAULT_PROXY_TRUSTED
+
+    def admits(self, peer: IAddress) -> bool:
+        """
+        Whether C{peer}, the real address a connection came from, is a
+        trusted proxy.
+
+        An IPv4-mapped IPv6 peer (an IPv4 client of a dual-stack socket) is
+        judged as the IPv4 address it is, and an IPv6 zone is ignored, so
+        that C{127.0.0.1} and C{fe80::1} entries mean what they say.  A
+        peer without an IP address (a UNIX socket) is not trusted: nothing
+        in the configuration can name it.
+        """
+        host = getattr(peer, "host", None)
+        if not isinstance(host, str):
+            return False
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
 class _ProxiedTransport:
     """
     The transport a proxied session sees: the real connection, except that
@@ -265,6 +315,19 @@ class _HeaderReader(Protocol):
         self.wrapped: IProtocol | None = None
 
     def connectionMade(self) -> None:
+        transport: Any = self.transport
+        peer = transport.getPeer()
+        if not self.factory.trusted.admits(peer):
+            # Not one of the proxies: whatever header it sends is a claim
+            # anyone could make.  Nothing is read and nothing is answered.
+            log.warn(
+                "PROXY protocol: listener {listener}: refusing {peer}: not a trusted proxy "
+                "(add its address to proxy_trusted if it is one)",
+                listener=self.factory.listener,
+                peer=getattr(peer, "host", peer),
+            )
+            self._refuse()
+            return
         self._timer = self.factory.clock.callLater(self.factory.timeout, self._timedOut)
 
     def _timedOut(self) -> None:
@@ -344,14 +407,25 @@ class ProxyProtocolFactory(ServerFactory):
     @ivar wrapped: the listener's own factory.
     @ivar clock: runs the header timeout.
     @ivar timeout: seconds allowed for the header.
+    @ivar trusted: the peers that may send the header; a connection from
+        any other is closed at once.  Replaced whole by a reload, for the
+        connections made from then on.
+    @ivar listener: the listener's name, for the log.
     """
 
     def __init__(
-        self, wrapped: IProtocolFactory, clock: IReactorTime, timeout: float = HEADER_TIMEOUT
+        self,
+        wrapped: IProtocolFactory,
+        clock: IReactorTime,
+        timeout: float = HEADER_TIMEOUT,
+        trusted: TrustedProxies | None = None,
+        listener: str = "",
     ) -> None:
         self.wrapped = wrapped
         self.clock = clock
         self.timeout = timeout
+        self.trusted = trusted if trusted is not None else TrustedProxies()
+        self.listener = listener or self.logPrefix()
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         reader = _HeaderReader()
