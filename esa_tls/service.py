@@ -45,7 +45,7 @@ from esa_tls.report.storage import report_directory
 from esa_tls.spool import DurableSpool
 from esa_tls.spool.fs import WholeFileSystemSync
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
-from esa_tls.tls.store import CertificateStore
+from esa_tls.tls.store import CertificateStore, certificate_faults
 from esa_tls.watch import FileWatcher
 from esa_tls.workers import SharedListenerFactory, WorkerRole
 
@@ -76,6 +76,8 @@ class GatewayService(MultiService):
             count connections in the shared table, and leave the singular
             jobs (certificate alerts, admin page) to the parent.  C{None}:
             the whole gateway is this one process.
+        @raise ConfigError: something the loader cannot check fails, such
+            as a certificate a listener serves (L{certificate_faults}).
         """
         super().__init__()
         self.worker = worker
@@ -87,6 +89,11 @@ class GatewayService(MultiService):
         self.loaded = loaded
         config = loaded.config
         self.config = config
+        # A certificate a listener serves must load now: the listener would
+        # otherwise offer STARTTLS and fail every handshake.
+        faults = certificate_faults(config)
+        if faults:
+            raise ConfigError(faults)
         self.data_dir = os.path.abspath(config.system.data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
         # Every process writes its mail log lines straight to mail.log, one
@@ -311,6 +318,13 @@ class GatewayService(MultiService):
             except ConfigError as e:
                 log.error("reload refused, configuration unchanged:\n{error}", error=str(e))
                 return [str(e)]
+        # A certificate a listener serves that fails validation changes
+        # nothing either: the old configuration and certificates stay.
+        faults = certificate_faults(new_config)
+        if faults:
+            refused = str(ConfigError(faults))
+            log.error("reload refused, configuration unchanged:\n{error}", error=refused)
+            return [refused]
         problems += self.certificates.reload(new_config)
         for key in ("data_dir", "spool_sync", "worker_cpu_affinity"):
             if getattr(new_config.system, key) != getattr(self.config.system, key):

@@ -102,6 +102,59 @@ class PendingConfigTests(CommitTestCase):
         self.assertFalse(os.path.exists(self.config + ".bak"))
         self.assertTrue(os.path.exists(self.config + ".pending"))
 
+    def certificate_text(self, key: str, certificate: str = "Mine") -> tuple[str, int]:
+        """
+        The configuration with a C{[certificates.Mine]} whose C{key} is
+        C{key} (C{"own"} or C{"other"}, a key of another certificate) and
+        the listener serving C{certificate}; and the line of that key.
+        """
+        from esa_tls.testing import CertificateAuthority
+
+        ca = CertificateAuthority.generate()
+        cert, own, _ = ca.issue(["mx.test.example"]).write(os.path.join(self.directory, "mine"))
+        _, other, _ = ca.issue(["mx.test.example"]).write(os.path.join(self.directory, "other"))
+        path = own if key == "own" else other
+        text = (
+            CONFIG.replace(
+                'rat = ["example.com"]', f'rat = ["example.com"]\ncertificate = "{certificate}"'
+            )
+            + f'\n[certificates.Mine]\ncert = "{cert}"\nkey = "{path}"\n'
+        )
+        return text, text.splitlines().index(f'key = "{path}"') + 1
+
+    def test_broken_certificate_refused(self) -> None:
+        """
+        A pending configuration whose listener would serve a certificate
+        that fails validation raises L{ConfigError} naming the file, line,
+        key and reason, as the gateway would at start-up; nothing is
+        written.
+        """
+        pending = PendingConfig.open(self.config)
+        pending.text, line = self.certificate_text("other")
+        pending.save()
+        with self.assertRaises(ConfigError) as caught:
+            PendingConfig.open(self.config).commit()
+        self.assertEqual(
+            str(caught.exception),
+            f"{self.config}:{line}: certificates.Mine.key: the private key does not match "
+            "the certificate; served by listener Inboundmail",
+        )
+        self.assertEqual(self.read(), CONFIG)
+        self.assertFalse(os.path.exists(self.config + ".bak"))
+        self.assertTrue(os.path.exists(self.config + ".pending"))
+
+    def test_unused_broken_certificate_committed(self) -> None:
+        """
+        A broken certificate no listener serves does not stop a commit (the
+        gateway logs it and goes on); the certificate a listener serves is
+        the one checked.
+        """
+        pending = PendingConfig.open(self.config)
+        pending.text, _ = self.certificate_text("other", certificate="Demo")
+        self.assertTrue(pending.commit().committed)
+        pending.text, _ = self.certificate_text("own")
+        self.assertTrue(pending.commit().committed)
+
     def test_stale_pending_refused(self) -> None:
         """
         Pending changes made before someone else changed the file are
@@ -162,6 +215,26 @@ class CommandTests(CommitTestCase):
         self.assertIn("cannot be committed", out)
         self.assertIn("listeners.Inboundmail.port: 0 is out of range 1-65535", out)
         self.assertIn("listeners.Inboundmail.rat[1]: ALL is not allowed", out)
+        self.assertEqual(self.read(), CONFIG)
+
+    def test_commit_refuses_broken_certificate(self) -> None:
+        """
+        The command refuses a configuration whose listener would serve a
+        certificate that fails validation, with the fault, and exit status 1.
+        """
+        pending = PendingConfig.open(self.config)
+        pending.text = CONFIG.replace(
+            'rat = ["example.com"]', 'rat = ["example.com"]\ncertificate = "Mine"'
+        ) + (f'\n[certificates.Mine]\ncert = "{self.config}"\nkey = "{self.config}"\n')
+        pending.save()
+        status, out, _ = self.esa_tls("commit", "--no-reload")
+        self.assertEqual(status, 1)
+        self.assertIn("cannot be committed", out)
+        self.assertIn(
+            f"certificates.Mine.cert: certificate file {self.config} holds no PEM "
+            "certificate; served by listener Inboundmail",
+            out,
+        )
         self.assertEqual(self.read(), CONFIG)
 
     def test_clear(self) -> None:

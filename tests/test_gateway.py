@@ -402,6 +402,252 @@ class WatchTests(TestCase):
         self.assertEqual((yield in_thread(served_certificate, port)), der(second))
 
 
+def certificate_config(child: Child, cert: str, key: str, tls: str = "required") -> str:
+    """
+    Make C{child}'s listener serve certificate C{Mine} (C{cert} and C{key})
+    with TLS C{tls}; return the configuration text written.
+    """
+    with open(child.config) as f:
+        text = f.read()
+    text = (
+        text.replace('rat = ["example.com"]', 'rat = ["example.com"]\ncertificate = "Mine"')
+        + f'\n[listeners.InboundMail.policies.default]\ntls = "{tls}"\n'
+        + f'\n[certificates.Mine]\ncert = "{cert}"\nkey = "{key}"\n'
+    )
+    with open(child.config, "w") as f:
+        f.write(text)
+    return text
+
+
+def line_of(text: str, line: str) -> int:
+    return text.splitlines().index(line) + 1
+
+
+class CertificateStartTests(TestCase):
+    """
+    A certificate a listener serves that fails validation stops start-up
+    with a configuration error naming the file, line, key and reason:
+    the gateway never listens offering STARTTLS it cannot complete.
+    """
+
+    def setUp(self) -> None:
+        from esa_tls.testing import CertificateAuthority
+
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.ca = CertificateAuthority.generate()
+        self.cert, self.key, _ = self.ca.issue(["mx.test.example"]).write(
+            os.path.join(self.directory, "tls")
+        )
+        _, self.other_key, _ = self.ca.issue(["mx.test.example"]).write(
+            os.path.join(self.directory, "other")
+        )
+        self.child = Child(self, self.directory, free_port())
+
+    def refused(self, workers: int = 1) -> str:
+        """
+        Run C{twistd} on the child's configuration; it must exit at once,
+        with status 2 and no traceback, having made nothing.
+
+        @return: what it wrote.
+        """
+        command = [TWISTD, "-n", "--pidfile=", "esa-tls", "--config", self.child.config]
+        try:
+            result = subprocess.run(
+                [*command, "--workers", str(workers)],
+                cwd=self.directory,
+                capture_output=True,
+                timeout=30,
+            )
+        except subprocess.TimeoutExpired as e:
+            output = (e.stdout or b"") + (e.stderr or b"")
+            self.fail(f"the gateway started:\n{output.decode()}")
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 2, output)
+        self.assertIn("esa-tls: configuration error\n", output)
+        self.assertNotIn("Traceback", output)
+        self.assertFalse(os.path.exists(os.path.join(self.directory, "var")), output)
+        return output
+
+    def test_mismatchedKey(self) -> None:
+        """
+        A key that is not the certificate's: the fault is at C{key}.
+        """
+        text = certificate_config(self.child, self.cert, self.other_key)
+        line = line_of(text, f'key = "{self.other_key}"')
+        self.assertIn(
+            f"{self.child.config}:{line}: certificates.Mine.key: the private key does not "
+            "match the certificate; served by listener InboundMail\n",
+            self.refused(),
+        )
+
+    def test_notPEMCertificate(self) -> None:
+        """
+        A certificate file that is not PEM: the fault is at C{cert}.
+        """
+        garbage = os.path.join(self.directory, "garbage.crt")
+        with open(garbage, "w") as f:
+            f.write("this is not a certificate\n")
+        text = certificate_config(self.child, garbage, self.key)
+        line = line_of(text, f'cert = "{garbage}"')
+        self.assertIn(
+            f"{self.child.config}:{line}: certificates.Mine.cert: certificate file {garbage} "
+            "holds no PEM certificate; served by listener InboundMail\n",
+            self.refused(),
+        )
+
+    def test_certificateAsKey(self) -> None:
+        """
+        The certificate given as the key too: the fault is at C{key}.
+        """
+        text = certificate_config(self.child, self.cert, self.cert)
+        line = line_of(text, f'key = "{self.cert}"')
+        self.assertIn(
+            f"{self.child.config}:{line}: certificates.Mine.key: key file {self.cert} holds "
+            "no usable PEM private key; served by listener InboundMail\n",
+            self.refused(),
+        )
+
+    def test_workers(self) -> None:
+        """
+        With C{--workers 2} start-up stops the same way, before any worker
+        is started.
+        """
+        text = certificate_config(self.child, self.cert, self.other_key)
+        line = line_of(text, f'key = "{self.other_key}"')
+        output = self.refused(workers=2)
+        self.assertIn(f"{self.child.config}:{line}: certificates.Mine.key: ", output)
+        self.assertNotIn("worker 1", output)
+
+    @inlineCallbacks
+    def test_demoStarts(self) -> Any:
+        """
+        The Demo certificate, made at the first start, is served with
+        Required TLS as before.
+        """
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        from esa_tls.tls.demo import DEMO_UNIT
+
+        with open(self.child.config, "a") as f:
+            f.write('\n[listeners.InboundMail.policies.default]\ntls = "required"\n')
+        yield in_thread(self.child.start)
+        der = yield in_thread(served_certificate, self.child.port)
+        subject = x509.load_der_x509_certificate(der).subject
+        (unit,) = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+        self.assertEqual(unit.value, DEMO_UNIT)
+
+    @inlineCallbacks
+    def test_unusedBrokenCertificateStarts(self) -> Any:
+        """
+        A broken certificate that no listener serves does not stop the
+        gateway: it is refused with a logged error, and the listener serves
+        its own certificate.
+        """
+        text = certificate_config(self.child, self.cert, self.other_key)
+        with open(self.child.config, "w") as f:
+            f.write(text.replace('certificate = "Mine"', 'certificate = "Demo"'))
+        yield in_thread(self.child.start)
+        self.assertNotEqual((yield in_thread(served_certificate, self.child.port)), b"")
+        self.assertIn(
+            "Certificate Mine refused: the private key does not match the certificate",
+            self.child.log(),
+        )
+
+
+class CertificateReloadTests(TestCase):
+    """
+    A reload that would make a listener serve a certificate failing
+    validation is refused as a whole: the old configuration and
+    certificate stay in service.
+    """
+
+    def setUp(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+        from twisted.names.client import Resolver
+
+        from esa_tls.config.load import load_config_with_warnings
+        from esa_tls.service import GatewayService
+        from esa_tls.testing import CertificateAuthority
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.directory = directory
+        ca = CertificateAuthority.generate()
+        first = ca.issue(["mx.test.example"])
+        self.cert, self.key, _ = first.write(os.path.join(directory, "tls"))
+        self.first = x509.load_pem_x509_certificate(first.cert_pem).public_bytes(Encoding.DER)
+        _, self.other_key, _ = ca.issue(["mx.test.example"]).write(os.path.join(directory, "other"))
+        self.child = Child(self, directory, free_port())
+        self.text = certificate_config(self.child, self.cert, self.key, tls="preferred")
+        self.service = GatewayService(
+            load_config_with_warnings(self.child.config),
+            resolver=Resolver(servers=[("127.0.0.1", 53)]),
+            watch_interval=0,
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    @inlineCallbacks
+    def assertOldServed(self) -> Any:
+        """
+        The listener still serves the first certificate with Preferred TLS.
+        """
+        self.assertEqual((yield in_thread(served_certificate, self.child.port)), self.first)
+        ehlo, mail = yield in_thread(ehlo_and_mail, self.child.port)
+        self.assertIn(b"STARTTLS", ehlo)
+        self.assertEqual(mail, b"250 2.1.0 Ok\r\n")
+
+    @inlineCallbacks
+    def test_newBrokenCertificate(self) -> Any:
+        """
+        An edit that gives the listener a new certificate whose key is not
+        its own, and Required TLS, is refused with the fault; nothing of it
+        applies.
+        """
+        yield self.assertOldServed()
+        text = (
+            self.text.replace('certificate = "Mine"', 'certificate = "New"').replace(
+                'tls = "preferred"', 'tls = "required"'
+            )
+            + f'\n[certificates.New]\ncert = "{self.cert}"\nkey = "{self.other_key}"\n'
+        )
+        with open(self.child.config, "w") as f:
+            f.write(text)
+        line = text.splitlines().index(f'key = "{self.other_key}"') + 1
+        self.assertEqual(
+            self.service.reload(),
+            [
+                f"{self.child.config}:{line}: certificates.New.key: the private key does not "
+                "match the certificate; served by listener InboundMail"
+            ],
+        )
+        self.assertEqual(self.service.config.listeners["InboundMail"].certificate, "Mine")
+        yield self.assertOldServed()
+
+    @inlineCallbacks
+    def test_keyReplacedInPlace(self) -> Any:
+        """
+        A key file replaced by another key, in the same reload as an edit to
+        Required TLS, is refused the same way: the certificate in service
+        and the old policy stay.
+        """
+        yield self.assertOldServed()
+        with open(self.child.config, "w") as f:
+            f.write(self.text.replace('tls = "preferred"', 'tls = "required"'))
+        with open(self.other_key, "rb") as f:
+            other = f.read()
+        with open(self.key, "wb") as f:
+            f.write(other)
+        (problem,) = self.service.reload()
+        self.assertIn(
+            "certificates.Mine.key: the private key does not match the certificate", problem
+        )
+        yield self.assertOldServed()
+
+
 class ReportTests(TestCase):
     @inlineCallbacks
     def test_incomingCountedInReport(self) -> Any:

@@ -31,7 +31,7 @@ from esa_tls.tls.demo import (
     uses_demo_with_tls,
 )
 from esa_tls.tls.server import TLSConfigurationError
-from esa_tls.tls.store import CertificateStore
+from esa_tls.tls.store import CertificateStore, certificate_faults
 from tests.test_tls_support import (
     HOSTNAME,
     install,
@@ -39,6 +39,7 @@ from tests.test_tls_support import (
     make_listener,
     python_client,
     serve,
+    write_pem,
 )
 
 
@@ -371,3 +372,181 @@ class ReloadTests(TestCase):
             [line for line in logged if line.startswith("Certificate main: expires in 4 days")],
             logged,
         )
+
+
+_GATEWAY = """\
+[system]
+hostname = "mx.example.test"
+data_dir = "{data_dir}"
+
+[interfaces.Loopback]
+address = "127.0.0.1/8"
+
+[listeners.InboundMail]
+type = "public"
+interface = "Loopback"
+port = 2525
+rat = ["example.com"]
+certificate = "{certificate}"
+{sni}
+[certificates.Mine]
+cert = "{cert}"
+key = "{key}"
+{chain}
+"""
+
+
+class CertificateFaultsTests(SynchronousTestCase):
+    """
+    L{certificate_faults}: a certificate a listener serves that fails
+    validation is a configuration fault naming the file, the line and key of
+    the file at fault, and the reason.
+    """
+
+    def setUp(self) -> None:
+        from esa_tls.config.load import load_config
+
+        self.load_config = load_config
+        self.base = os.path.abspath(self.mktemp())
+        self.ca = CertificateAuthority.generate()
+        self.cert, self.key, self.chain = self.ca.issue(["mx.example.test"]).write(
+            os.path.join(self.base, "good")
+        )
+        _, self.other_key, _ = self.ca.issue(["mx.example.test"]).write(
+            os.path.join(self.base, "other")
+        )
+        self.path = os.path.join(self.base, "gateway.toml")
+
+    def faults(
+        self,
+        cert: str | None = None,
+        key: str | None = None,
+        chain: str = "",
+        certificate: str = "Mine",
+        sni: str = "",
+    ) -> list[str]:
+        """
+        Write a configuration whose C{[certificates.Mine]} names these
+        files (line 16 C{cert}, 17 C{key}, 18 C{chain}), load it with the
+        gateway's loader, and return its certificate faults as text.
+        """
+        text = _GATEWAY.format(
+            data_dir=os.path.join(self.base, "var"),
+            certificate=certificate,
+            sni=sni,
+            cert=cert or self.cert,
+            key=key or self.key,
+            chain=f'chain = "{chain}"' if chain else "",
+        )
+        with open(self.path, "w") as f:
+            f.write(text)
+        return [str(fault) for fault in certificate_faults(self.load_config(self.path))]
+
+    def test_good(self) -> None:
+        """
+        A certificate that passes is no fault.
+        """
+        self.assertEqual(self.faults(chain=self.chain), [])
+
+    def test_key_mismatch(self) -> None:
+        """
+        A key that is not the certificate's is a fault of C{key}.
+        """
+        self.assertEqual(
+            self.faults(key=self.other_key),
+            [
+                f"{self.path}:17: certificates.Mine.key: the private key does not match "
+                "the certificate; served by listener InboundMail"
+            ],
+        )
+
+    def test_not_pem(self) -> None:
+        """
+        A certificate file that holds no PEM certificate is a fault of
+        C{cert}.
+        """
+        garbage = write_pem(os.path.join(self.base, "garbage.crt"), b"not a certificate\n")
+        self.assertEqual(
+            self.faults(cert=garbage),
+            [
+                f"{self.path}:16: certificates.Mine.cert: certificate file {garbage} holds "
+                "no PEM certificate; served by listener InboundMail"
+            ],
+        )
+
+    def test_certificate_as_key(self) -> None:
+        """
+        A certificate given as the key is a fault of C{key}.
+        """
+        self.assertEqual(
+            self.faults(key=self.cert),
+            [
+                f"{self.path}:17: certificates.Mine.key: key file {self.cert} holds no "
+                "usable PEM private key; served by listener InboundMail"
+            ],
+        )
+
+    def test_chain_out_of_order(self) -> None:
+        """
+        A chain file out of issuing order is a fault of C{chain}; the same
+        chain given in the certificate file (a "fullchain" file), of C{cert}.
+        """
+        intermediate = self.ca.intermediate()
+        issued = intermediate.issue(["mx.example.test"])
+        directory = os.path.join(self.base, "chained")
+        cert, key, chain = issued.write(directory)
+        write_pem(chain, self.ca.cert_pem + intermediate.cert_pem)
+        (fault,) = self.faults(cert=cert, key=key, chain=chain)
+        self.assertTrue(
+            fault.startswith(f"{self.path}:18: certificates.Mine.chain: the chain is not in order"),
+            fault,
+        )
+        full = write_pem(
+            os.path.join(directory, "full.pem"),
+            issued.cert_pem + self.ca.cert_pem + intermediate.cert_pem,
+        )
+        (fault,) = self.faults(cert=full, key=key)
+        self.assertTrue(
+            fault.startswith(f"{self.path}:16: certificates.Mine.cert: the chain is not in order"),
+            fault,
+        )
+
+    def test_expired(self) -> None:
+        """
+        An expired certificate is a fault of C{cert}.
+        """
+        cert, key, _ = expired(self.ca, ["mx.example.test"]).write(
+            os.path.join(self.base, "expired")
+        )
+        (fault,) = self.faults(cert=cert, key=key)
+        self.assertTrue(
+            fault.startswith(f"{self.path}:16: certificates.Mine.cert: the certificate expired on"),
+            fault,
+        )
+
+    def test_sni(self) -> None:
+        """
+        A certificate served for an SNI name is served all the same.
+        """
+        (fault,) = self.faults(
+            key=self.other_key,
+            certificate="Demo",
+            sni='sni = { "mx2.example.test" = "Mine" }\n',
+        )
+        self.assertIn("certificates.Mine.key: the private key does not match", fault)
+        self.assertTrue(fault.endswith("; served by listener InboundMail"), fault)
+
+    def test_unused(self) -> None:
+        """
+        A certificate no listener serves is no fault, however broken: the
+        store refuses it (and logs why) when it loads.
+        """
+        self.assertEqual(self.faults(key=self.cert, certificate="Demo"), [])
+
+    def test_demo(self) -> None:
+        """
+        The Demo certificate is the store's to make, not a fault when it
+        does not exist yet: the embedded default configuration has none.
+        """
+        self.assertEqual(certificate_faults(self.load_config(None)), [])
+        self.assertEqual(self.faults(certificate="Demo"), [])

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from attrs import frozen
 
 from esa_tls.config.defaults import DEFAULT_CONFIG
+from esa_tls.config.errors import ConfigError
 from esa_tls.config.load import LoadResult, parse_config_with_warnings
 from esa_tls.durable import fsync_directory, write_atomically
 
@@ -221,7 +222,8 @@ class PendingConfig:
         @param comment: why; recorded with the time, the user and the digest
             in C{FILE.history}.
         @raise esa_tls.config.errors.ConfigError: the pending text is not a
-            valid configuration; nothing was written.
+            valid configuration, or a certificate a listener serves fails
+            validation; nothing was written.
         @raise PendingError: the file changed since the pending changes were
             made; nothing was written.
         """
@@ -236,6 +238,13 @@ class PendingConfig:
             self.forget()
             return CommitResult(False, now)
         loaded = self.validate()
+        # As the gateway would at start-up or reload: a certificate a
+        # listener serves must pass validation.
+        from esa_tls.tls.store import certificate_faults
+
+        faults = certificate_faults(loaded.config, self.text)
+        if faults:
+            raise ConfigError(faults)
         target = os.path.realpath(self.path)
         mode = self._mode()
         backup = None

@@ -60,12 +60,15 @@ class CertificateError(Exception):
 
     @ivar name: the certificate's configured name.
     @ivar reason: why, in words for the administrator.
+    @ivar setting: the key of C{[certificates.NAME]} whose file is at
+        fault: C{"cert"}, C{"key"} or C{"chain"}.
     """
 
-    def __init__(self, name: str, reason: str) -> None:
+    def __init__(self, name: str, reason: str, setting: str = "cert") -> None:
         super().__init__(f"certificate {name!r}: {reason}")
         self.name = name
         self.reason = reason
+        self.setting = setting
 
 
 def format_time(when: datetime) -> str:
@@ -242,7 +245,7 @@ def validate_certificate(
     if now is None:
         now = datetime.now(UTC)
     if not _same_public_key(leaf, key):
-        raise CertificateError(name, "the private key does not match the certificate")
+        raise CertificateError(name, "the private key does not match the certificate", "key")
     ordered = [leaf, *chain]
     for position, (cert, issuer) in enumerate(pairwise(ordered)):
         if not _issued_by(cert, issuer):
@@ -253,6 +256,7 @@ def validate_certificate(
                 f"is not issued by chain certificate {position + 1} "
                 f"({issuer.subject.rfc4514_string()}); list the issuer of each "
                 f"certificate right after it",
+                "chain",
             )
     if leaf.not_valid_after_utc < now:
         raise CertificateError(
@@ -266,14 +270,23 @@ def validate_certificate(
     return _time_warnings(leaf, chain, now)
 
 
+def _setting(what: str) -> str:
+    """
+    The C{[certificates.NAME]} key of a file, from what it holds.
+    """
+    return "cert" if what == "certificate" else what
+
+
 def _read(name: str, what: str, path: str) -> bytes:
     if not path:
-        raise CertificateError(name, f"no {what} file is configured")
+        raise CertificateError(name, f"no {what} file is configured", _setting(what))
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise CertificateError(name, f"cannot read {what} file {path}: {e.strerror}") from e
+        raise CertificateError(
+            name, f"cannot read {what} file {path}: {e.strerror}", _setting(what)
+        ) from e
 
 
 def _load_certs(name: str, what: str, path: str) -> list[x509.Certificate]:
@@ -283,7 +296,9 @@ def _load_certs(name: str, what: str, path: str) -> list[x509.Certificate]:
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError as e:
-        raise CertificateError(name, f"{what} file {path} holds no PEM certificate") from e
+        raise CertificateError(
+            name, f"{what} file {path} holds no PEM certificate", _setting(what)
+        ) from e
 
 
 def _load_key(name: str, path: str) -> tuple[PrivateKey, list[str]]:
@@ -292,12 +307,18 @@ def _load_key(name: str, path: str) -> tuple[PrivateKey, list[str]]:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError as e:
         raise CertificateError(
-            name, f"the key in {path} is encrypted; the gateway needs an unencrypted key file"
+            name,
+            f"the key in {path} is encrypted; the gateway needs an unencrypted key file",
+            "key",
         ) from e
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise CertificateError(name, f"key file {path} holds no usable PEM private key") from e
+        raise CertificateError(
+            name, f"key file {path} holds no usable PEM private key", "key"
+        ) from e
     if not isinstance(key, PrivateKey):
-        raise CertificateError(name, f"the key in {path} is of a type TLS servers cannot use")
+        raise CertificateError(
+            name, f"the key in {path} is of a type TLS servers cannot use", "key"
+        )
     warnings = []
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -329,7 +350,14 @@ def load_certificate(
     if config.chain:
         chain.extend(_load_certs(config.name, "chain", config.chain))
     key, key_warnings = _load_key(config.name, config.key)
-    validate_certificate(config.name, certs[0], chain, key, now)
+    try:
+        validate_certificate(config.name, certs[0], chain, key, now)
+    except CertificateError as e:
+        if e.setting == "chain" and not config.chain:
+            # The chain came from the cert file ("fullchain"): that is the
+            # file to fix.
+            raise CertificateError(config.name, e.reason, "cert") from None
+        raise
     return LoadedCertificate(
         name=config.name,
         leaf=certs[0],

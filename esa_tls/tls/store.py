@@ -7,6 +7,13 @@ The store is the single place that decides which certificate is in service
 under a name.  Listeners never hold a certificate, only a creator that asks
 the store at each handshake; so installing a new certificate is one
 dictionary assignment, and refusing a bad one is simply not making it.
+
+A certificate that a listener serves and that fails validation is a
+configuration fault (L{certificate_faults}): start-up, a reload and
+C{esa-tls commit} refuse the whole configuration rather than run a listener
+that advertises STARTTLS and drops every handshake.  A configured
+certificate no listener serves is only logged when it fails: it harms
+nobody until a listener is given it, which is then refused.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from esa_tls.config.errors import ConfigFault, KeyPath, SourceMap, render_path
 from esa_tls.config.model import GatewayConfig, Listener
 from esa_tls.interfaces import ICertificateStore
 from esa_tls.tls.certificates import (
@@ -28,9 +36,81 @@ from esa_tls.tls.certificates import (
 from esa_tls.tls.demo import DEMO_NAME, ensure_demo_certificate, load_demo_certificate
 from esa_tls.tls.server import ClientCertificates, ServerConnectionCreator
 
-__all__ = ["CertificateStore"]
+__all__ = ["CertificateStore", "certificate_faults", "served_certificates"]
 
 log = Logger()
+
+
+def served_certificates(config: GatewayConfig) -> dict[str, list[str]]:
+    """
+    The certificates the listeners serve (their own, or for an SNI name),
+    each with the names of the listeners serving it, in configuration order.
+    """
+    served: dict[str, list[str]] = {}
+    for listener in config.listeners.values():
+        for name in dict.fromkeys([listener.certificate, *listener.sni.values()]):
+            served.setdefault(name, []).append(listener.name)
+    return served
+
+
+def _source_lines(config: GatewayConfig, text: str | None) -> SourceMap:
+    """
+    The lines of C{text}, else of the file C{config} was read from (best
+    effort, like L{SourceMap} itself: line 1 when it cannot be read).
+    """
+    if text is None:
+        text = ""
+        if not config.source.startswith("<"):
+            try:
+                with open(config.source, encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError):
+                pass
+    return SourceMap(text)
+
+
+def certificate_faults(
+    config: GatewayConfig, text: str | None = None, now: datetime | None = None
+) -> list[ConfigFault]:
+    """
+    Load every configured certificate a listener serves, as the store
+    would, and describe each that fails validation as a configuration
+    fault: C{FILE:LINE: certificates.NAME.key: the private key does not
+    match the certificate; served by listener Inboundmail}.  The key named
+    is that of the file at fault (C{cert}, C{key} or C{chain}).
+
+    The Demo certificate is not checked here: it is the store's to make
+    (L{ensure_demo_certificate}).  Certificates no listener serves are not
+    faults.
+
+    @param text: the configuration text, for line numbers; by default the
+        file C{config.source} is read again.
+    @return: one fault per certificate refused, empty when all pass.
+    """
+    if now is None:
+        now = datetime.now(UTC)
+    faults = []
+    lines: SourceMap | None = None
+    for name, listeners in served_certificates(config).items():
+        entry = config.certificates.get(name)
+        if name == DEMO_NAME or entry is None:
+            continue
+        try:
+            load_certificate(entry, now=now)
+        except CertificateError as e:
+            if lines is None:
+                lines = _source_lines(config, text)
+            path: KeyPath = ("certificates", name, e.setting)
+            which = "listener" if len(listeners) == 1 else "listeners"
+            faults.append(
+                ConfigFault(
+                    config.source,
+                    lines.line_of(path),
+                    render_path(path),
+                    f"{e.reason}; served by {which} {', '.join(listeners)}",
+                )
+            )
+    return faults
 
 
 def _same_material(a: LoadedCertificate, b: LoadedCertificate) -> bool:
@@ -53,8 +133,9 @@ class CertificateStore:
 
     @ivar data_dir: where the Demo certificate lives (under C{certs/}).
     @ivar errors: certificate name to the reason it is not in service, for
-        configured certificates that never loaded.  The service should
-        refuse to start a listener whose certificate is listed here.
+        configured certificates that never loaded.  The service refuses
+        to start (or reload) with a listener serving one that fails
+        (L{certificate_faults}); those listed here are normally unused.
     """
 
     def __init__(
