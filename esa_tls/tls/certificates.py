@@ -33,6 +33,7 @@ __all__ = [
     "EXPIRY_WARNING",
     "CertificateError",
     "CertificateInfo",
+    "CertificateValidityError",
     "LoadedCertificate",
     "PrivateKey",
     "format_time",
@@ -69,6 +70,19 @@ class CertificateError(Exception):
         self.name = name
         self.reason = reason
         self.setting = setting
+
+
+class CertificateValidityError(CertificateError):
+    """
+    A certificate outside its validity period (expired, or not valid yet).
+
+    Unlike the other refusals, this is not a mistake in the configuration:
+    time makes it, on a running gateway, and it is what the certificate
+    expiry alerts are for.  So it does not stop start-up (which would turn
+    an expired certificate into a total mail outage at the next restart);
+    the certificate is still refused and its listener offers no TLS with
+    it.
+    """
 
 
 def format_time(when: datetime) -> str:
@@ -259,11 +273,11 @@ def validate_certificate(
                 "chain",
             )
     if leaf.not_valid_after_utc < now:
-        raise CertificateError(
+        raise CertificateValidityError(
             name, f"the certificate expired on {format_time(leaf.not_valid_after_utc)}"
         )
     if leaf.not_valid_before_utc > now:
-        raise CertificateError(
+        raise CertificateValidityError(
             name,
             f"the certificate is not valid until {format_time(leaf.not_valid_before_utc)}",
         )

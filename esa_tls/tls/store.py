@@ -30,6 +30,7 @@ from esa_tls.interfaces import ICertificateStore
 from esa_tls.tls.certificates import (
     CertificateError,
     CertificateInfo,
+    CertificateValidityError,
     LoadedCertificate,
     load_certificate,
 )
@@ -97,6 +98,10 @@ def certificate_faults(
             continue
         try:
             load_certificate(entry, now=now)
+        except CertificateValidityError:
+            # Time's doing, not the configuration's: logged and alerted on,
+            # never a reason to keep the gateway down.
+            continue
         except CertificateError as e:
             if lines is None:
                 lines = _source_lines(config, text)
