@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -27,7 +29,7 @@ from esa_tls.alerts.dispatcher import AlertDispatcher
 from esa_tls.alerts.hooks import HookConfigError, build_hooks
 from esa_tls.config.errors import ConfigError, ConfigFault
 from esa_tls.config.load import LoadResult, load_config_with_warnings
-from esa_tls.config.model import Listener, SpoolSync
+from esa_tls.config.model import GatewayConfig, Listener, SpoolSync
 from esa_tls.hat.table import HostAccessTable
 from esa_tls.ids import IdAllocator
 from esa_tls.inbound.auth import PasswordFile
@@ -36,7 +38,7 @@ from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.inbound.proxy import ProxyProtocolFactory, TrustedProxies
 from esa_tls.inbound.transport import WriteThroughEndpoint
 from esa_tls.maillog import MailLog, MailLogFile, mail_log_path
-from esa_tls.outbound.mx import resolver_from_config
+from esa_tls.outbound.mx import MXResolver, resolver_from_config
 from esa_tls.outbound.queue import QueueManager
 from esa_tls.outbound.result import DeliveryResult
 from esa_tls.report.counters import TLSCounters
@@ -47,9 +49,110 @@ from esa_tls.spool.fs import WholeFileSystemSync
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
 from esa_tls.tls.store import CertificateStore, certificate_faults
 from esa_tls.watch import FileWatcher
-from esa_tls.workers import SharedListenerFactory, WorkerRole
+from esa_tls.workers import SharedListenerFactory, WorkerPool, WorkerRole
 
 log = Logger()
+
+#: C{[system]} keys a reload applies; a change to any other needs a restart.
+LIVE_SYSTEM_KEYS = frozenset({"hostname", "resolvers", "smtp_auth_users"})
+
+#: Listener keys a reload applies to new connections; a change to any other
+#: (C{port}, C{protocol}, C{proxy_protocol}, C{tcp_queue}, the interface's
+#: address) needs a restart: those are fixed when the port is opened.
+LIVE_LISTENER_KEYS = frozenset(
+    {
+        "type",
+        "default_domain",
+        "max_concurrency",
+        "domain_map",
+        "certificate",
+        "rat",
+        "policies",
+        "hat",
+        "sni",
+        "tls_protocols",
+        "tls_ciphers",
+        "hostname",
+        "proxy_trusted",
+    }
+)
+
+#: Listener keys that mean something only with another key that needs a
+#: restart: while a change of that one waits for the restart, they keep
+#: their old value too, said by that one's line (C{proxy_trusted} is the
+#: list the PROXY reader started with, or not, uses).
+LISTENER_KEYS_FOLLOWING = {"proxy_trusted": "proxy_protocol"}
+
+#: Sections of the configuration a reload applies whole.  C{system} and
+#: C{listeners} are applied key by key; any other section (C{admin}) needs a
+#: restart.
+LIVE_SECTIONS = frozenset(
+    {
+        "interfaces",
+        "listener_settings",
+        "certificates",
+        "destinations",
+        "smtp_routes",
+        "alerts",
+        "source",
+    }
+)
+
+
+def _reconcile(
+    section: str,
+    old: Any,
+    new: Any,
+    live: Callable[[str, Any, Any], bool],
+    following: Mapping[str, str] | None = None,
+) -> tuple[Any, list[str], list[str]]:
+    """
+    Compare two values of one C{attrs} class key by key.
+
+    @param live: whether a change of a key from the first value to the
+        second can be applied without a restart.
+    @param following: keys kept, and not said, while the key they follow
+        changes (see L{LISTENER_KEYS_FOLLOWING}).
+    @return: C{new} with the old value of every key that needs a restart
+        (what will be in force), the changes applied
+        (C{"<section>: <key> changed; applied"}), and the changes that need a
+        restart (C{"<section>: <key> changed; restart to apply"}).
+    """
+    kept: dict[str, Any] = {}
+    applied: list[str] = []
+    restart: list[str] = []
+    for field in attrs.fields(type(old)):
+        before, after = getattr(old, field.name), getattr(new, field.name)
+        if before == after:
+            continue
+        leader = (following or {}).get(field.name)
+        if leader is not None and getattr(old, leader) != getattr(new, leader):
+            kept[field.name] = before
+            continue
+        if live(field.name, before, after):
+            applied.append(f"{section}: {field.name} changed; applied")
+        else:
+            kept[field.name] = before
+            restart.append(f"{section}: {field.name} changed; restart to apply")
+    return (attrs.evolve(new, **kept) if kept else new), applied, restart
+
+
+def _live_listener_key(key: str, before: Any, after: Any) -> bool:
+    if key == "interface":
+        # Its name (in the mail log) can change; its address is bound.
+        return bool(before.ip == after.ip)
+    return key in LIVE_LISTENER_KEYS
+
+
+def _stop_resolver(resolver: Any) -> None:
+    """
+    Stop a resolver made by L{resolver_from_config} that is replaced: a
+    C{twisted.names} client reading C{resolv.conf} re-reads it on a timer.
+    """
+    for each in getattr(resolver, "resolvers", [resolver]):
+        call = getattr(each, "_parseCall", None)
+        if call is not None and call.active():
+            call.cancel()
 
 
 class GatewayService(MultiService):
@@ -88,6 +191,28 @@ class GatewayService(MultiService):
         self.reactor: Any = reactor
         self.loaded = loaded
         config = loaded.config
+        #: What the listeners serve that a reload did not yet change, kept
+        #: here to be said at start-up.
+        self._not_started: list[str] = []
+        if worker is not None:
+            # A worker started again after a reload that added a listener:
+            # the parent bound no socket for it, and the other processes do
+            # not serve it either until a restart.
+            unbound = [name for name in config.listeners if name not in worker.sockets]
+            if unbound:
+                self._not_started = [
+                    f"listener {name}: added; restart to apply" for name in unbound
+                ]
+                config = attrs.evolve(
+                    config,
+                    listeners={
+                        name: listener
+                        for name, listener in config.listeners.items()
+                        if name not in unbound
+                    },
+                )
+        #: The configuration in force: the file's, except for the settings a
+        #: reload could not apply (L{reload}).
         self.config = config
         # A certificate a listener serves must load now: the listener would
         # otherwise offer STARTTLS and fail every handshake.
@@ -126,6 +251,7 @@ class GatewayService(MultiService):
         self.rates: RecipientRateLimiter = (
             worker.rates(reactor) if worker is not None else RecipientRateLimiter(reactor)
         )
+        self._own_resolver = resolver is None
         self.resolver = resolver if resolver is not None else resolver_from_config(config, reactor)
         users = config.system.smtp_auth_users
         self.auth_checker = PasswordFile(users) if users else None
@@ -176,6 +302,8 @@ class GatewayService(MultiService):
             self.queue.setServiceParent(self)
         self.factories: dict[str, ListenerFactory] = {}
         self.proxies: dict[str, ProxyProtocolFactory] = {}
+        # Listeners a reload removed, whose sessions may still be open.
+        self._removed: list[ListenerFactory] = []
         self.watcher = FileWatcher(self._watched_files, self.reload, reactor, watch_interval)
         for listener in config.listeners.values():
             factory = self._factory(listener)
@@ -239,8 +367,7 @@ class GatewayService(MultiService):
         if listener.implicit_tls:
             # RFC 8314 implicit TLS: the handshake comes first, and the
             # session sees an ISSLTransport, so it never offers STARTTLS.
-            policy = listener.default_policy
-            served = TLSMemoryBIOFactory(factory.tls_creator(policy), False, factory)
+            served = TLSMemoryBIOFactory(factory.implicit_tls_creator(), False, factory)
         if listener.proxy_protocol:
             # Behind HAProxy: the PROXY header comes before anything else
             # (TLS included), and names the client the HAT must judge; only
@@ -261,6 +388,8 @@ class GatewayService(MultiService):
         self.mail_log.open()
         for warning in self.loaded.warnings:
             log.warn("{source}: {problem}", source=self.config.source, problem=warning)
+        for problem in self._not_started:
+            log.warn("{problem}", problem=problem)
         for listener in self.config.listeners.values():
             if uses_demo_with_tls(listener):
                 for line in demo_warning_lines(listener.name):
@@ -297,15 +426,28 @@ class GatewayService(MultiService):
 
     def reload(self) -> list[str]:
         """
-        Re-read the configuration file and the certificates.
+        Re-read the configuration file and the certificates, and run what
+        they say, except what only a restart can change, which is said.
 
-        Policies, HAT and RAT of existing listeners take effect for new
-        connections at once; sessions in progress keep what they started
-        with.  So does C{proxy_trusted}.  A file that does not validate
-        changes nothing.  A certificate that does not validate is refused and
-        the old one stays in service.  Adding, removing or moving listeners,
-        and turning C{proxy_protocol} on or off, need a restart (said in the
-        log).
+        Applied at once, to new connections: policies, HAT and RAT, a
+        listener's type, default domain, Max Concurrency, host name,
+        certificate, SNI, TLS protocols and ciphers and C{proxy_trusted}
+        (given to its PROXY reader); the global listener
+        settings; C{[system] hostname}, C{resolvers} and
+        C{smtp_auth_users} (AUTH offered and checked against the new file,
+        or not at all); certificates, Destination Controls, routes and
+        alerts.  Sessions in progress keep the policy the HAT gave them (and
+        an authenticated session its user).  A listener removed from the
+        file stops listening; its sessions in progress may finish.
+
+        Needing a restart, each logged as C{<section>: <key> changed;
+        restart to apply} while the old value stays in force for it alone: a
+        listener added, a listener's address, C{port}, C{protocol},
+        C{proxy_protocol} and C{tcp_queue}, C{[system] data_dir},
+        C{spool_sync} and C{worker_cpu_affinity}, and C{[admin]}.  A file
+        that does not validate changes nothing.  A certificate that does not
+        validate is refused and the old one stays in service, and so do
+        alert hooks that cannot be built.
 
         @return: the problems found, one per line (empty: all applied).
         """
@@ -326,29 +468,81 @@ class GatewayService(MultiService):
             log.error("reload refused, configuration unchanged:\n{error}", error=refused)
             return [refused]
         problems += self.certificates.reload(new_config)
-        for key in ("data_dir", "spool_sync", "worker_cpu_affinity"):
-            if getattr(new_config.system, key) != getattr(self.config.system, key):
-                problems.append(f"system: {key} changed; restart to apply")
-        for name, listener in new_config.listeners.items():
-            factory = self.factories.get(name)
-            old = self.config.listeners.get(name)
-            if (
-                factory is None
-                or old is None
-                or (old.interface, old.port) != (listener.interface, listener.port)
-            ):
-                problems.append(f"listener {name}: added or moved; restart to apply")
+        old = self.config
+        applied: list[str] = []
+        hooks = None
+        if (new_config.alerts.hooks, new_config.system.hostname) != (
+            old.alerts.hooks,
+            old.system.hostname,
+        ):
+            try:
+                hooks = build_hooks(
+                    new_config.alerts.hooks,
+                    reactor=self.reactor,
+                    store=self.spool,
+                    data_dir=self.data_dir,
+                    hostname=new_config.system.hostname,
+                )
+            except HookConfigError as e:
+                # As with a certificate: the hooks in service stay.
+                problems.append(f"alerts.hooks refused: {e}; the hooks in service stay")
+                new_config = attrs.evolve(
+                    new_config, alerts=attrs.evolve(new_config.alerts, hooks=old.alerts.hooks)
+                )
+        system, done, restart = _reconcile(
+            "system", old.system, new_config.system, lambda key, _a, _b: key in LIVE_SYSTEM_KEYS
+        )
+        applied += done
+        problems += restart
+        sections: dict[str, Any] = {"system": system}
+        for field in attrs.fields(GatewayConfig):
+            name = field.name
+            if name in ("system", "listeners") or name in LIVE_SECTIONS:
                 continue
-            factory.config = listener
-            factory.hat = HostAccessTable(listener, self.resolver, clock=self.reactor)
-            # The PROXY reader is in front of the listening socket's factory,
-            # put there (or not) when the listener started: compared with
-            # what runs, not with the last file, so that the warning stays
-            # until the restart.
+            before, after = getattr(old, name), getattr(new_config, name)
+            if before == after:
+                continue
+            sections[name] = before
+            if attrs.has(type(before)):
+                problems += _reconcile(name, before, after, lambda *_: False)[2]
+            else:
+                problems.append(f"{name} changed; restart to apply")
+        # (A listener's interface is compared with the listener.)
+        for name in sorted(LIVE_SECTIONS - {"interfaces", "source"}):
+            if getattr(old, name) != getattr(new_config, name):
+                applied.append(f"{name} changed; applied")
+        listeners: dict[str, Listener] = {}
+        for name, listener in new_config.listeners.items():
+            current = old.listeners.get(name)
+            if current is None or name not in self.factories:
+                problems.append(f"listener {name}: added; restart to apply")
+                continue
+            listeners[name], done, restart = _reconcile(
+                f"listener {name}", current, listener, _live_listener_key, LISTENER_KEYS_FOLLOWING
+            )
+            applied += done
+            problems += restart
+        config = attrs.evolve(new_config, listeners=listeners, **sections)
+        if self._own_resolver and config.system.resolvers != old.system.resolvers:
+            _stop_resolver(self.resolver)
+            self.resolver = resolver_from_config(config, self.reactor)
+        if config.system.smtp_auth_users != old.system.smtp_auth_users:
+            users = config.system.smtp_auth_users
+            self.auth_checker = PasswordFile(users) if users else None
+        for name, listener in listeners.items():
+            factory = self.factories[name]
+            factory.reconfigure(
+                listener,
+                hat=HostAccessTable(listener, self.resolver, clock=self.reactor),
+                hostname=config.system.hostname,
+                settings=config.listener_settings,
+                auth_checker=self.auth_checker,
+            )
             proxy = self.proxies.get(name)
-            if (proxy is not None) != listener.proxy_protocol:
-                problems.append(f"listener {name}: proxy_protocol changed; restart to apply")
-            elif proxy is not None:
+            if proxy is not None:
+                # The PROXY reader in front of the listening socket's
+                # factory, there (or not) since the listener started (a
+                # proxy_protocol change needs a restart, said above).
                 proxy.trusted = TrustedProxies(listener.proxy_trusted)
             if (
                 isinstance(factory, SharedListenerFactory)
@@ -360,15 +554,65 @@ class GatewayService(MultiService):
                     "made for; addresses beyond it are not counted across workers until "
                     "a restart"
                 )
-        self.config = new_config
-        self.alerts.settings = new_config.alerts
-        self.certificate_watch.config = new_config
+        removed = [name for name in self.factories if name not in listeners]
+        for name in removed:
+            applied.append(self._remove_listener(name))
+        self.config = config
+        self.alerts.settings = config.alerts
+        self.alerts.merge_interval = config.alerts.merge_interval
+        if hooks is not None:
+            self.alerts.hooks = hooks
+        self.certificate_watch.config = config
         if self.queue is not None:
-            self.queue.config = new_config
+            self.queue.config = config
+            if self.queue.resolver is not self.resolver:
+                self.queue.resolver = self.resolver
+                self.queue.mx_resolver = MXResolver(self.resolver, clock=self.queue.clock)
+        for change in applied:
+            log.info("reload: {change}", change=change)
         for problem in problems:
             log.warn("reload: {problem}", problem=problem)
-        log.info("configuration reloaded from {source}", source=new_config.source)
+        log.info("configuration reloaded from {source}", source=config.source)
         return problems
+
+    def _remove_listener(self, name: str) -> str:
+        """
+        Stop listener C{name}, which a reload removed: no new connection is
+        accepted (one accepted already gets a 421), and the port is closed;
+        in a multi-worker gateway, once every process has reloaded.
+
+        @return: what was done, for the log.
+        """
+        factory = self.factories.pop(name)
+        self.proxies.pop(name, None)
+        factory.close()
+        self._removed.append(factory)
+        service = self.namedServices.get(name)
+        if isinstance(service, StreamServerEndpointService):
+            stopped = service.disownServiceParent()
+            if stopped is not None:
+                stopped.addErrback(
+                    lambda failure: log.failure(
+                        "listener {name}: stopping failed", failure, name=name
+                    )
+                )
+        if self.worker is not None:
+            if self.worker.primary:
+                for child in self:
+                    if isinstance(child, WorkerPool):
+                        child.release(name)
+            else:
+                fd = self.worker.release(name)
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+        listener = factory.config
+        return (
+            f"listener {name}: removed; stopped listening on "
+            f"{listener.interface.ip} port {listener.port}"
+        )
 
     @inlineCallbacks
     def stopService(self) -> Any:
@@ -378,7 +622,9 @@ class GatewayService(MultiService):
         """
         self.watcher.stop()
         yield super().stopService()
-        waits: list[Deferred[Any]] = [f.shutdown() for f in self.factories.values()]
+        waits: list[Deferred[Any]] = [
+            f.shutdown() for f in [*self.factories.values(), *self._removed]
+        ]
         yield DeferredList(waits)
         # The report service made its last flush when it stopped, above;
         # sessions that closed since (those the 421 just ended, and any

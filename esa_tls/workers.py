@@ -34,6 +34,11 @@ for I{the gateway}, not for each process:
   - B{Signals.}  SIGTERM stops the parent, which stops every worker
     (each says 421 to its sessions and finishes its commits) before it
     exits; SIGHUP is forwarded, so each worker reloads the configuration.
+    A listener a reload removed is closed by each process at its own
+    reload (the parent's socket included, and no worker started later is
+    given it), so its port closes once all have reloaded; a worker started
+    again after a reload that added a listener does not serve it either,
+    until the restart every process needs for it.
     A worker whose parent dies is killed by the kernel
     (C{PR_SET_PDEATHSIG}), or sees its standard input close, so that a
     killed gateway leaves no orphan holding the ports.
@@ -864,7 +869,7 @@ class WorkerRole:
 
     index: int
     workers: int
-    sockets: Mapping[str, int]
+    sockets: dict[str, int]
     families: Mapping[str, socket.AddressFamily]
     limits: SharedLimits
     cpus: tuple[int, ...] = ()
@@ -885,6 +890,15 @@ class WorkerRole:
 
     def counter(self, name: str) -> SharedConnectionCounter | None:
         return self.limits.listener(name)
+
+    def release(self, name: str) -> int | None:
+        """
+        Forget listener C{name}'s listening descriptor (a reload removed
+        the listener), so that no worker started from now on is given it.
+
+        @return: the descriptor, for the caller to close; C{None}: none.
+        """
+        return self.sockets.pop(name, None)
 
     def rates(self, clock: Any) -> SharedRecipientRates:
         """
@@ -1054,6 +1068,19 @@ class WorkerPool(Service):
             protocol, self.executable, args, env=dict(os.environ), childFDs=fds
         )
         log.info("started worker {index} (pid {pid})", index=index, pid=self.processes[index].pid)
+
+    def release(self, name: str) -> None:
+        """
+        Close the parent's socket of listener C{name}, which a reload
+        removed, and start no worker with it.  The port closes once every
+        worker has closed its own descriptor too, at its own reload.
+        """
+        fd = self.role.release(name)
+        for sock in self._sockets:
+            if fd is not None and sock.fileno() == fd:
+                self._sockets.remove(sock)
+                sock.close()
+                return
 
     def _sighup(self, signum: int, frame: object) -> None:
         previous = self._previous_sighup

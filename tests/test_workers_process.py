@@ -472,6 +472,47 @@ class WorkerTests(TestCase):
         self.assertEqual((yield in_thread(each_process, forge("127.0.0.1"))), [b""] * 2)
 
     @inlineCallbacks
+    def test_listenersRemovedAndAdded(self) -> Any:
+        """
+        A listener removed by a reload stops listening in every process,
+        each saying so, so that its port closes and nothing relays through
+        it any more.  A listener added needs a restart, and a worker
+        started again meanwhile serves neither.
+        """
+        from tests.test_service_reload import RELAY, RELAY_SESSION, converse, refused
+
+        relay_port, extra_port = free_port(), free_port()
+        relay = RELAY.format(port=relay_port)
+        gateway = Gateway(self, workers=2, extra=relay)
+        yield in_thread(gateway.start)
+        replies = yield in_thread(converse, relay_port, RELAY_SESSION)
+        self.assertEqual(replies[3], b"250 2.1.5 Ok\r\n")
+
+        gateway.reload(relay, RELAY.format(port=extra_port).replace("Relay", "Extra"))
+        removed = f"listener Relay: removed; stopped listening on 127.0.0.1 port {relay_port}"
+        added = "listener Extra: added; restart to apply"
+
+        def closed() -> bool:
+            text = gateway.log()
+            return text.count(removed) == 2 and text.count(added) >= 2 and refused(relay_port)
+
+        self.assertTrue((yield in_thread(wait_until, closed, 30)), gateway.log())
+        self.assertIn(f"[worker 1] reload: {removed}", gateway.log())
+        self.assertIn(f"[worker 1] reload: {added}", gateway.log())
+        self.assertTrue(refused(extra_port))
+        [worker] = children(gateway.pid)
+        os.kill(worker, signal.SIGKILL)
+
+        def replaced() -> bool:
+            return gateway.log().count("[worker 1] listener InboundMail") == 2
+
+        self.assertTrue((yield in_thread(wait_until, replaced, 30)), gateway.log())
+        self.assertIn(f"[worker 1] {added}", gateway.log())
+        self.assertTrue((yield in_thread(refused, relay_port)))
+        self.assertTrue((yield in_thread(refused, extra_port)))
+        self.assertEqual((yield in_thread(gateway.connect)), b"220 mx.test.example ESMTP\r\n")
+
+    @inlineCallbacks
     def test_cpuAffinity(self) -> Any:
         """
         With as many processes as CPUs, C{worker_cpu_affinity = "auto"} (the
@@ -501,9 +542,11 @@ class WorkerTests(TestCase):
             pinned.log(),
         )
         pinned.reload("[system]\n", '[system]\nworker_cpu_affinity = "off"\n')
+        # Each process says so (at each reload until the restart).
         changed = "system: worker_cpu_affinity changed; restart to apply"
+        said = [f"[esa_tls.service#warn] reload: {changed}", f"[worker 1] reload: {changed}"]
         self.assertTrue(
-            (yield in_thread(wait_until, lambda: pinned.log().count(changed) == 2, 30)),
+            (yield in_thread(wait_until, lambda: all(s in pinned.log() for s in said), 30)),
             pinned.log(),
         )
         free = Gateway(self, workers=2, system='worker_cpu_affinity = "off"')

@@ -16,7 +16,12 @@ from typing import Protocol as TypingProtocol
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -69,10 +74,11 @@ class Busy(Protocol):
 
     factory: ListenerFactory
     _linger: IDelayedCall | None = None
+    reply = b"421 4.3.2 Too many connections to this listener, try again later\r\n"
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        transport.write(b"421 4.3.2 Too many connections to this listener, try again later\r\n")
+        transport.write(self.reply)
         transport.loseConnection()
         self._linger = self.factory.clock.callLater(BUSY_LINGER, transport.abortConnection)
 
@@ -82,6 +88,38 @@ class Busy(Protocol):
         self._linger = None
 
 
+class _Closed(Busy):
+    """
+    Says 421 and hangs up (as L{Busy} does): the listener was removed by a
+    reload, and a connection accepted before still asks for a session (its
+    PROXY header came after the reload).
+    """
+
+    reply = b"421 4.3.2 Service not available on this listener\r\n"
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _ImplicitTLS:
+    """
+    What an implicit TLS (SMTPS) listener serves: asked of its factory at
+    each connection, so that a reload's certificate, SNI, TLS protocols and
+    ciphers and client certificate settings apply to the next handshake, as
+    they do at the next STARTTLS.
+    """
+
+    def __init__(self, factory: ListenerFactory) -> None:
+        self._factory = factory
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> Any:
+        factory = self._factory
+        creator = factory.tls_creator(factory.config.default_policy)
+        return creator.serverConnectionForTLS(tlsProtocol)
+
+
+def _host_name(config: Listener, hostname: str) -> str:
+    return config.hostname or hostname or socket.getfqdn()
+
+
 @implementer(IListener)
 class ListenerFactory(ServerFactory):
     """
@@ -89,6 +127,7 @@ class ListenerFactory(ServerFactory):
 
     @ivar sessions: the sessions open now, so that shutdown can say 421 to
         each of them.
+    @ivar closed: the listener was removed by a reload: no new session.
     """
 
     def __init__(
@@ -127,7 +166,7 @@ class ListenerFactory(ServerFactory):
         """
         self.config = config
         self.name = config.name
-        self.hostname = config.hostname or hostname or socket.getfqdn()
+        self.hostname = _host_name(config, hostname)
         self.settings = settings if settings is not None else ListenerSettings()
         self.hat = hat
         self.store = store
@@ -142,6 +181,34 @@ class ListenerFactory(ServerFactory):
         self.sessions: set[InboundSession] = set()
         self._closing: list[Deferred[None]] = []
         self._creators: dict[tuple[str | None, bool] | None, tuple[Listener, Any]] = {}
+        self.closed = False
+
+    def reconfigure(
+        self,
+        config: Listener,
+        *,
+        hat: IHostAccessTable,
+        hostname: str,
+        settings: ListenerSettings,
+        auth_checker: ICredentialsChecker | None,
+    ) -> None:
+        """
+        Give new sessions C{config} and the rest from now on (a reload);
+        sessions in progress keep the policy the HAT gave them.  The
+        parameters are those of the same names of L{__init__}.
+        """
+        self.config = config
+        self.hostname = _host_name(config, hostname)
+        self.settings = settings
+        self.hat = hat
+        self.auth_checker = auth_checker
+
+    def close(self) -> None:
+        """
+        The listener was removed: every later connection gets a 421 and is
+        closed; sessions in progress may finish.
+        """
+        self.closed = True
 
     @property
     def active_connections(self) -> int:
@@ -155,6 +222,10 @@ class ListenerFactory(ServerFactory):
         return listener_summary(self.config)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        if self.closed:
+            closed = _Closed()
+            closed.factory = self
+            return closed
         if len(self.sessions) >= self.config.max_concurrency:
             busy = Busy()
             busy.factory = self
@@ -241,6 +312,18 @@ class ListenerFactory(ServerFactory):
             self._creators.clear()
         self._creators[key] = (self.config, creator)
         return creator
+
+    def implicit_tls_creator(self) -> Any:
+        """
+        The connection creator for C{TLSMemoryBIOFactory} on an implicit
+        TLS listener: it serves what L{tls_creator} gives for the default
+        policy of the configuration in force at each connection.
+
+        @raise esa_tls.tls.server.TLSConfigurationError: the listener's TLS
+            settings cannot work now (checked once here, at start-up).
+        """
+        self.tls_creator(self.config.default_policy)
+        return _ImplicitTLS(self)
 
     def rat_accepts(self, mailbox: Mailbox) -> bool:
         """

@@ -747,7 +747,10 @@ class InboundSession(ESMTP):
 
     def _authenticate(self, credentials: UsernamePassword, mechanism: str) -> None:
         checker = self.factory.auth_checker
-        assert checker is not None
+        if checker is None:
+            # A reload took AUTH away during the exchange.
+            self._reply(502, b"5.5.1 AUTH not available")
+            return
         self._busy = True
         d = maybeDeferred(checker.requestAvatarId, credentials)
 
