@@ -120,3 +120,38 @@ class QueueCommandTests(TestCase):
         with open(os.path.join(delivernow_directory(config), name)) as f:
             self.assertEqual(f.read(), "partner.example\n")
         self.assertIn("Delivery now requested for partner.example.", self.out.getvalue())
+
+    def test_delivernow_not_a_domain(self) -> None:
+        """
+        A DOMAIN that is not one (C{..}, spaces, a line break) is refused
+        with status 2 and writes no request, which the gateway would
+        otherwise read as all domains; a request file saying nothing is
+        ignored by the gateway.
+        """
+        err = StringIO()
+        context = CommandContext(self.config_path, self.out, err)
+        for domain in ("..", "foo bar", "a\nb", " "):
+            status = delivernow.run(argparse.Namespace(domain=domain), context)
+            self.assertEqual(status, 2, domain)
+        self.assertIn("esa-tls delivernow: '..' is not a domain name", err.getvalue())
+        config = context.load_config()
+        self.assertFalse(os.path.exists(delivernow_directory(config)))
+        self.assertEqual(self.out.getvalue(), "")
+        os.makedirs(delivernow_directory(config))
+        with open(os.path.join(delivernow_directory(config), "x.request"), "w") as f:
+            f.write("\n")
+        spool = DurableSpool(os.path.join(config.system.data_dir, "spool"), reactor)
+        self.addCleanup(spool.close)
+        manager = QueueManager(
+            reactor,
+            spool,
+            config,
+            None,
+            dcid_allocator=itertools.count(1).__next__,
+            timeouts=Timeouts.uniform(5),
+        )
+        asked: list[object] = []
+        self.patch(manager, "deliver_now", asked.append)
+        manager._check_requests()
+        self.assertEqual(asked, [])
+        self.assertEqual(os.listdir(delivernow_directory(config)), [])

@@ -44,6 +44,7 @@ which the manager checks every second.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections import defaultdict, deque
@@ -112,19 +113,31 @@ def delivernow_directory(config: GatewayConfig) -> str:
     return os.path.join(config.system.data_dir, "delivernow")
 
 
+#: What a delivernow request may name: a recipient domain as the queue
+#: keeps it (a DNS name, or an address literal in brackets), printable and
+#: without spaces; never empty, which must not read as "all".
+_REQUEST_DOMAIN = re.compile(r"[!-~]+")
+
+
 def request_delivery_now(config: GatewayConfig, domain: str | None = None) -> str:
     """
     Ask the running gateway to retry now every deferred recipient (of
     C{domain} only, when given).  Blocking: for the command-line tool.
 
     @return: the request file written.
+    @raise ValueError: C{domain} is not a domain name (or address literal).
     """
+    target = "ALL"
+    if domain is not None:
+        target = normalize_name(domain)
+        if not _REQUEST_DOMAIN.fullmatch(target):
+            raise ValueError(f"{domain!r} is not a domain name")
     directory = delivernow_directory(config)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{uuid.uuid4().hex}.request")
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as f:
-        f.write((normalize_name(domain) if domain else "ALL") + "\n")
+        f.write(target + "\n")
     os.rename(temporary, path)
     return path
 
@@ -357,7 +370,12 @@ class QueueManager(Service):
                 os.unlink(path)
             except OSError:
                 continue
-            self.deliver_now(None if target == "ALL" else target)
+            if target == "ALL":
+                self.deliver_now(None)
+            elif _REQUEST_DOMAIN.fullmatch(target):
+                self.deliver_now(target)
+            else:
+                log.warn("delivernow: ignored a request for {target!r}", target=target)
 
     def deliver_now(self, domain: str | None = None) -> Deferred[None]:
         """
