@@ -296,14 +296,13 @@ class LimitTests(QueueTestCase):
         self.assertEqual(len(self.server.capture.messages), 4)
         self.assertEqual(self.server.capture.max_open, 1)
 
-    async def test_delivernow_beyond_recipient_rate(self) -> None:
+    async def both_deferred_one_per_minute(self) -> QueueManager:
         """
-        A message that C{delivernow} asked for but the domain's recipient
-        rate held back goes at the first scan the rate allows, not at its
-        retry time.
+        With C{partner.example} limited to one recipient a minute, try the
+        queued C{busy0@} and C{busy1@} (each deferred with a 450, a minute
+        apart), then have the server take them: the manager, ready for
+        C{delivernow}.
         """
-        for i in range(2):
-            await inject(self.spool, "", [f"busy{i}@partner.example"])
         self.server.script.rcpt_replies = {
             f"busy{i}@partner.example": b"450 4.2.1 Mailbox busy" for i in range(2)
         }
@@ -316,6 +315,17 @@ class LimitTests(QueueTestCase):
         await manager.run_once()
         self.assertEqual(self.server.verbs().count(b"RCPT"), 2)
         self.server.script.rcpt_replies = {}
+        return manager
+
+    async def test_delivernow_beyond_recipient_rate(self) -> None:
+        """
+        A message that C{delivernow} asked for but the domain's recipient
+        rate held back goes at the first scan the rate allows, not at its
+        retry time.
+        """
+        for i in range(2):
+            await inject(self.spool, "", [f"busy{i}@partner.example"])
+        manager = await self.both_deferred_one_per_minute()
         await manager.deliver_now()
         self.assertEqual(len(self.server.capture.messages), 1)
         # The rate's window has passed; the retry time (5 minutes after the
@@ -332,18 +342,7 @@ class LimitTests(QueueTestCase):
         retry time.
         """
         await inject(self.spool, "", ["busy0@partner.example", "busy1@partner.example"])
-        self.server.script.rcpt_replies = {
-            f"busy{i}@partner.example": b"450 4.2.1 Mailbox busy" for i in range(2)
-        }
-        config = make_config(self.server.port, self.data_dir, limit=1)
-        partner = attrs.evolve(config.destinations["partner.example"], recipient_minutes=1)
-        config = attrs.evolve(config, destinations={**config.destinations, partner.domain: partner})
-        manager = self.manager(config=config)
-        await manager.run_once()
-        self.clock.advance(61)
-        await manager.run_once()
-        self.assertEqual(self.server.verbs().count(b"RCPT"), 2)
-        self.server.script.rcpt_replies = {}
+        manager = await self.both_deferred_one_per_minute()
         self.clock.advance(61)
         await manager.deliver_now()
         self.assertEqual(len(self.server.capture.messages), 1)
