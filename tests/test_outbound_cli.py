@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from esa_tls.cli import delivernow, showrecipients
 from esa_tls.cli.main import CommandContext
+from esa_tls.config.model import GatewayConfig
 from esa_tls.outbound.client import Timeouts
 from esa_tls.outbound.queue import QueueManager, delivernow_directory
 from esa_tls.spool import DurableSpool
@@ -53,14 +54,30 @@ class QueueCommandTests(TestCase):
         self.out = StringIO()
         self.context = CommandContext(self.config_path, self.out, StringIO())
 
+    def queue(self, config: GatewayConfig) -> tuple[DurableSpool, QueueManager]:
+        """
+        The spool of C{config}'s data directory and a queue manager on it,
+        as the running gateway has them.
+        """
+        spool = DurableSpool(os.path.join(config.system.data_dir, "spool"), reactor)
+        self.addCleanup(spool.close)
+        manager = QueueManager(
+            reactor,
+            spool,
+            config,
+            None,
+            dcid_allocator=itertools.count(1).__next__,
+            timeouts=Timeouts.uniform(5),
+        )
+        return spool, manager
+
     async def test_showrecipients(self) -> None:
         """
         Pending recipients are listed under their message with attempts,
         state, next try and last error; delivered ones are not.
         """
         config = self.context.load_config()
-        spool = DurableSpool(os.path.join(config.system.data_dir, "spool"), reactor)
-        self.addCleanup(spool.close)
+        spool, manager = self.queue(config)
         message = spool.new_message(
             Envelope(
                 mail_from="alice@gw.test",
@@ -74,14 +91,6 @@ class QueueCommandTests(TestCase):
         )
         message.write(b"Subject: Quarterly figures\r\n\r\nbody\r\n")
         mid = await message.commit()
-        manager = QueueManager(
-            reactor,
-            spool,
-            config,
-            None,
-            dcid_allocator=itertools.count(1).__next__,
-            timeouts=Timeouts.uniform(5),
-        )
         await manager.run_once()
         status = showrecipients.run(
             argparse.Namespace(domain=None, sender=None, json=False), self.context
@@ -140,16 +149,7 @@ class QueueCommandTests(TestCase):
         os.makedirs(delivernow_directory(config))
         with open(os.path.join(delivernow_directory(config), "x.request"), "w") as f:
             f.write("\n")
-        spool = DurableSpool(os.path.join(config.system.data_dir, "spool"), reactor)
-        self.addCleanup(spool.close)
-        manager = QueueManager(
-            reactor,
-            spool,
-            config,
-            None,
-            dcid_allocator=itertools.count(1).__next__,
-            timeouts=Timeouts.uniform(5),
-        )
+        _, manager = self.queue(config)
         asked: list[object] = []
         self.patch(manager, "deliver_now", asked.append)
         manager._check_requests()
