@@ -146,8 +146,9 @@ class DestinationTLS(enum.Enum):
 #: The default row's TLS when the file does not set it (or has no default
 #: row): opportunistic, like Postfix's C{may}, encrypted whenever the
 #: destination offers it and never refused for it.  The loader and the
-#: C{destconfig} dialog both take it from here, so that what the dialog
-#: shows (and writes back when the administrator keeps it) is what runs.
+#: C{destconfig} dialog and the delivery policy all take it from here, so
+#: that what the dialog shows (and writes back when the administrator keeps
+#: it) is what runs.
 DEFAULT_ROW_TLS = DestinationTLS.PREFERRED
 
 

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from esa_tls.config.model import DestinationControl, DestinationTLS, GatewayConfig
+from esa_tls.config.model import DEFAULT_ROW_TLS, DestinationControl, DestinationTLS, GatewayConfig
 from esa_tls.outbound.mx import normalize_name, normalized_table
-
-#: The Default row's TLS setting when the configuration has none.
-DEFAULT_TLS = DestinationTLS.PREFERRED
 
 
 def _rows(config: GatewayConfig) -> dict[str, DestinationControl]:
@@ -42,7 +39,7 @@ def destination_for(config: GatewayConfig, domain: str) -> DestinationControl:
         parent = "." + ".".join(labels[i:])
         if parent in rows:
             return rows[parent]
-    return rows.get("default") or DestinationControl(domain="default", tls=DEFAULT_TLS)
+    return rows.get("default") or DestinationControl(domain="default", tls=DEFAULT_ROW_TLS)
 
 
 def effective_tls(config: GatewayConfig, domain: str) -> DestinationTLS:
@@ -52,9 +49,9 @@ def effective_tls(config: GatewayConfig, domain: str) -> DestinationTLS:
     level = destination_for(config, domain).tls
     if level is DestinationTLS.DEFAULT:
         default_row = _rows(config).get("default")
-        level = default_row.tls if default_row is not None else DEFAULT_TLS
+        level = default_row.tls if default_row is not None else DEFAULT_ROW_TLS
         if level is DestinationTLS.DEFAULT:
-            level = DEFAULT_TLS
+            level = DEFAULT_ROW_TLS
     return level
 
 
