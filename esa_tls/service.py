@@ -22,7 +22,6 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IResolver, IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from esa_tls.alerts.certificates import CertificateWatch
 from esa_tls.alerts.dispatcher import AlertDispatcher
@@ -36,7 +35,7 @@ from esa_tls.inbound.auth import PasswordFile
 from esa_tls.inbound.limits import RecipientRateLimiter
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.inbound.proxy import ProxyProtocolFactory, TrustedProxies
-from esa_tls.inbound.transport import WriteThroughEndpoint
+from esa_tls.inbound.transport import WriteThroughEndpoint, WriteThroughTLSFactory
 from esa_tls.maillog import MailLog, MailLogFile, mail_log_path
 from esa_tls.outbound.mx import MXResolver, resolver_from_config
 from esa_tls.outbound.queue import QueueManager
@@ -367,7 +366,7 @@ class GatewayService(MultiService):
         if listener.implicit_tls:
             # RFC 8314 implicit TLS: the handshake comes first, and the
             # session sees an ISSLTransport, so it never offers STARTTLS.
-            served = TLSMemoryBIOFactory(factory.implicit_tls_creator(), False, factory)
+            served = WriteThroughTLSFactory(factory.implicit_tls_creator(), False, factory)
         if listener.proxy_protocol:
             # Behind HAProxy: the PROXY header comes before anything else
             # (TLS included), and names the client the HAT must judge; only

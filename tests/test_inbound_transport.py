@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from io import BytesIO
 from typing import Any
 
@@ -20,7 +21,11 @@ from twisted.internet.ssl import PrivateCertificate
 from twisted.protocols.basic import FileSender
 from twisted.trial.unittest import TestCase
 
-from esa_tls.inbound.transport import WriteThroughEndpoint, WriteThroughServer
+from esa_tls.inbound.transport import (
+    WriteThroughEndpoint,
+    WriteThroughServer,
+    WriteThroughTLSFactory,
+)
 from esa_tls.testing import self_signed
 from tests.support import in_thread
 
@@ -34,7 +39,9 @@ class Talker(Protocol):
     Says hello, answers each line, and on C{big} writes 8 MiB (more than
     a socket takes at once) followed by a last line and a close (on
     C{big-tls}, the last line and then the close); on C{starttls} answers
-    C{go} and starts TLS.  Records, for each answer,
+    C{go} and starts TLS; on C{hold} answers C{held} and then keeps the
+    reactor in that turn until the client says it has the answer (or 5
+    seconds pass), recording in C{in_turn} which.  Records, for each answer,
     whether the transport still waited to send something once it was
     written (Twisted's own write buffers the bytes for the next reactor
     iteration).
@@ -76,6 +83,9 @@ class Talker(Protocol):
                 self.transport.write(BIG)  # type: ignore[union-attr]
                 self.transport.write(b"bye\r\n")  # type: ignore[union-attr]
                 self.transport.loseConnection()  # type: ignore[union-attr]
+            elif line == b"hold":
+                self.transport.write(b"held\r\n")  # type: ignore[union-attr]
+                self.factory.in_turn.append(self.factory.client_has_it.wait(5))
             elif line == b"starttls":
                 self._say(b"go\r\n")
                 certificate = PrivateCertificate.loadPEM(ISSUED.cert_pem + ISSUED.key_pem)
@@ -89,6 +99,8 @@ class WriteThroughTests(TestCase):
     def setUp(self) -> Any:  # type: ignore[override]
         factory = Factory.forProtocol(Talker)
         factory.transports = []  # type: ignore[attr-defined]
+        factory.in_turn = []  # type: ignore[attr-defined]
+        factory.client_has_it = threading.Event()  # type: ignore[attr-defined]
         self.factory = factory
         endpoint = WriteThroughEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
         self.port = yield endpoint.listen(factory)
@@ -186,6 +198,72 @@ class WriteThroughTests(TestCase):
         self.assertEqual(echoed, b"echo a\r\necho b\r\n")
         self.assertEqual(rest, BIG + b"bye\r\n")
         self.assertEqual(self.factory.left_waiting, [False, False, False])  # type: ignore[attr-defined]
+
+    def hold(self, tls: ssl.SSLSocket | socket.socket) -> None:
+        """
+        In a thread: send C{hold}, and once its answer has arrived let the
+        server's reactor go on.
+        """
+        tls.sendall(b"hold\r\n")
+        data = b""
+        while not data.endswith(b"held\r\n"):
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        self.factory.client_has_it.set()  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_tlsReplyLeavesInItsTurn(self) -> Any:
+        """
+        After STARTTLS a reply is encrypted and sent before the turn that
+        wrote it ends: the client has it while the server's reactor is
+        still held in that turn (Twisted's TLS transport would keep it for
+        the next reactor iteration).
+        """
+
+        def talk() -> None:
+            sock = self.client()
+            reader = sock.makefile("rb")
+            assert reader.readline() == b"hello\r\n"
+            sock.sendall(b"starttls\r\n")
+            assert reader.readline() == b"go\r\n"
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            tls = context.wrap_socket(sock, server_hostname="transport.test")
+            self.hold(tls)
+
+        yield in_thread(talk)
+        self.assertEqual(self.factory.in_turn, [True])  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_implicitTLSReplyLeavesInItsTurn(self) -> Any:
+        """
+        On an implicit-TLS listener (L{WriteThroughTLSFactory}) too, a reply
+        is sent before the turn that wrote it ends, and the hello written
+        before the handshake finished arrives first.
+        """
+        certificate = PrivateCertificate.loadPEM(ISSUED.cert_pem + ISSUED.key_pem)
+        factory = WriteThroughTLSFactory(certificate.options(), False, self.factory)
+        endpoint = WriteThroughEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        port = yield endpoint.listen(factory)
+        self.addCleanup(port.stopListening)
+
+        def talk() -> bytes:
+            sock = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+            self.addCleanup(sock.close)
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            tls = context.wrap_socket(sock, server_hostname="transport.test")
+            hello = tls.recv(4096)
+            self.hold(tls)
+            return hello
+
+        hello = yield in_thread(talk)
+        self.assertEqual(hello, b"hello\r\n")
+        self.assertEqual(self.factory.in_turn, [True])  # type: ignore[attr-defined]
 
     @inlineCallbacks
     def test_pullProducer(self) -> Any:

@@ -19,6 +19,13 @@ for more), closing and errors work exactly as before.  After STARTTLS the sessio
 writes go through the TLS protocol, and the records it makes (handshake
 flights, replies) are sent the same way: Twisted's C{startTLS} would send
 them through C{FileDescriptor.write}, one reactor iteration late.
+
+Under TLS (STARTTLS, or an implicit-TLS listener through
+L{WriteThroughTLSFactory}) the session's writes skip Twisted's
+C{BufferingTLSTransport}, which holds every write for a C{callLater(0)}
+so that many small writes make one record: the session already writes
+the replies of one read as one write, so that buffering only cost each
+reply a timed call and a reactor iteration.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 _start_tls: Callable[[Any, Any, bool, type], None] | None
@@ -39,7 +47,7 @@ try:
 except ImportError:  # pragma: no cover (a Twisted that moved it)
     _start_tls = None
 
-__all__ = ["WriteThroughEndpoint", "WriteThroughServer"]
+__all__ = ["WriteThroughEndpoint", "WriteThroughServer", "WriteThroughTLSFactory"]
 
 
 def _send_at_once(
@@ -110,10 +118,22 @@ class WriteThroughServer(tcp.Server):
     def write(self, data: bytes) -> None:
         if self.TLS:
             # Into the TLS protocol, which sends its records through
-            # _SendTLSRecordsAtOnce.
-            super().write(data)
+            # _SendTLSRecordsAtOnce; past its write buffering, when it is
+            # the TLS protocol we know.
+            if not self.connected:
+                return
+            if isinstance(self.protocol, TLSMemoryBIOProtocol):
+                TLSMemoryBIOProtocol.write(self.protocol, data)
+            else:  # pragma: no cover (a Twisted whose startTLS changed)
+                super().write(data)
         else:
             _send_at_once(self, data, tcp.Server.write)
+
+    def writeSequence(self, iovec: Any) -> None:
+        if self.TLS:
+            self.write(b"".join(iovec))
+        else:
+            super().writeSequence(iovec)
 
     def startTLS(self, ctx: Any, normal: bool = True) -> None:
         # _newtls is Twisted's private module: should it move, STARTTLS
@@ -122,6 +142,16 @@ class WriteThroughServer(tcp.Server):
             super().startTLS(ctx, normal)
         else:
             _start_tls(self, ctx, normal, _SendTLSRecordsAtOnce)
+
+
+class WriteThroughTLSFactory(TLSMemoryBIOFactory):
+    """
+    Implicit TLS whose records of a write are made and sent in the writer's
+    turn: Twisted's L{TLSMemoryBIOProtocol} without the per-write
+    C{callLater(0)} of its default C{BufferingTLSTransport}.
+    """
+
+    protocol = TLSMemoryBIOProtocol
 
 
 @implementer(IStreamServerEndpoint)
