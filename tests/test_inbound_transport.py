@@ -94,6 +94,16 @@ class Talker(Protocol):
                 self._say(b"echo " + line + b"\r\n")
 
 
+def wrap(sock: socket.socket) -> ssl.SSLSocket:
+    """
+    A TLS client on C{sock} that trusts the test's self-signed certificate.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context.wrap_socket(sock, server_hostname="transport.test")
+
+
 class WriteThroughTests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:  # type: ignore[override]
@@ -110,6 +120,18 @@ class WriteThroughTests(TestCase):
         sock = socket.create_connection(("127.0.0.1", self.port.getHost().port), timeout=10)
         self.addCleanup(sock.close)
         return sock
+
+    def starttls(self) -> ssl.SSLSocket:
+        """
+        In a thread: connect, read the hello, start TLS with C{starttls},
+        and return the TLS socket.
+        """
+        sock = self.client()
+        reader = sock.makefile("rb")
+        assert reader.readline() == b"hello\r\n"
+        sock.sendall(b"starttls\r\n")
+        assert reader.readline() == b"go\r\n"
+        return wrap(sock)
 
     def until_closed(self, command: bytes) -> bytes:
         """
@@ -170,15 +192,7 @@ class WriteThroughTests(TestCase):
         """
 
         def talk() -> tuple[bytes, bytes]:
-            sock = self.client()
-            reader = sock.makefile("rb")
-            assert reader.readline() == b"hello\r\n"
-            sock.sendall(b"starttls\r\n")
-            assert reader.readline() == b"go\r\n"
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            tls = context.wrap_socket(sock, server_hostname="transport.test")
+            tls = self.starttls()
             tls.sendall(b"a\r\nb\r\n")
             data = b""
             while data.count(b"\r\n") < 2:
@@ -223,15 +237,7 @@ class WriteThroughTests(TestCase):
         """
 
         def talk() -> None:
-            sock = self.client()
-            reader = sock.makefile("rb")
-            assert reader.readline() == b"hello\r\n"
-            sock.sendall(b"starttls\r\n")
-            assert reader.readline() == b"go\r\n"
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            tls = context.wrap_socket(sock, server_hostname="transport.test")
+            tls = self.starttls()
             self.hold(tls)
 
         yield in_thread(talk)
@@ -253,10 +259,7 @@ class WriteThroughTests(TestCase):
         def talk() -> bytes:
             sock = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
             self.addCleanup(sock.close)
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            tls = context.wrap_socket(sock, server_hostname="transport.test")
+            tls = wrap(sock)
             hello = tls.recv(4096)
             self.hold(tls)
             return hello
