@@ -404,6 +404,50 @@ class EHLORefusedOverTLSTests(DeliveryTestCase):
         self.assertEqual(self.events, [])
 
 
+class HELOFallbackTests(DeliveryTestCase):
+    """
+    EHLO is refused and a setting that does not require TLS falls back to
+    HELO (RFC 5321 section 3.2).
+    """
+
+    #: Short: without the fix, the refused HELO was sent again for ever.
+    timeout = 15
+
+    async def test_helo_refused(self) -> None:
+        """
+        A refused HELO ends the session: one HELO, then QUIT, and the
+        recipient deferred with the server's refusal.  (Twisted's client
+        keeps EHLO's failure handler, which sends HELO, for the HELO: it
+        sent HELO again for every refusal, thousands a second, for as
+        long as the server kept answering.)
+        """
+        server = self.serve(
+            ehlo_reply=b"500 5.5.1 EHLO not understood",
+            helo_reply=b"550 5.7.1 Go away",
+        )
+        result = await self.deliver(PREFERRED, server)
+        self.assertStatuses(result, DEFERRED)
+        self.assertIn("HELO refused: 550 5.7.1 Go away", result.recipients[0].text)
+        self.assertEqual(server.verbs(), [b"EHLO", b"HELO", b"QUIT"])
+        self.assertNothingSent(server)
+
+    async def test_helo_refused_over_tls(self) -> None:
+        """
+        The same after STARTTLS, where the EHLO over TLS is refused: one
+        HELO over TLS, then QUIT.
+        """
+        server = self.serve(
+            certificate=GOOD,
+            ehlo_reply_over_tls=b"502 5.5.2 Error: command not recognized",
+            helo_reply=b"554 5.7.1 Not today",
+        )
+        result = await self.deliver(PREFERRED, server)
+        self.assertStatuses(result, DEFERRED)
+        self.assertIn("HELO refused: 554 5.7.1 Not today", result.recipients[0].text)
+        self.assertEqual(server.verbs(), [b"EHLO", b"STARTTLS", b"EHLO", b"HELO", b"QUIT"])
+        self.assertNothingSent(server)
+
+
 class BrokenAfter220Tests(DeliveryTestCase):
     """
     The server says C{220} to STARTTLS and then breaks the handshake.

@@ -24,6 +24,9 @@ of the stock client fixed in the subclass (twisted.md sections 2.2-2.6):
     per I{reply}: the stock client restarts its timer on every line, so a
     server dribbling C{250-} lines (or C{0xx} lines, which it skips) held
     a session forever;
+  - B{one HELO}: after a refused EHLO the stock client sends HELO again
+    for every refused HELO, without end; here a refused HELO ends the
+    session;
   - B{bounded replies}: a reply line over L{DeliveryClient.MAX_LENGTH}
     or a multi-line reply over L{MAX_REPLY_LINES} lines or
     L{MAX_REPLY_BYTES} bytes ends the session with an error that says
@@ -529,6 +532,21 @@ class DeliveryClient(ESMTPSender):
             self._refuse_without_tls(f"EHLO refused ({code}), so no STARTTLS")
             return
         super().esmtpEHLORequired(code, resp)
+
+    def smtpState_helo(self, code: int, resp: bytes) -> None:
+        """
+        EHLO was refused and the setting allows the fall back to HELO.  The
+        stock client leaves EHLO's failure handler, which is this method,
+        in place for the HELO: a refused HELO sent HELO again, thousands a
+        second for as long as the server kept answering.  A refused HELO
+        ends the session.
+        """
+        super().smtpState_helo(code, resp)
+        self._failresponse = self._helo_refused
+
+    def _helo_refused(self, code: int, resp: bytes) -> None:
+        self._fail(f"HELO refused: {code} {_text(resp)}", code)
+        self._quit()
 
     def _starttls_refused(self, code: int, resp: bytes) -> None:
         """

@@ -61,6 +61,9 @@ class Script:
         a client sending before the reply is caught (L{Capture.premature}).
     @ivar ehlo_reply_over_tls: the reply to the EHLO after TLS, in place
         of the usual one (a refusal, say).
+    @ivar ehlo_reply: the reply to the EHLO in the clear, in place of the
+        usual one.
+    @ivar helo_reply: the reply to HELO.
     @ivar hang_after_messages: once this many messages were accepted, take
         the next ones' data but never answer the final dot (they go to
         L{Capture.unanswered}): a server that is slow, or a sender that
@@ -80,6 +83,8 @@ class Script:
     silent_after: bytes | None = None
     hold_ehlo_reply_over_tls: float = 0.0
     ehlo_reply_over_tls: bytes | None = None
+    ehlo_reply: bytes | None = None
+    helo_reply: bytes = b"250 hostile.test"
     hang_after_messages: int | None = None
 
 
@@ -213,6 +218,9 @@ class _HostileSMTP(LineReceiver):
         if self.tls and self.script.ehlo_reply_over_tls is not None:
             self._reply(b"EHLO", self.script.ehlo_reply_over_tls)
             return
+        if not self.tls and self.script.ehlo_reply is not None:
+            self._reply(b"EHLO", self.script.ehlo_reply)
+            return
         keywords = self.script.ehlo_keywords
         if keywords is None:
             keywords = (b"PIPELINING", b"8BITMIME")
@@ -234,7 +242,7 @@ class _HostileSMTP(LineReceiver):
         self._reply(b"EHLO", reply)
 
     def do_HELO(self, line: bytes) -> None:
-        self._reply(b"HELO", b"250 hostile.test")
+        self._reply(b"HELO", self.script.helo_reply)
 
     def do_STARTTLS(self, line: bytes) -> None:
         reply = self.script.starttls_reply
