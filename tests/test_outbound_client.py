@@ -447,6 +447,25 @@ class HELOFallbackTests(DeliveryTestCase):
         self.assertEqual(server.verbs(), [b"EHLO", b"STARTTLS", b"EHLO", b"HELO", b"QUIT"])
         self.assertNothingSent(server)
 
+    async def test_cleartext_extensions_forgotten_over_tls(self) -> None:
+        """
+        RFC 3207 section 4.2: what the server said before TLS is forgotten.
+        When the EHLO over TLS is refused and HELO taken instead, no
+        extension of the cleartext EHLO (SIZE, PIPELINING, which a man in
+        the middle may have added) is used: MAIL FROM goes bare, alone.
+        """
+        server = self.serve(
+            certificate=GOOD,
+            ehlo_keywords=(b"PIPELINING", b"SIZE 10240000", b"SMTPUTF8", b"STARTTLS"),
+            ehlo_reply_over_tls=b"502 5.5.2 Error: command not recognized",
+        )
+        result = await self.deliver(PREFERRED, server)
+        self.assertDeliveredEncrypted(result, server, verified=False)
+        self.assertEqual(
+            [line for tls, line in server.capture.commands if tls and line.startswith(b"MAIL")],
+            [b"MAIL FROM:<sender@gw.test>"],
+        )
+
 
 class BrokenAfter220Tests(DeliveryTestCase):
     """

@@ -594,6 +594,10 @@ class DeliveryClient(ESMTPSender):
                 n=len(injected),
             )
             self._tls_update(discarded_plaintext=len(injected))
+        # RFC 3207 section 4.2: forget what the server said in the clear;
+        # only the EHLO over TLS tells what it offers (if that EHLO is
+        # refused and HELO taken instead, nothing is offered).
+        self._extensions = {}
         self._stage = Stage.HANDSHAKE
         self.setTimeout(self._timeouts.command)
         # No reply is expected until we speak again, after the handshake.
