@@ -413,6 +413,30 @@ class HELOFallbackTests(DeliveryTestCase):
     #: Short: without the fix, the refused HELO was sent again for ever.
     timeout = 15
 
+    async def test_preferred_helo(self) -> None:
+        """
+        C{preferred}: EHLO refused, HELO taken; no STARTTLS without EHLO,
+        so the mail goes in the clear.
+        """
+        server = self.serve(certificate=GOOD, ehlo_reply=b"502 5.5.2 Error: command not recognized")
+        result = await self.deliver(PREFERRED, server)
+        self.assertDeliveredClear(result, server)
+        self.assertEqual(server.verbs()[:3], [b"EHLO", b"HELO", b"MAIL"])
+
+    async def test_required_never_helo(self) -> None:
+        """
+        Under every C{required*} setting a refused EHLO is a TLS failure:
+        no HELO (which cannot lead to STARTTLS), nothing sent, the alert.
+        """
+        for level in (REQUIRED, REQUIRED_VERIFY, HOSTED):
+            self.events = []
+            server = self.serve(
+                certificate=GOOD, ehlo_reply=b"502 5.5.2 Error: command not recognized"
+            )
+            result = await self.deliver(level, server)
+            self.assertTLSDeferred(result, server, TLSResultType.STARTTLS_NOT_SUPPORTED)
+            self.assertEqual(server.verbs(), [b"EHLO", b"QUIT"], level)
+
     async def test_helo_refused(self) -> None:
         """
         A refused HELO ends the session: one HELO, then QUIT, and the
