@@ -491,6 +491,35 @@ class HELOFallbackTests(DeliveryTestCase):
         )
 
 
+class QuitTests(DeliveryTestCase):
+    """
+    The reply to QUIT, whatever it is, ends the session.
+    """
+
+    #: Short: without the fix, QUIT was sent again for ever.
+    timeout = 15
+
+    async def test_malformed_quit_reply(self) -> None:
+        """
+        A reply code out of range (C{-1}, which Twisted's reply parser
+        takes for a number) to the QUIT that follows a refusal: the client
+        hangs up, one QUIT sent.  (The stock client kept the failure
+        handler of the command before QUIT, and where that handler sends
+        QUIT, every such reply sent QUIT again.)
+        """
+        cases: list[tuple[DestinationTLS, dict[str, object]]] = [
+            (REQUIRED, {}),
+            (PREFERRED, {"ehlo_reply": b"500 no", "helo_reply": b"550 no"}),
+            (REQUIRED, {"certificate": GOOD, "starttls_reply": b"454 4.7.0 No"}),
+        ]
+        for level, script in cases:
+            server = self.serve(quit_reply=b"-1 no", **script)
+            result = await self.deliver(level, server)
+            self.assertStatuses(result, DEFERRED)
+            self.assertEqual(server.verbs().count(b"QUIT"), 1, (script, server.verbs()[:8]))
+            self.assertNothingSent(server)
+
+
 class BrokenAfter220Tests(DeliveryTestCase):
     """
     The server says C{220} to STARTTLS and then breaks the handshake.

@@ -884,6 +884,17 @@ class DeliveryClient(ESMTPSender):
         self._pending.clear()
         self._disconnectFromServer()
 
+    def _disconnectFromServer(self) -> None:
+        """
+        Send QUIT; any reply to it ends the session.  The stock method
+        leaves the failure handler of the command before in place, so a
+        reply code its parser takes but outside 0-999 (C{-1}) went to
+        that handler, and those that end in QUIT sent QUIT again, for as
+        long as the server answered so.
+        """
+        super()._disconnectFromServer()
+        self._failresponse = self.smtpState_disconnect
+
     # -- more than one message per session --------------------------------
 
     def _park(self) -> None:

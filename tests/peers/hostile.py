@@ -64,6 +64,8 @@ class Script:
     @ivar ehlo_reply: the reply to the EHLO in the clear, in place of the
         usual one.
     @ivar helo_reply: the reply to HELO.
+    @ivar quit_reply: the reply to QUIT; the server closes the connection
+        after it only when it starts with C{221}.
     @ivar hang_after_messages: once this many messages were accepted, take
         the next ones' data but never answer the final dot (they go to
         L{Capture.unanswered}): a server that is slow, or a sender that
@@ -85,6 +87,7 @@ class Script:
     ehlo_reply_over_tls: bytes | None = None
     ehlo_reply: bytes | None = None
     helo_reply: bytes = b"250 hostile.test"
+    quit_reply: bytes = b"221 2.0.0 Bye"
     hang_after_messages: int | None = None
 
 
@@ -305,8 +308,9 @@ class _HostileSMTP(LineReceiver):
         self._reply(b"NOOP", b"250 2.0.0 Ok")
 
     def do_QUIT(self, line: bytes) -> None:
-        self._reply(b"QUIT", b"221 2.0.0 Bye")
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._reply(b"QUIT", self.script.quit_reply)
+        if self.script.quit_reply.startswith(b"221"):
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 @define
