@@ -746,6 +746,26 @@ class OtherSectionFaultTests(FaultTestsMixin, SynchronousTestCase):
             ['site.toml:12: destinations."bad domain": "bad domain" is not a domain name'],
         )
 
+    def test_recipient_minutes_range(self) -> None:
+        """
+        A recipient limit is counted over 1 to 60 minutes, as on the ESA
+        (and as the C{destconfig} dialog asks): 120 is refused, so that a
+        file, C{set} or IMPORT cannot write a value the dialog then refuses
+        to keep.
+        """
+        text = (
+            HEAD
+            + LISTENER
+            + '[destinations."partner.example"]\nrecipient_limit = 100\nrecipient_minutes = 120\n'
+        )
+        self.assertEqual(
+            self.faults(text),
+            [
+                'site.toml:14: destinations."partner.example".recipient_minutes: '
+                "120 is out of range 1-60"
+            ],
+        )
+
     def test_smtp_route_port(self) -> None:
         """
         SMTP route hosts are C{host[:port]} with a valid port.

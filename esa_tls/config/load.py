@@ -744,7 +744,8 @@ class _Loader:
                         "max_host_concurrency": self.integer(1),
                         "max_messages_per_connection": self.integer(1),
                         "recipient_limit": self.integer(0),
-                        "recipient_minutes": self.integer(1),
+                        # ESA: the recipient limit is counted over 1 to 60 minutes.
+                        "recipient_minutes": self.integer(1, 60),
                         "ca_file": self.file,
                     },
                 )
