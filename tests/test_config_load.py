@@ -1073,6 +1073,47 @@ class ResolutionTests(SynchronousTestCase):
         row = loaded.destinations["partner.example"]
         self.assertEqual((row.tls, row.max_host_concurrency), (DestinationTLS.REQUIRED_VERIFY, 5))
 
+    def test_public_hat_without_all_warning(self) -> None:
+        """
+        On the ESA the ALL sender group is always there (on a public
+        listener with $ACCEPTED); here a file HAT without it rejects every
+        host no group matches.  An administrator who leaves it out (or
+        imports a table without it) is told, instead of finding every
+        other sender turned away after the commit.
+        """
+        hat = (
+            "[[listeners.Inboundmail.hat]]\n"
+            'group = "WHITELIST"\npolicy = "TRUSTED"\nsenders = ["10.1.1.1"]\n'
+        )
+        result = parse_config_with_warnings(HEAD + LISTENER + hat, "site.toml")
+        self.assertEqual(
+            result.warnings,
+            (
+                "site.toml:12: listeners.Inboundmail.hat: no sender group lists ALL: a host no "
+                "group matches is rejected (on the ESA the ALL group is always there, with "
+                "$ACCEPTED on a public listener)",
+            ),
+        )
+        with_all = hat + '[[listeners.Inboundmail.hat]]\ngroup = "ALL"\npolicy = "ACCEPTED"\n'
+        with_all += 'senders = ["ALL"]\n'
+        self.assertEqual(
+            parse_config_with_warnings(HEAD + LISTENER + with_all, "site.toml").warnings, ()
+        )
+
+    def test_private_hat_without_all_no_warning(self) -> None:
+        """
+        A private listener's HAT without ALL rejects the other hosts, as the
+        ESA's private ALL group ($BLOCKED) does: nothing to warn about.
+        """
+        hat = (
+            "[[listeners.Inboundmail.hat]]\n"
+            'group = "RELAYLIST"\npolicy = "RELAYED"\nsenders = ["10.1.1.1"]\n'
+        )
+        text = HEAD + LISTENER.replace('"public"', '"private"').replace(
+            'rat = ["example.com"]\n', ""
+        )
+        self.assertEqual(parse_config_with_warnings(text + hat, "site.toml").warnings, ())
+
     def test_empty_rat_warning(self) -> None:
         """
         A public listener with an empty RAT is allowed, with a warning.

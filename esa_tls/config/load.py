@@ -1433,6 +1433,21 @@ class _ListenerLoader:
                     comment=values.get("comment", ""),
                 )
             )
+        if (
+            ok
+            and groups
+            and kind is ListenerType.PUBLIC
+            and not any(s.strip().upper() == "ALL" for g in groups for s in g.senders)
+        ):
+            # The ESA's HAT always ends with the ALL group ($ACCEPTED on a
+            # public listener); ours rejects the hosts no group matches
+            # (closed by default), which an ESA administrator would not
+            # expect after leaving it out of a file or an import.
+            loader.warn(
+                hpath,
+                "no sender group lists ALL: a host no group matches is rejected (on the ESA "
+                "the ALL group is always there, with $ACCEPTED on a public listener)",
+            )
         return tuple(groups) if ok else None
 
     def policy_name(self, path: KeyPath, value: object) -> Any:
