@@ -256,6 +256,36 @@ senders = ["127.0.0.1"]
         self.assertEqual(replies[3], b"554 5.7.1 Access denied\r\n")
 
     @inlineCallbacks
+    def test_unmatchedRejectedWhateverBlockedSays(self) -> Any:
+        """
+        A host no sender group matches (a HAT without ALL) is rejected,
+        even when the administrator has switched the BLOCKED policy to
+        ACCEPT to let the blocked list through for a while: the fallback
+        is closed, not whatever BLOCKED happens to do now.
+        """
+        gw = Gateway(
+            self,
+            PUBLIC
+            + """
+[listeners.InboundMail.policies.BLOCKED]
+rule = "ACCEPT"
+
+[[listeners.InboundMail.hat]]
+group = "BLOCKED_LIST"
+policy = "BLOCKED"
+senders = ["192.0.2.1"]
+""",
+        )
+
+        def talk() -> tuple[bytes, bytes]:
+            raw = Raw(gw.port)
+            return raw.reply(), raw.rest()
+
+        banner, rest = yield in_thread(talk)
+        self.assertEqual(banner, b"554 5.7.1 Access denied\r\n")
+        self.assertEqual(rest, b"")
+
+    @inlineCallbacks
     def test_tcpRefuse(self) -> Any:
         """
         TCPREFUSE closes the connection before any byte is sent.

@@ -166,11 +166,16 @@ def fallback_policy(listener: Listener) -> MailFlowPolicy:
 
     Closed by default: the ESA's own tables end with C{ALL}, so reaching
     this point means the table was cut short, and a host the administrator
-    never classified must not be let in by accident.
+    never classified must not be let in by accident.  So C{BLOCKED} is
+    taken for its reject banner, never for its rule: an administrator may
+    switch it to ACCEPT to let the blocked list through for a while, which
+    must not open the gateway to every unclassified host as well.
     """
     blocked = listener.policies.get("BLOCKED")
     if blocked is not None:
-        return blocked
+        if blocked.rule in (AccessRule.REJECT, AccessRule.TCPREFUSE):
+            return blocked
+        return attrs.evolve(blocked, rule=AccessRule.REJECT)
     default = listener.policies.get("default")
     if default is None:
         return MailFlowPolicy(name="BLOCKED", rule=AccessRule.REJECT, explicit=frozenset({"rule"}))
