@@ -41,7 +41,7 @@ Do you want to use TLS support?
 4. Preferred (Verify)
 5. Required (Verify)
 6. Required - Verify Hosted Domains
-[1]>6
+[2]>6
 You have chosen to enable TLS. Please use the 'certconfig' command to
 ensure that there is a valid certificate configured.
 """
@@ -129,6 +129,27 @@ class DestConfigTests(DialogTestCase):
         self.assertEqual(
             (default.tls, default.max_host_concurrency), (DestinationTLS.PREFERRED, 200)
         )
+
+    def test_specific_tls_offers_inherited(self) -> None:
+        """
+        A row that inherits the default row's TLS, given a setting of its
+        own, is offered the one it runs with now: Enter keeps the default
+        row's Required (not No, which would send its mail in the clear),
+        for an existing row (EDIT) and a new one (NEW).
+        """
+        self.dialog("destconfig", "default", "n", "n", "n", "5", "n")
+        self.dialog("destconfig", "new", "bank.example", "n", "n", "n", "n")
+        self.commit()
+        out = self.dialog(
+            "destconfig",
+            "edit", "bank.example", "n", "n", "n", "y", "", "n",
+            "new", "shop.example", "n", "n", "n", "y", "", "n",
+        )  # fmt: skip
+        self.assertEqual(out.count("[5]>"), 2, out)
+        self.commit()
+        config = load_config(self.config)
+        self.assertEqual(config.destinations["bank.example"].tls, DestinationTLS.REQUIRED_VERIFY)
+        self.assertEqual(config.destinations["shop.example"].tls, DestinationTLS.REQUIRED_VERIFY)
 
     def test_import_key_twice(self) -> None:
         """

@@ -353,10 +353,14 @@ class DestConfig:
                 "Do you wish to apply a specific TLS setting for this domain?", tls != "default"
             )
         if specific:
+            # A row that inherits is offered the setting it runs with now,
+            # the default row's: Enter must not turn it into No, which
+            # would send its mail in the clear.
+            offered = tls if tls in values else self.effective(self.default_key())["tls"]
             index = p.choose(
                 "Do you want to use TLS support?",
                 [label for _, label in TLS_CHOICES],
-                values.index(tls) if tls in values else 0,
+                values.index(offered) if offered in values else values.index(DEFAULT_ROW_TLS.value),
             )
             answers["tls"] = values[index]
             if index:
