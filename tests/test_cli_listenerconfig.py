@@ -287,6 +287,31 @@ class HostAccessTests(DialogTestCase):
         self.assertEqual(hat[0].senders, ("10.1.1.1-50", ".partner.example"))
         self.assertEqual(hat[0].comment, "Our partners")
 
+    def test_all_group_stays_last(self) -> None:
+        """
+        The ALL group is always present, last, as on the ESA: DELETE and
+        MOVE refuse it, another group cannot be moved after it (where it
+        would never match), and EDIT changes only its policy and comment.
+        """
+        out = self.hostaccess(
+            "delete", "1", "ALL",
+            "move", "ALL",
+            "move", "WHITELIST", "6", "4",
+            "edit", "1", "ALL", "rename", "policy", "BLOCKED", "",
+        )  # fmt: skip
+        self.assertEqual(out.count("The ALL sender group is always present, last"), 2, out)
+        edit_all = out[out.rindex("Sender group ALL: ALL -> $ACCEPTED") :]
+        self.assertNotIn("- RENAME", edit_all)
+        self.assertNotIn("- DELETE", edit_all.split("[]>")[0])
+        self.assertIn("(1-4)", out)
+        self.commit()
+        hat = load_config(self.config).listeners["Inboundmail"].hat
+        self.assertEqual(
+            [g.name for g in hat],
+            ["BLOCKED_LIST", "SUSPECTLIST", "UNKNOWNLIST", "WHITELIST", "ALL"],
+        )
+        self.assertEqual((hat[-1].senders, hat[-1].policy), (("ALL",), "BLOCKED"))
+
     def test_edit_predefined_policy_keeps_esa_values(self) -> None:
         """
         Changing one parameter of a predefined policy keeps the rest of its

@@ -416,6 +416,9 @@ class ListenerConfig:
         return entries
 
 
+_ALL_STAYS = "The ALL sender group is always present, last: edit it to change its policy."
+
+
 class HostAccess:
     """
     HOSTACCESS: a listener's sender groups and mail flow policies.
@@ -546,15 +549,18 @@ class HostAccess:
                 f"Sender group {group['group']}: {', '.join(group['senders']) or '(no hosts)'}"
                 f" -> ${group['policy']}" + (f" ({group['comment']})" if group["comment"] else "")
             )
-            op = p.operation(
-                [
-                    ("NEW", "Add hosts to this sender group."),
-                    ("DELETE", "Remove a host from this sender group."),
-                    ("POLICY", "Change the mail flow policy of this sender group."),
-                    ("RENAME", "Rename this sender group."),
-                    ("COMMENT", "Change the comment of this sender group."),
-                ]
-            )
+            operations = [
+                ("NEW", "Add hosts to this sender group."),
+                ("DELETE", "Remove a host from this sender group."),
+                ("POLICY", "Change the mail flow policy of this sender group."),
+                ("RENAME", "Rename this sender group."),
+                ("COMMENT", "Change the comment of this sender group."),
+            ]
+            if group["group"] == "ALL":
+                # Every host, by that name, as on the ESA: only its policy
+                # and comment change.
+                operations = [o for o in operations if o[0] in ("POLICY", "COMMENT")]
+            op = p.operation(operations)
             if op is None:
                 return
             table = ensure_hat(self.doc, self.listener)[index]
@@ -595,6 +601,11 @@ class HostAccess:
             if index is not None:
                 array = ensure_hat(self.doc, self.listener)
                 name = array[index].get("group")
+                if name == "ALL":
+                    # The ESA's ALL group is always there: without it a
+                    # host no group matches would meet the closed fallback.
+                    p.say(_ALL_STAYS)
+                    return
                 del array[index]
                 p.say(f"Sender group {name} deleted.")
             return
@@ -619,7 +630,12 @@ class HostAccess:
         index = self.pick_group("move")
         if index is None:
             return
-        count = len(self.groups())
+        groups = self.groups()
+        if groups[index]["group"] == "ALL":
+            self.p.say(_ALL_STAYS)
+            return
+        # ALL matches every host: a group placed after it would never match.
+        count = len(groups) - (1 if groups[-1]["group"] == "ALL" else 0)
         target = self.p.integer(
             f"Enter the new position of this sender group (1-{count}).", index + 1, 1, count
         )
