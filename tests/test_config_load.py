@@ -1100,6 +1100,30 @@ class ResolutionTests(SynchronousTestCase):
             parse_config_with_warnings(HEAD + LISTENER + with_all, "site.toml").warnings, ()
         )
 
+    def test_reputation_senders_warning(self) -> None:
+        """
+        An ESA HAT's SBRS[...] and SBO:n entries load, but nothing in the
+        gateway scores senders: each is warned about with its key, rather
+        than its group silently never matching.
+        """
+        hat = (
+            "[[listeners.Inboundmail.hat]]\n"
+            'group = "BLOCKED_LIST"\npolicy = "BLOCKED"\n'
+            'senders = ["10.9.9.9", "SBRS[-10.0:-3.0]", "SBO:12345"]\n'
+            '[[listeners.Inboundmail.hat]]\ngroup = "ALL"\npolicy = "ACCEPTED"\n'
+            'senders = ["ALL"]\n'
+        )
+        result = parse_config_with_warnings(HEAD + LISTENER + hat, "site.toml")
+        self.assertEqual(
+            result.warnings,
+            tuple(
+                f"site.toml:15: listeners.Inboundmail.hat[0].senders[{i}]: {entry} never "
+                "matches here: no reputation service (SenderBase) answers it unless a program "
+                "embedding esa_tls supplies an IReputationSource"
+                for i, entry in ((1, "SBRS[-10.0:-3.0]"), (2, "SBO:12345"))
+            ),
+        )
+
     def test_private_hat_without_all_no_warning(self) -> None:
         """
         A private listener's HAT without ALL rejects the other hosts, as the

@@ -1467,7 +1467,15 @@ class _ListenerLoader:
         if text is _INVALID:
             return text
         try:
-            parse_sender(text)
+            sender = parse_sender(text)
         except SenderSyntaxError as e:
             return self.loader.fault(path, str(e))
+        if sender.needs_reputation:
+            # An ESA HAT loads as it is, but nothing in the gateway scores
+            # senders: say so rather than let the group silently never match.
+            self.loader.warn(
+                path,
+                f"{text} never matches here: no reputation service (SenderBase) answers "
+                "it unless a program embedding esa_tls supplies an IReputationSource",
+            )
         return text
