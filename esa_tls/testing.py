@@ -49,6 +49,26 @@ _PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 #: valid".
 _BACKDATE = timedelta(minutes=5)
 
+#: How long a leaf certificate is valid when the caller does not say.
+_LIFETIME = timedelta(days=90)
+
+
+def _validity(not_before: datetime | None, not_after: datetime | None) -> tuple[datetime, datetime]:
+    """
+    The validity period for the ends given.  When only one end is given the
+    other follows it: a past C{not_after} alone makes an expired
+    certificate and a future C{not_before} alone a not-yet-valid one,
+    rather than a period that ends before it starts.
+    """
+    now = datetime.now(UTC)
+    if not_before is None:
+        not_before = now - _BACKDATE
+        if not_after is not None and not_after <= not_before:
+            not_before = not_after - _LIFETIME
+    if not_after is None:
+        not_after = max(now, not_before) + _LIFETIME
+    return not_before, not_after
+
 
 def _new_key(key_type: KeyType) -> _PrivateKey:
     if key_type == "rsa":
@@ -232,10 +252,12 @@ class CertificateAuthority:
         @param names: DNS names (or IP address literals) for the subject
             alternative name extension; the first is also the CN unless
             C{common_name} is given.
-        @param not_before: start of validity; default a few minutes ago.
-            A future value makes a not-yet-valid certificate.
-        @param not_after: end of validity; default in 90 days.  A past value
-            makes an expired certificate.
+        @param not_before: start of validity; default a few minutes ago
+            (90 days before a C{not_after} that is already past).  A future
+            value makes a not-yet-valid certificate.
+        @param not_after: end of validity; default 90 days after now (or
+            after a future C{not_before}).  A past value makes an expired
+            certificate.
         @param key_type: C{"ec"} (P-256) or C{"rsa"} (2048 bits).
         @param client: issue for TLS client authentication instead of server
             authentication.
@@ -244,11 +266,7 @@ class CertificateAuthority:
             a legacy CN-only certificate that modern clients refuse to match.
         """
         key = _new_key(key_type)
-        now = datetime.now(UTC)
-        if not_before is None:
-            not_before = now - _BACKDATE
-        if not_after is None:
-            not_after = now + timedelta(days=90)
+        not_before, not_after = _validity(not_before, not_after)
         cn = common_name if common_name is not None else (names[0] if names else None)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = (
@@ -293,7 +311,7 @@ def self_signed(
     L{CertificateAuthority.issue}; the chain is empty.
     """
     key = _new_key(key_type)
-    now = datetime.now(UTC)
+    not_before, not_after = _validity(not_before, not_after)
     cn = common_name if common_name is not None else (names[0] if names else None)
     subject = _subject(cn)
     builder = (
@@ -302,8 +320,8 @@ def self_signed(
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before if not_before is not None else now - _BACKDATE)
-        .not_valid_after(not_after if not_after is not None else now + timedelta(days=90))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     )
     if san and names:

@@ -109,3 +109,21 @@ class TestingHelperTests(SynchronousTestCase):
         with open(chain, "rb") as f:
             self.assertEqual(f.read(), issued.chain_pem)
         self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
+
+    def test_oneEndOfValidityGiven(self) -> None:
+        """
+        A past C{not_after} alone makes an expired certificate, and a
+        future C{not_before} alone a not-yet-valid one, as the parameters
+        say (and as the module's own example does): the other end of the
+        validity follows it instead of making an impossible period.
+        """
+        now = datetime.now(UTC)
+        yesterday = now - timedelta(days=1)
+        later = now + timedelta(days=200)
+        for make in (self.ca.issue, self_signed):
+            past = make(["a.test"], not_after=yesterday).certificate
+            self.assertEqual(past.not_valid_after_utc, yesterday.replace(microsecond=0))
+            self.assertLess(past.not_valid_before_utc, past.not_valid_after_utc)
+            future = make(["a.test"], not_before=later).certificate
+            self.assertEqual(future.not_valid_before_utc, later.replace(microsecond=0))
+            self.assertLess(future.not_valid_before_utc, future.not_valid_after_utc)
