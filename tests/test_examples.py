@@ -7,12 +7,15 @@ from __future__ import annotations
 import importlib.util
 import mailbox
 import os
+import re
 from types import ModuleType
 from typing import Any
 
+import attrs
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from esa_tls.config import model
 from esa_tls.config.load import load_config
 from tests.support import in_thread, smtp_send
 
@@ -62,3 +65,41 @@ class ExampleConfigTests(TestCase):
             if name.endswith(".toml"):
                 config = load_config(os.path.join(EXAMPLES, name))
                 self.assertTrue(config.listeners, name)
+
+    def test_esaTomlShowsEveryKey(self) -> None:
+        """
+        C{examples/esa.toml} is where the README sends an administrator for
+        "every key, commented": each key the loader accepts, and each of its
+        sections, appears in it (set, or commented out where it needs files
+        of one's own).
+        """
+        with open(os.path.join(EXAMPLES, "esa.toml")) as f:
+            text = f.read()
+        shown = set(re.findall(r"^[ \t]*(?:#[ \t]*)?([a-z_]+)[ \t]*=", text, re.MULTILINE))
+        sections = {
+            "[system]": model.SystemSettings,
+            "[listener_settings]": model.ListenerSettings,
+            "[certificates.": model.CertificateConfig,
+            "[listeners.": model.Listener,
+            ".policies.": model.MailFlowPolicy,
+            "[destinations.": model.DestinationControl,
+            "[alerts]": model.AlertSettings,
+            "[[alerts.recipients]]": model.AlertRecipient,
+            "[[alerts.hooks]]": model.AlertHookConfig,
+            "[admin]": model.AdminSettings,
+        }
+        # Fields that are not keys: the table's own name, what the loader
+        # works out, and the sub-tables checked by their headers.
+        not_keys = {"name", "domain", "unimplemented", "explicit"}
+        not_keys |= {"policies", "hat", "recipients", "hooks"}
+        missing = []
+        for header, kind in sections.items():
+            if header not in text:
+                missing.append(header)
+            for field in attrs.fields(kind):
+                if field.name not in not_keys and field.name not in shown:
+                    missing.append(f"{header} {field.name}")
+        for key in ("group", "policy", "senders", "comment", "rule"):
+            if key not in shown:
+                missing.append(key)
+        self.assertEqual(missing, [])

@@ -2,8 +2,8 @@
 """
 Building the alert hooks from configuration, third-party ones included.
 
-Proposed configuration (not yet read by L{esa_tls.config.load}; the values
-below are what L{HookConfig} holds)::
+The configuration (read by L{esa_tls.config.load} into L{HookConfig};
+C{examples/esa.toml} shows every key)::
 
     [[alerts.hooks]]
     type = "mail"                 # mail | log | command | webhook | python
