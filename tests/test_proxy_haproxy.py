@@ -65,6 +65,31 @@ class ExampleFilesTests(TestCase):
         )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
+    def test_readmeSecondGateway(self) -> None:
+        """
+        The README's "Try it on one machine" makes the second gateway's
+        configuration with C{sed} and starts it with C{--config}: run from
+        the top of a copy of the project, that file is a gateway on port
+        2526 whose data (its C{mail.log}) is under
+        C{examples/haproxy/var/gw2/}, where the README says to look.
+        """
+        readme = example("README.md")
+        block = readme.split("## Try it on one machine", 1)[1].split("```sh\n", 1)[1]
+        block = block.split("```", 1)[0]
+        make = re.search(r"^sed .*?(?<!\\)$", block, re.MULTILINE | re.DOTALL)
+        assert make is not None, block
+        (second,) = re.findall(r"--pidfile=gw2\.pid esa-tls --config (\S+)", block)
+        top = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(top, "examples", "haproxy"))
+        with open(os.path.join(top, "examples", "haproxy", "gateway.toml"), "w") as f:
+            f.write(example("gateway.toml"))
+        subprocess.run(["sh", "-c", make.group(0)], cwd=top, check=True, timeout=60)
+        config = load_config(os.path.join(top, second))
+        self.assertEqual(config.listeners["InboundMail"].port, 2526)
+        logs = os.path.join(top, "examples", "haproxy", "var", "gw2")
+        self.assertIn("examples/haproxy/var/gwN/logs/", readme)
+        self.assertEqual(config.system.data_dir, logs)
+
 
 class Gateway:
     """
