@@ -181,6 +181,36 @@ class SetTests(SynchronousTestCase):
         self.commit()
         self.assertEqual(load_config(self.config).listeners["Second"].port, 2600)
 
+    def test_table_value_echoed_on_one_line(self) -> None:
+        """
+        A table given as VALUE (an inline table, or an array of them) is
+        echoed as C{KEY = VALUE} on one line, in the form it was given,
+        not as the body of a C{[table]} whose keys look like top-level
+        ones.
+        """
+        status, out, err = self.esa_tls(
+            "set", "listeners.Second", '{type = "private", interface = "Loopback", port = 2600}'
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            out,
+            'listeners.Second = {type = "private", interface = "Loopback", port = 2600} '
+            "(pending: use 'commit' to apply)\n",
+        )
+        status, out, err = self.esa_tls(
+            "set",
+            "listeners.Second.hat",
+            '[{group = "ALL", policy = "RELAYED", senders = ["ALL"]}]',
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            out,
+            'listeners.Second.hat = [{group = "ALL", policy = "RELAYED", senders = ["ALL"]}] '
+            "(pending: use 'commit' to apply)\n",
+        )
+        self.commit()
+        self.assertEqual(load_config(self.config).listeners["Second"].port, 2600)
+
     def test_usage_errors(self) -> None:
         """
         A bad key path, or a value together with C{--unset}, is a usage

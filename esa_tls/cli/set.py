@@ -80,6 +80,20 @@ def _materialize(doc: Any, path: KeyPath) -> None:
             ensure_hat(doc, path[1])
 
 
+def _inline(value: Any) -> str:
+    """
+    C{value} as TOML on one line, for the C{KEY = VALUE} echo: a table as
+    an inline table (tomlkit would render it as the body of a C{[table]},
+    whose keys read like top-level ones), arrays of tables likewise.
+    """
+    if isinstance(value, dict):
+        items = (f"{tomlkit.key(k).as_string()} = {_inline(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    return tomlkit.item(value).as_string()
+
+
 def _is_under(fault_path: str, key: str) -> bool:
     return fault_path == key or fault_path.startswith((key + ".", key + "["))
 
@@ -137,7 +151,7 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
     if options.unset:
         print(f"{key} unset (pending: use 'commit' to apply)", file=context.stdout)
     else:
-        rendered = tomlkit.item(doc.get(path)).as_string()
+        rendered = _inline(doc.get(path))
         print(f"{key} = {rendered} (pending: use 'commit' to apply)", file=context.stdout)
     others = [f for f in faults if f not in mine]
     if others:
