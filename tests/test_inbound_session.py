@@ -152,6 +152,34 @@ class RelayTests(TestCase):
         self.assertIn(b"5.7.1 <u@evil.example>: Relaying denied", replies[9])
 
     @inlineCallbacks
+    def test_ratLocalPartEntry(self) -> Any:
+        """
+        A C{user@} RAT entry (C{postmaster@}, docs/CLI.md) takes that local
+        part at every domain the RAT names (a domain, the subdomains of a
+        C{.domain}, the domain of a C{user@domain}), and so relays nowhere
+        the rest of the RAT does not already receive for.
+        """
+        rat = '["example.com", ".sub.example.net", "only@example.org", "postmaster@"]'
+        gw = Gateway(
+            self, PUBLIC.replace('["example.com", ".sub.example.net", "only@example.org"]', rat)
+        )
+        replies = yield in_thread(
+            conversation,
+            gw.port,
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a@client.test>\r\n",
+            b"RCPT TO:<postmaster@example.org>\r\n",
+            b"RCPT TO:<PostMaster@a.sub.example.net>\r\n",
+            b"RCPT TO:<other@example.org>\r\n",
+            b"RCPT TO:<postmaster@sub.example.net>\r\n",
+            b"RCPT TO:<postmaster@evil.example>\r\n",
+            b"RCPT TO:<postmaster@example.org.evil.example>\r\n",
+        )
+        codes = [r[:3] for r in replies[3:]]
+        self.assertEqual(codes, [b"250", b"250", b"550", b"550", b"550", b"550"])
+        self.assertIn(b"5.7.1 <postmaster@evil.example>: Relaying denied", replies[7])
+
+    @inlineCallbacks
     def test_routedAddressesRefused(self) -> Any:
         """
         The relay tricks (C{%} hack, C{!} path, quoted C{@}, source route)

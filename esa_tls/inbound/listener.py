@@ -347,19 +347,29 @@ class ListenerFactory(ServerFactory):
 def rat_accepts(rat: tuple[str, ...], mailbox: Mailbox) -> bool:
     """
     Match a recipient against RAT entries: C{example.com} (that domain),
-    C{.example.com} (its subdomains) or C{user@example.com} (one address).
-    Nothing else ever matches: a RAT can only narrow what is accepted.
+    C{.example.com} (its subdomains), C{user@example.com} (one address) or
+    C{user@} (that local part at any domain the other entries name, e.g.
+    C{postmaster@} beside C{joe@example.org} takes C{postmaster@example.org}).
+    Nothing else ever matches: a RAT can only narrow what is accepted, and
+    C{user@} never reaches a domain the RAT does not name (the ESA's "that
+    user at every domain" would relay).
     """
     domain = mailbox.domain.lower()
-    full = f"{mailbox.local.lower()}@{domain}"
+    local = mailbox.local.lower()
+    full = f"{local}@{domain}"
+    named = False
+    any_domain = False
     for entry in rat:
         e = entry.lower()
-        if "@" in e:
+        if e.endswith("@"):
+            any_domain = any_domain or e == local + "@"
+        elif "@" in e:
             if e == full:
                 return True
+            named = named or e.partition("@")[2] == domain
         elif e.startswith("."):
             if domain.endswith(e):
                 return True
         elif domain == e:
             return True
-    return False
+    return any_domain and named
