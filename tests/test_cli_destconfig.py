@@ -164,6 +164,39 @@ class DestConfigTests(DialogTestCase):
         with self.assertRaises(ValueError):
             parse_table("[a.example]\ntls = no\ntls = required\n")
 
+    def test_import_esa_export_keys(self) -> None:
+        """
+        An ESA export's keys with nothing to set here import when their
+        value is what the gateway does anyway, each said in a note; a value
+        it cannot honour (limits per MX IP, per Virtual Gateway, IPv6 only)
+        refuses the file, naming the line.
+        """
+        with open("esa.ini", "w") as f:
+            f.write(
+                "[DEFAULT]\nip_sort_pref = PREFER_V4\nmax_host_concurrency = 500\n"
+                "limit_type = host\nlimit_apply = system\nmax_messages_per_connection = 50\n"
+                "tls = preferred\nbounce_profile = Default\n\n"
+                "[bank.example]\nlimit_type = 0\nlimit_apply = 0\ntls = required-verify\n"
+            )
+        out = self.dialog("destconfig", "import", "esa.ini")
+        self.assertIn("Imported 2 entries from esa.ini", out)
+        self.assertIn("  line 2: ip_sort_pref = PREFER_V4: IPv4 addresses are tried first\n", out)
+        self.assertIn("  line 8: bounce_profile = Default: not a feature of this gateway", out)
+        self.commit()
+        config = load_config(self.config)
+        self.assertEqual(config.destinations["bank.example"].tls, DestinationTLS.REQUIRED_VERIFY)
+        self.assertEqual(config.destinations["default"].max_host_concurrency, 500)
+        with open("vg.ini", "w") as f:
+            f.write(
+                "[DEFAULT]\ntls = preferred\nlimit_apply = VG\n"
+                "[a.example]\nlimit_type = MXIP\nip_sort_pref = REQUIRE_v6\n"
+            )
+        out = self.dialog("destconfig", "import", "vg.ini")
+        self.assertIn("vg.ini was not imported:", out)
+        self.assertIn("line 3: limit_apply = VG cannot be honoured here (accepted: 0, system)", out)
+        self.assertIn("line 5: limit_type = MXIP cannot be honoured here", out)
+        self.assertIn("line 6: ip_sort_pref = REQUIRE_v6 cannot be honoured here", out)
+
     def test_export_import(self) -> None:
         """
         EXPORT writes the table; IMPORT replaces it, refusing a file whose

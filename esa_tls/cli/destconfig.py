@@ -62,6 +62,26 @@ _KEYS = (
     "recipient_minutes",
     "ca_file",
 )
+#: Keys of an ESA export (Table 24-9) with nothing to set here: each value
+#: the gateway's behaviour already is, mapped to what is said about it;
+#: any other value of theirs is refused, since ignoring it would change
+#: what the administrator asked for.
+_ESA_KEYS: dict[str, dict[str, str]] = {
+    "limit_type": {
+        "0": "limits apply to the whole domain",
+        "host": "limits apply to the whole domain",
+    },
+    "limit_apply": {
+        "0": "limits apply system-wide",
+        "system": "limits apply system-wide",
+    },
+    "ip_sort_pref": {
+        "prefer_v4": "IPv4 addresses are tried first",
+        "prefer_v6": "not kept: IPv4 addresses are tried first, then IPv6",
+    },
+}
+#: ESA keys for features the gateway does not have, taken and not kept.
+_ESA_IGNORED = ("bounce_profile", "bounce_verification")
 _DOMAIN = re.compile(
     r"\.?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
 )
@@ -81,14 +101,23 @@ class DestImportError(ValueError):
     """
 
 
-def parse_table(text: str) -> dict[str, dict[str, Any]]:
+def parse_table(text: str, notes: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """
     Read an IMPORT file into rows (C{"default"} for C{[DEFAULT]}).  Values
     are integers where they look like one, else strings; the loader judges
     them.
 
+    An ESA export's keys that have nothing to set here (C{limit_type},
+    C{limit_apply}, C{ip_sort_pref}, C{bounce_profile},
+    C{bounce_verification}) are taken when their value is what the gateway
+    does anyway, and refused otherwise (limits per MX IP, per Virtual
+    Gateway, IPv6 or IPv4 only), so that an ESA table imports without
+    anything it asks for being silently dropped.
+
+    @param notes: receives one line per ESA key taken but not kept.
     @raise DestImportError: a line that is not a section, C{key = value},
-        comment or blank, or a key given outside a section.
+        comment or blank, a key given outside a section, or an ESA key
+        whose value the gateway cannot honour.
     """
     rows: dict[str, dict[str, Any]] = {}
     current: dict[str, Any] | None = None
@@ -112,6 +141,11 @@ def parse_table(text: str) -> dict[str, dict[str, Any]]:
         if current is None:
             faults.append(f"line {number}: {key} is outside any [DOMAIN] section")
             continue
+        if key in _ESA_KEYS or key in _ESA_IGNORED:
+            said = _esa_key(number, key, value.strip("\"'"), faults)
+            if said is not None and notes is not None:
+                notes.append(f"line {number}: {key} = {value}: {said}")
+            continue
         if key not in _KEYS:
             faults.append(f"line {number}: unknown key {key!r} (one of {', '.join(_KEYS)})")
             continue
@@ -126,6 +160,23 @@ def parse_table(text: str) -> dict[str, dict[str, Any]]:
     if faults:
         raise DestImportError("\n".join(faults))
     return rows
+
+
+def _esa_key(number: int, key: str, value: str, faults: list[str]) -> str | None:
+    """
+    What an ESA export's C{key = value} means here, or C{None} after
+    recording a fault for a value the gateway cannot honour.
+    """
+    if key in _ESA_IGNORED:
+        return "not a feature of this gateway; not kept"
+    meanings = _ESA_KEYS[key]
+    said = meanings.get(value.lower())
+    if said is None:
+        faults.append(
+            f"line {number}: {key} = {value} cannot be honoured here "
+            f"(accepted: {', '.join(meanings)})"
+        )
+    return said
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
@@ -480,9 +531,10 @@ class DestConfig:
         path = p.text("Enter the name of the file to import.", required=False)
         if not path:
             return
+        notes: list[str] = []
         try:
             with open(path, encoding="utf-8") as f:
-                rows = parse_table(f.read())
+                rows = parse_table(f.read(), notes)
         except (OSError, UnicodeDecodeError) as e:
             p.say(f"Cannot read {path}: {getattr(e, 'strerror', None) or e}")
             return
@@ -504,3 +556,5 @@ class DestConfig:
             return
         self.doc.doc = copy.doc
         p.say(f"Imported {len(rows)} entries from {path}; they replace the previous table.")
+        for note in notes:
+            p.say(f"  {note}")
