@@ -28,7 +28,9 @@ def methods_of(path: str) -> dict[str, set[str]]:
     classes: dict[str, set[str]] = {}
     for node in ast.parse(read(path)).body:
         if isinstance(node, ast.ClassDef):
-            methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+            methods = {
+                n.name for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+            }
             for base in node.bases:
                 if isinstance(base, ast.Name):
                     methods |= classes.get(base.id, set())
@@ -90,9 +92,11 @@ class SecurityTests(SynchronousTestCase):
                     continue
                 module, classes, current = path, methods_of(path), None
             elif name.startswith("::") and module is not None:
-                parts = [name[2:]]
+                parts = name[2:].split("::")
                 if parts[0] in classes:
                     current = parts[0]
+                    if len(parts) > 1 and parts[1] not in classes[current]:
+                        missing.append(f"{module}{name}")
                     continue
                 if current is None or parts[0] not in classes[current]:
                     missing.append(f"{module}::{current}{name}")
