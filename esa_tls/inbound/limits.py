@@ -10,7 +10,7 @@ shared by all listeners of a gateway.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -49,6 +49,13 @@ class RecipientRateLimiter:
     """
     Recipients accepted per remote IP over the last hour (a sliding window
     with minute resolution, so memory per IP is bounded by 60 buckets).
+
+    Only the addresses that sent a recipient within the hour are kept: the
+    table is in the order of each address's latest recipient, so those
+    whose hour is over are at its front and go as soon as the clock has
+    passed them.  Kept for ever, they would grow the gateway's memory with
+    every new sending address (an IPv6 client can use a new one for each
+    connection).
     """
 
     WINDOW = 3600.0
@@ -56,14 +63,28 @@ class RecipientRateLimiter:
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._buckets: dict[str, deque[list[float]]] = {}
+        self._buckets: OrderedDict[str, deque[list[float]]] = OrderedDict()
 
     def _current(self, ip: str) -> deque[list[float]]:
         now = self._clock.seconds()
-        buckets = self._buckets.setdefault(ip, deque())
+        self._forget(now)
+        buckets = self._buckets.get(ip)
+        if buckets is None:
+            return deque()
         while buckets and buckets[0][0] <= now - self.WINDOW:
             buckets.popleft()
         return buckets
+
+    def _forget(self, now: float) -> None:
+        """
+        Drop the addresses whose latest recipient is over an hour old.
+        """
+        buckets = self._buckets
+        while buckets:
+            ip, first = next(iter(buckets.items()))
+            if first and first[-1][0] > now - self.WINDOW:
+                return
+            del buckets[ip]
 
     def count(self, ip: str) -> int:
         return int(sum(b[1] for b in self._current(ip)))
@@ -75,12 +96,12 @@ class RecipientRateLimiter:
         """
         buckets = self._current(ip)
         if limit >= 0 and sum(b[1] for b in buckets) >= limit:
-            if not buckets:
-                del self._buckets[ip]
             return False
         start = self._clock.seconds() // self.BUCKET * self.BUCKET
         if buckets and buckets[-1][0] == start:
             buckets[-1][1] += 1
         else:
             buckets.append([start, 1])
+        self._buckets[ip] = buckets
+        self._buckets.move_to_end(ip)
         return True

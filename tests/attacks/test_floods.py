@@ -3,7 +3,8 @@ Connection floods above the listener's Max Concurrency and the policy's
 per-IP limit: the connections over the limit get 421, and once the flood
 is gone every slot and every per-IP count is given back, including for
 connections that left before the HAT answered and for those the HAT
-turned away (REJECT, TCPREFUSE).
+turned away (REJECT, TCPREFUSE).  Clients from ever new addresses leave
+no per-address state behind once its hour is over.
 """
 
 from __future__ import annotations
@@ -176,3 +177,51 @@ class FloodTests(TestCase):
             self.assertEqual(set(firsts), {expected}, rule)
             yield self.drained(gw)
             self.assertNoLeak(gw)
+
+
+def recipient_from(port: int, source: str) -> bytes:
+    """
+    One accepted recipient from C{source} (an address of 127/8), then QUIT;
+    the reply to RCPT.
+    """
+    raw = Raw(port, source=source)
+    try:
+        raw.reply()
+        for command in (b"EHLO client.test\r\n", b"MAIL FROM:<a@client.test>\r\n"):
+            raw.chat(command)
+        reply = raw.chat(b"RCPT TO:<u@example.com>\r\n")
+        raw.chat(b"QUIT\r\n")
+        return reply
+    finally:
+        hang_up(raw)
+
+
+class ManyAddressesTests(TestCase):
+    @inlineCallbacks
+    def test_recipientCountsForgottenAfterTheHour(self) -> Any:
+        """
+        Every accepted recipient is counted against its sender's address
+        for the hour (Max. Recipients Per Hour, counted even when no limit
+        is set); an address's count is forgotten once its hour is over,
+        not kept for ever.  Otherwise a client coming from ever new
+        addresses (an IPv6 /64 holds 2**64), or a year of ordinary
+        senders, grows the gateway's memory without bound.
+        """
+        gw = Gateway(self, clock=True)
+        sources = [f"127.0.{i // 200}.{i % 200 + 2}" for i in range(300)]
+
+        def send_all() -> list[bytes]:
+            return [recipient_from(gw.port, source) for source in sources]
+
+        replies = yield in_thread(send_all)
+        self.assertEqual(set(replies), {b"250 2.1.5 Ok\r\n"})
+        while gw.factory.sessions:
+            yield deferLater(reactor, 0.01, lambda: None)
+        rates: Any = gw.factory.rates
+        self.assertEqual(len(rates._buckets), len(sources))
+        gw.clock.advance(3600 + 60)
+        reply = yield in_thread(recipient_from, gw.port, "127.0.0.1")
+        self.assertEqual(reply, b"250 2.1.5 Ok\r\n")
+        self.assertEqual(list(rates._buckets), ["127.0.0.1"])
+        # Those of the hour are still counted.
+        self.assertEqual(rates.count("127.0.0.1"), 1)
