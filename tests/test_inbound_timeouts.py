@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.support import PUBLIC, Gateway, Raw, in_thread
@@ -138,3 +140,36 @@ class TimerTests(TestCase):
             rest,
             b"421 4.3.2 mx.test.example Service shutting down, closing transmission channel\r\n",
         )
+
+    @inlineCallbacks
+    def test_shutdownWhileClassifying(self) -> Any:
+        """
+        A connection the HAT is still looking up (a slow DNS server, which
+        the client may run itself) when the gateway stops gets the 421 at
+        once, not a banner once the answer comes: the stop does not wait
+        for that client to finish a whole session.
+        """
+        gw = Gateway(self)
+        pending: list[Deferred[Any]] = []
+        verdict = gw.factory.classify_now("127.0.0.1")
+
+        def slow(ip: str) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append(d)
+            return d
+
+        gw.factory.classify_now = lambda ip: None  # type: ignore[method-assign]
+        gw.factory.classify = slow  # type: ignore[method-assign]
+        raw = yield in_thread(Raw, gw.port)
+        self.addCleanup(raw.close)
+        while not pending:
+            yield deferLater(reactor, 0.01, lambda: None)
+        stopped = gw.factory.shutdown()
+        pending[0].callback(verdict)
+        first = yield in_thread(raw.reply)
+        self.assertEqual(
+            first,
+            b"421 4.3.2 mx.test.example Service shutting down, closing transmission channel\r\n",
+        )
+        yield stopped
+        self.assertEqual(gw.factory.sessions, set())

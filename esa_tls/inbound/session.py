@@ -334,8 +334,12 @@ class InboundSession(ESMTP):
     def shutdown(self) -> None:
         """
         The gateway is stopping: tell the client, as RFC 5321 3.8 asks.
+
+        A connection the HAT is still placing is told too: given its
+        banner once the answer came, it would keep the stop waiting for
+        a whole session (the client may run the slow DNS server itself).
         """
-        if self.state in (State.COMMAND, State.DATA):
+        if self.state is not State.CLOSED:
             self._close(
                 reply=(
                     421,
