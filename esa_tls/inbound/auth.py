@@ -10,7 +10,11 @@ advertises nor accepts AUTH before STARTTLS.
 The password file holds one C{user:hash} per line, where the hash is
 C{$scrypt$N$r$p$salt$key} (base64 salt and key) as written by
 L{hash_password} (C{esa-tls passwd}).  scrypt is deliberately slow, so it is
-run in a thread, never on the reactor.
+run in a thread, never on the reactor; and on threads of its own, never on
+the reactor's pool, which makes accepted messages durable (the spool's
+fsyncs): any client may ask for checks as fast as it likes, and queued on
+that pool they would hold up every other client's 250 (two seconds each
+with ten clients of one address sending AUTH back to back).
 """
 
 from __future__ import annotations
@@ -26,12 +30,18 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 MECHANISMS = (b"PLAIN", b"LOGIN")
 
 _N, _R, _P = 2**14, 8, 1
+
+#: Password checks that run at once; the others wait their turn.  Each
+#: takes a core and 16 MiB for tens of milliseconds.
+CHECK_THREADS = 2
 
 
 class SASLError(ValueError):
@@ -126,4 +136,40 @@ class PasswordFile:
         return user
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
-        return deferToThread(self._check, credentials.username, credentials.password)
+        from twisted.internet import reactor
+
+        return deferToThreadPool(
+            IReactorFromThreads(reactor),
+            _check_threads(),
+            self._check,
+            credentials.username,
+            credentials.password,
+        )
+
+
+#: The pool of L{_check_threads} while there is one.
+_threads: dict[str, ThreadPool] = {}
+
+
+def _check_threads() -> ThreadPool:
+    """
+    The threads password checks run on (see the module's docstring): made
+    at the first check and stopped with the reactor, as the reactor's own
+    pool is; and, like it, made again should the reactor go on after its
+    shutdown event (trial's does, between tests).
+    """
+    pool = _threads.get("checks")
+    if pool is not None:
+        return pool
+    from twisted.internet import reactor
+
+    pool = _threads["checks"] = ThreadPool(0, CHECK_THREADS, name="esa_tls password checks")
+    pool.start()
+
+    def stop() -> None:
+        if _threads.get("checks") is pool:
+            del _threads["checks"]
+        pool.stop()
+
+    IReactorCore(reactor).addSystemEventTrigger("during", "shutdown", stop)
+    return pool

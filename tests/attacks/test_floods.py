@@ -4,20 +4,27 @@ per-IP limit: the connections over the limit get 421, and once the flood
 is gone every slot and every per-IP count is given back, including for
 connections that left before the HAT answered and for those the HAT
 turned away (REJECT, TCPREFUSE).  Clients from ever new addresses leave
-no per-address state behind once its hour is over.
+no per-address state behind once its hour is over, and clients asking for
+password checks as fast as they can do not hold up other clients' mail.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from esa_tls.inbound.auth import hash_password
 from tests.attacks.support import hang_up, receive_all
-from tests.support import PUBLIC, Gateway, Raw, in_thread
+from tests.support import PUBLIC, Gateway, Raw, in_thread, smtp_send
 
 BUSY = b"421 4.3.2 Too many connections to this listener, try again later\r\n"
 PER_IP = b"421 4.7.0 mx.test.example Too many concurrent connections from your address\r\n"
@@ -225,3 +232,115 @@ class ManyAddressesTests(TestCase):
         self.assertEqual(list(rates._buckets), ["127.0.0.1"])
         # Those of the hour are still counted.
         self.assertEqual(rates.count("127.0.0.1"), 1)
+
+
+AUTH_IN_THE_CLEAR = (
+    PUBLIC
+    + """
+[listeners.InboundMail.policies.default]
+smtp_auth = "allow"
+"""
+)
+BAD_PLAIN = b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n"
+
+
+def ask_password_check(port: int, source: str) -> Raw:
+    """
+    A connection from C{source} that has sent AUTH and not read the reply.
+    """
+    raw = Raw(port, source=source)
+    raw.reply()
+    raw.chat(b"EHLO client.test\r\n")
+    raw.send(BAD_PLAIN)
+    return raw
+
+
+def drain_pipe(path: str, stop: threading.Event) -> None:
+    """
+    Open and close the named pipe C{path} for writing until C{stop}: each
+    time, the readers waiting to open it read an empty file.
+    """
+    while not stop.is_set():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # no reader yet
+                raise
+        else:
+            os.close(fd)
+        stop.wait(0.005)
+
+
+def in_own_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """
+    L{in_thread} on a thread of its own, not one of the reactor's pool:
+    for a test whose point is that the pool's threads may all be taken.
+    """
+    d: Deferred[Any] = Deferred()
+
+    def run() -> None:
+        try:
+            result = f(*args)
+        except BaseException:
+            reactor.callFromThread(d.errback, Failure())
+        else:
+            reactor.callFromThread(d.callback, result)
+
+    threading.Thread(target=run, daemon=True).start()
+    return d
+
+
+class PasswordCheckFloodTests(TestCase):
+    @inlineCallbacks
+    def test_slowChecksDoNotHoldUpCommits(self) -> Any:
+        """
+        Password checks are slow by design (scrypt, 16 MiB and tens of
+        milliseconds each) and any client may ask for as many as it likes:
+        they must not take the threads that make messages durable, or a
+        few clients sending AUTH back to back delay every other client's
+        250 by seconds.  Here every check hangs (the password file has
+        become a pipe nobody writes) while twelve clients wait for theirs;
+        a message sent meanwhile still gets its 250, and the twelve their
+        535 once the checks can go on.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        users = os.path.join(directory, "users")
+        with open(users, "w") as f:
+            f.write(f"alice:{hash_password('s3cret')}\n")
+        gw = Gateway(self, AUTH_IN_THE_CLEAR, users=users)
+        os.remove(users)
+        os.mkfifo(users)
+        sources = [f"127.0.1.{i}" for i in range(2, 14)]
+        waiting: list[Raw] = []
+        stop = threading.Event()
+
+        @inlineCallbacks
+        def release() -> Any:
+            # Let every check still waiting on the pipe end, whatever the
+            # test's outcome: a thread blocked for ever would hang the
+            # reactor's shutdown.
+            stop.clear()
+            drainer = in_own_thread(drain_pipe, users, stop)
+            while any(session._busy for session in gw.factory.sessions):
+                yield deferLater(reactor, 0.01, lambda: None)
+            stop.set()
+            yield drainer
+            for raw in waiting:
+                hang_up(raw)
+
+        self.addCleanup(release)
+        for source in sources:
+            waiting.append((yield in_own_thread(ask_password_check, gw.port, source)))
+        while sum(session._busy for session in gw.factory.sessions) < len(sources):
+            yield deferLater(reactor, 0.01, lambda: None)
+        refused = yield in_own_thread(
+            smtp_send, gw.port, "a@client.test", ["u@example.com"], b"Subject: t\r\n\r\nx\r\n"
+        )
+        self.assertEqual(refused, {})
+        self.assertEqual(len(gw.queued()), 1)
+        drainer = in_own_thread(drain_pipe, users, stop)
+        replies = yield in_own_thread(lambda: [raw.reply() for raw in waiting])
+        stop.set()
+        yield drainer
+        self.assertEqual(set(replies), {b"535 5.7.8 Authentication credentials invalid\r\n"})
