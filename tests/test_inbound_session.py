@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from esa_tls.interfaces import IListener, StoreError
+from esa_tls.spool.store import DurableSpool
 from tests.support import PUBLIC, Gateway, Raw, in_thread, require, smtp_send
 
 MESSAGE = b"From: a@client.test\r\nSubject: hello\r\n\r\nbody line\r\n.leading dot\r\n"
@@ -413,6 +414,62 @@ class LimitTests(TestCase):
         self.assertTrue(replies[7].startswith(b"250 "))
         (queued,) = gw.queued()
         self.assertEqual(queued.envelope.rcpt_to, ("u1@example.com", "u2@example.com"))
+
+    @inlineCallbacks
+    def test_recipientsFitTheSpoolHeader(self) -> Any:
+        """
+        However many recipients a policy allows, a message takes no more
+        than its spool header can hold and be read back: past that, RCPT
+        gets 452 4.5.3, and the 250 for the message is for a file the
+        queue reads with every recipient accepted.
+        """
+        gw = Gateway(
+            self,
+            PUBLIC
+            + """
+[listeners.InboundMail.policies.MANY]
+rule = "RELAY"
+max_rcpts_per_msg = 1000000
+max_rcpts_per_hour = -1
+
+[[listeners.InboundMail.hat]]
+group = "MANY_HOSTS"
+policy = "MANY"
+senders = ["127.0.0.1"]
+""",
+        )
+        # Paths near RFC 5321's 256 octets: about 8,300 fit in the budget;
+        # 18,000 of them would make a header over MAX_HEADER_LENGTH.
+        domain = ".".join(["d" * 60] * 3) + ".test"
+
+        def send() -> tuple[list[bytes], bytes]:
+            raw = Raw(gw.port, timeout=60)
+            try:
+                raw.reply()
+                raw.chat(b"EHLO c\r\n")
+                raw.chat(b"MAIL FROM:<a@b.test>\r\n")
+                replies: list[bytes] = []
+                for start in range(0, 18000, 300):
+                    raw.send(
+                        b"".join(
+                            b"RCPT TO:<%s%05d@%s>\r\n" % (b"u" * 57, n, domain.encode())
+                            for n in range(start, start + 300)
+                        )
+                    )
+                    replies += [raw.reply() for _ in range(300)]
+                return replies, raw.chat(b"DATA\r\n") + raw.chat(MESSAGE + b".\r\n")
+            finally:
+                raw.close()
+
+        replies, data = yield in_thread(send)
+        accepted = replies.count(b"250 2.1.5 Ok\r\n")
+        self.assertTrue(7000 < accepted < 9000, accepted)
+        self.assertEqual(len(replies), 18000)
+        self.assertEqual(set(replies[accepted:]), {b"452 4.5.3 Too many recipients\r\n"})
+        self.assertTrue(data.startswith(b"354 ") and b"\r\n250 " in data, data)
+        # Read back as after a restart, from the file alone.
+        (queued,) = DurableSpool(gw.spool.directory, reactor).queued()
+        self.assertEqual(len(queued.envelope.rcpt_to), accepted)
 
     @inlineCallbacks
     def test_recipientsPerHour(self) -> Any:

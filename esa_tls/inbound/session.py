@@ -19,6 +19,7 @@ its connection was classified into, and the L{ITLSPolicy} made from it.
 from __future__ import annotations
 
 import enum
+import json
 import re
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from esa_tls.inbound.auth import MECHANISMS, SASLError, decode_response, parse_p
 from esa_tls.inbound.framing import DataReader
 from esa_tls.inbound.tlspolicy import InboundTLSPolicy
 from esa_tls.interfaces import IIncomingMessage, StoreError
+from esa_tls.spool.fileformat import MAX_HEADER_LENGTH
 from esa_tls.tls.server import peer_certificate_status, tls_info
 from esa_tls.values import Envelope, HATVerdict, TLSInfo
 
@@ -64,6 +66,12 @@ _MAX_HELD = 64 * 1024
 #: Seconds a closed session waits for its client to take the last replies
 #: before the connection is aborted.
 _LINGER = 30.0
+#: The most octets one message's recipients may take in its spool header:
+#: a 250 promises a file the queue can read back, and it believes no
+#: header line over MAX_HEADER_LENGTH.  Half of it leaves room for the
+#: rest of the envelope; at RFC 5321's longest paths that is over 4,000
+#: recipients, whatever a policy's max_rcpts_per_msg allows.
+MAX_RECIPIENT_OCTETS = MAX_HEADER_LENGTH // 2
 
 #: RFC 3461 xtext (section 4): printable ASCII but "+" and "=", which
 #: encode as "+" and two upper-case hex digits.
@@ -159,6 +167,7 @@ class InboundSession(ESMTP):
         # None: no MAIL FROM yet; "": the null reverse path.
         self._sender: str | None = None
         self._recipients: list[Mailbox] = []
+        self._recipient_octets = 0
         self._reader: DataReader | None = None
         self._message: IIncomingMessage | None = None
         self._store_fault: tuple[int, bytes] | None = None
@@ -595,6 +604,7 @@ class InboundSession(ESMTP):
     def _reset(self) -> None:
         self._sender = None
         self._recipients = []
+        self._recipient_octets = 0
 
     # -- commands ------------------------------------------------------------
 
@@ -864,7 +874,12 @@ class InboundSession(ESMTP):
             if not self.factory.rat_accepts(mailbox):
                 self._reply(550, b"5.7.1 <" + str(mailbox).encode("ascii") + b">: Relaying denied")
                 return
-        if len(self._recipients) >= self.policy.max_rcpts_per_msg:
+        # As the spool header will hold it: quoted, with its escapes.
+        octets = len(json.dumps(str(mailbox))) + 1
+        if (
+            len(self._recipients) >= self.policy.max_rcpts_per_msg
+            or self._recipient_octets + octets > MAX_RECIPIENT_OCTETS
+        ):
             self._reply(452, b"4.5.3 Too many recipients")
             return
         if not self.factory.rates.try_add(self.peer_ip, self.policy.max_rcpts_per_hour):
@@ -874,6 +889,7 @@ class InboundSession(ESMTP):
             )
             return
         self._recipients.append(mailbox)
+        self._recipient_octets += octets
         self._reply(250, b"2.1.5 Ok")
 
     def smtp_DATA(self, argument: str) -> None:
