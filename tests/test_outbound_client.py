@@ -491,6 +491,44 @@ class HELOFallbackTests(DeliveryTestCase):
         )
 
 
+class EightBitTests(DeliveryTestCase):
+    """
+    RFC 6152: a body with octets above 127 goes with C{BODY=8BITMIME} to
+    a server that offers 8BITMIME, and whole.
+    """
+
+    def mail_commands(self, server: HostileServer) -> list[bytes]:
+        return [line for _, line in server.capture.commands if line.startswith(b"MAIL")]
+
+    async def test_declared_where_offered(self) -> None:
+        """
+        An 8-bit body (past the first chunk the client reads, too) is
+        declared to a server offering 8BITMIME; a 7-bit body is not.
+        """
+        keywords = (b"PIPELINING", b"8BITMIME")
+        eight = b"Subject: x\r\n\r\n" + b"a" * (70 * 1024) + b"\r\nna\xc3\xafve\r\n"
+        for body, declared in ((eight, True), (BODY, False)):
+            server = self.serve(ehlo_keywords=keywords)
+            result = await self.deliver(PREFERRED, server, body=body)
+            self.assertStatuses(result, RecipientStatus.DELIVERED)
+            (mail,) = self.mail_commands(server)
+            self.assertEqual(mail.endswith(b" BODY=8BITMIME"), declared, mail)
+            self.assertEqual(server.capture.messages[0][2], body)
+
+    async def test_not_declared_where_not_offered(self) -> None:
+        """
+        A server that does not offer 8BITMIME gets no BODY parameter (which
+        it would refuse), and the message as it is.
+        """
+        server = self.serve(ehlo_keywords=(b"PIPELINING",))
+        body = b"Subject: x\r\n\r\nna\xc3\xafve\r\n"
+        result = await self.deliver(PREFERRED, server, body=body)
+        self.assertStatuses(result, RecipientStatus.DELIVERED)
+        (mail,) = self.mail_commands(server)
+        self.assertNotIn(b"BODY=", mail)
+        self.assertEqual(server.capture.messages[0][2], body)
+
+
 class QuitTests(DeliveryTestCase):
     """
     The reply to QUIT, whatever it is, ends the session.
