@@ -491,6 +491,26 @@ class HELOFallbackTests(DeliveryTestCase):
         )
 
 
+class MalformedReplyTests(DeliveryTestCase):
+    """
+    RFC 5321 section 4.2: a reply code is three digits, 2-5, 0-5, 0-9.
+    """
+
+    async def test_malformed_codes(self) -> None:
+        """
+        A reply whose code is not one (C{2_0}, C{+25}, C{ 250}, an
+        informational C{050}, C{250x}), which Twisted's client read with
+        C{int()} as 20, 25 or 250 or skipped, ends the session at once: the
+        recipient deferred with the line quoted, and the replies behind it
+        (to the pipelined RCPT and DATA) not taken for answers.
+        """
+        for reply in (b"2_0 2.1.0 Ok", b"+25 2.1.0 Ok", b" 250 2.1.0 Ok", b"050 wait", b"250x Ok"):
+            server = self.serve(mail_reply=reply)
+            result = await self.deliver(PREFERRED, server)
+            self.assertStatuses(result, DEFERRED)
+            self.assertIn("malformed reply to MAIL FROM", result.recipients[0].text, reply)
+
+
 class EightBitTests(DeliveryTestCase):
     """
     RFC 6152: a body with octets above 127 goes with C{BODY=8BITMIME} to

@@ -31,6 +31,10 @@ of the stock client fixed in the subclass (twisted.md sections 2.2-2.6):
   - B{one HELO}: after a refused EHLO the stock client sends HELO again
     for every refused HELO, without end; here a refused HELO ends the
     session;
+  - B{well-formed replies}: a line whose code is not RFC 5321's three
+    digits (the stock client read C{+25}, C{ 25} and C{2_5} as 25 with
+    C{int()}, and skipped C{0xx} lines) ends the session, and the replies
+    behind it are not read;
   - B{bounded replies}: a reply line over L{DeliveryClient.MAX_LENGTH}
     or a multi-line reply over L{MAX_REPLY_LINES} lines or
     L{MAX_REPLY_BYTES} bytes ends the session with an error that says
@@ -59,6 +63,7 @@ The TLS rule, from the destination's setting (L{TLSPlan}):
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import IO, Any
@@ -200,6 +205,11 @@ def _text(resp: bytes | str) -> str:
     if isinstance(resp, bytes):
         return resp.decode("utf-8", "replace").replace("\n", " ")
     return resp.replace("\n", " ")
+
+
+#: RFC 5321 section 4.2: Reply-code (2-5, 0-5, 0-9), then a space or a
+#: hyphen and text, or nothing.
+_REPLY_LINE = re.compile(rb"[2-5][0-5][0-9](?:[ -]|\Z)")
 
 
 def _is_ok(code: int) -> bool:
@@ -397,12 +407,15 @@ class DeliveryClient(ESMTPSender):
         self._reply_lines += 1
         self._reply_bytes += len(line) + 2
         if self._reply_lines > MAX_REPLY_LINES or self._reply_bytes > MAX_REPLY_BYTES:
-            self._fail(
+            self._give_up(
                 f"reply to {self._stage.value} too long (over {MAX_REPLY_LINES} lines "
                 f"or {MAX_REPLY_BYTES} bytes)"
             )
-            self.resp = []
-            self._connection.abortConnection()
+            return
+        if not _REPLY_LINE.match(line):
+            # SMTPClient reads the code with int(): "+25", " 25" and "2_5"
+            # pass for 25, and lines of code 0xx are skipped.
+            self._give_up(f"malformed reply to {self._stage.value}: {_text(line[:80])!r}")
             return
         # SMTPClient takes a line as the end of a reply unless it continues
         # (C{250-}) or is "informational" (a code starting with C{0}).
@@ -414,6 +427,17 @@ class DeliveryClient(ESMTPSender):
             super().lineReceived(line)
         finally:
             self._continuing = False
+
+    def _give_up(self, why: str) -> None:
+        """
+        The server broke the protocol: record C{why} and drop the
+        connection, reading nothing more (the replies already received
+        behind the bad one, to pipelined commands, must not count).
+        """
+        self._fail(why)
+        self.resp = []
+        self.clearLineBuffer()
+        self._connection.abortConnection()
 
     def resetTimeout(self) -> None:
         """
