@@ -90,7 +90,7 @@ class AlertMailTests(TestCase):
         self,
         domain: str,
         level: DestinationTLS,
-        server: HostileServer,
+        server: HostileServer | Sequence[HostileServer],
         recipients: Sequence[tuple[int, str]],
         body: bytes = BODY,
         mail_from: str = "sender@gw.test",
@@ -99,14 +99,16 @@ class AlertMailTests(TestCase):
         """
         One delivery attempt, wired as the gateway wires it: failures to
         the dispatcher as they happen, the result to the report and the
-        recovery check.
+        recovery check.  Several servers are the domain's hosts, tried in
+        order.
         """
+        servers = [server] if isinstance(server, HostileServer) else server
         config = GatewayConfig(
             system=SystemSettings(hostname="gw.test"),
             destinations={
                 domain: DestinationControl(domain=domain, tls=level, ca_file=self.ca_file)
             },
-            smtp_routes={domain: (f"127.0.0.1:{server.port}",)},
+            smtp_routes={domain: tuple(f"127.0.0.1:{s.port}" for s in servers)},
         )
         result = await deliver_message(
             reactor,
@@ -242,6 +244,44 @@ class AlertMailTests(TestCase):
             "certificate-host-mismatch",
             Script(certificate=GOOD),
         )
+
+    async def test_oneHostStillFailing(self) -> None:
+        """
+        C{required} to a domain whose first host does not offer STARTTLS
+        and whose second one does: each message gets through the second
+        host, but the first host's failure goes on.  That is one incident:
+        one alert, the later failures merged into the next one, and no
+        recovery notice while a host still fails (before, each message
+        raised an alert and, at once, a recovery notice that ended the
+        incident, so the merge never held and every message alerted twice).
+        """
+        plain = start_hostile_server(self, Script())
+        good = start_hostile_server(self, Script(certificate=GOOD))
+        rcpt = [(1, "buyer@partner.example")]
+        for mid in (7, 8, 9):
+            result = await self.deliver(
+                "partner.example", DestinationTLS.REQUIRED, [plain, good], rcpt, mid=mid
+            )
+            self.assertEqual(len(result.delivered), 1)
+        self.assertEqual(len(good.capture.messages), 3)
+        self.assertEqual(plain.capture.messages, [])
+        (alert,) = await self.send_queued_alerts()
+        self.assertIn("TLS failure for destination domain partner.example", alert["Subject"])
+        self.clock.advance(15 * 60)
+        await self.dispatcher.idle()
+        (merged,) = await self.send_queued_alerts()
+        self.assertIn("Failures: 2,", merged.get_content())
+        self.assertIn("Messages: MID 8, 9", merged.get_content())
+
+        # The first host is fixed: the next message meets no failure, and
+        # the notice ends the incident.
+        plain_fixed = start_hostile_server(self, Script(certificate=GOOD))
+        await self.deliver(
+            "partner.example", DestinationTLS.REQUIRED, [plain_fixed, good], rcpt, mid=10
+        )
+        (notice,) = await self.send_queued_alerts()
+        self.assertIn("TLS recovered for destination domain partner.example", notice["Subject"])
+        self.assertIn("TLS failures in all: 3", notice.get_content())
 
     async def test_switchOff(self) -> None:
         """

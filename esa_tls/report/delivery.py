@@ -8,7 +8,12 @@ The TLS-failure alerts themselves come earlier, host by host, through
 C{deliver_message(on_tls_failure=dispatcher.on_tls_failure)}; this adds
 the other half, the recovery: a message delivered with TLS up to a domain
 with an open TLS-failure incident ends it
-(L{esa_tls.alerts.dispatcher.AlertDispatcher.tls_recovered}).
+(L{esa_tls.alerts.dispatcher.AlertDispatcher.tls_recovered}), unless a
+host failed the domain's TLS in that same attempt: a domain whose first MX
+strips STARTTLS and whose second one works gets every message through the
+second, and is still failing.  Ending the incident there would follow each
+alert with a recovery notice and start a new incident, alerted at once, with
+the next message: no merging at all.
 
 Connections are counted from the result (see L{esa_tls.report.counts} for
 the rules):
@@ -59,5 +64,11 @@ def record_delivery(result: DeliveryResult, counters: Any = None, dispatcher: An
                 counters.outgoing(result.domain, tls.level, False, messages)
             else:
                 counters.outgoing(result.domain, tls.level, None, messages)
-    if dispatcher is not None and delivered and tls is not None and tls.encrypted:
+    if (
+        dispatcher is not None
+        and delivered
+        and tls is not None
+        and tls.encrypted
+        and not result.tls_failures
+    ):
         dispatcher.tls_recovered(result.domain)
