@@ -43,6 +43,12 @@ RECORDS: dict[str, list[Any]] = {
     "lame.example": [dns.Record_MX(10, b"mx.broken.example")],
     "dangling.example": [dns.Record_MX(10, b"nowhere.example")],
     "routehost.example": [dns.Record_A("127.0.0.30")],
+    "garbled.example": [dns.Record_MX(10, b"\xffmx.garbled.example")],
+    "halfgarbled.example": [
+        dns.Record_MX(5, b"mx\xe9.halfgarbled.example"),
+        dns.Record_MX(10, b"mx.halfgarbled.example"),
+    ],
+    "mx.halfgarbled.example": [dns.Record_A("127.0.0.40")],
 }
 
 
@@ -126,6 +132,25 @@ class MXResolutionTests(TestCase):
         self.assertTrue(caught.exception.permanent)
         self.assertEqual(caught.exception.status, "5.1.2")
         self.assertEqual(self.server.queries, [("missing.example", dns.MX)])
+
+    async def test_non_ascii_exchange(self) -> None:
+        """
+        An MX whose exchange name is not ASCII (hostile or broken DNS data)
+        is no host: passed over for the domain's other exchangers, and, as
+        the only one, a permanent failure naming it.  Before, its decoding
+        error escaped the delivery attempt, which then recorded nothing:
+        the message was tried again at every scan, with a traceback, and
+        never bounced.  Nor does it count as "no MX" (implicit MX).
+        """
+        route = await self.mx.resolve("halfgarbled.example")
+        self.assertEqual([h.name for h in route.hosts], ["mx.halfgarbled.example"])
+        self.assertEqual(len(route.skipped), 1)
+        self.assertIn("not ASCII", route.skipped[0][1])
+        with self.assertRaises(RouteError) as caught:
+            await self.mx.resolve("garbled.example")
+        self.assertTrue(caught.exception.permanent)
+        self.assertIn("not ASCII", str(caught.exception))
+        self.assertNotIn(("garbled.example", dns.A), self.server.queries)
 
     async def test_exists_without_mx_or_address(self) -> None:
         """

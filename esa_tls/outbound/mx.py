@@ -397,12 +397,20 @@ class MXResolver:
             answers = await self._lookup(domain, dns.MX)
         except Exception as e:
             raise self._lookup_error(domain, "MX", e) from e
-        exchanges = [
-            (rr.payload.preference, normalize_name(rr.payload.name.name.decode("ascii")))
-            for rr in answers
-            if rr.type == dns.MX
-        ]
-        if not exchanges:
+        exchanges: list[tuple[int, str]] = []
+        # Exchange names that are no host name (DNS carries any octets):
+        # hosts without an address, never a reason to use the implicit MX.
+        malformed: list[_Addresses] = []
+        for rr in answers:
+            if rr.type != dns.MX:
+                continue
+            raw = rr.payload.name.name
+            try:
+                exchanges.append((rr.payload.preference, normalize_name(raw.decode("ascii"))))
+            except UnicodeDecodeError:
+                text = raw.decode("ascii", "backslashreplace")
+                malformed.append(_Addresses(text, (), None, f"MX host name {text!r} is not ASCII"))
+        if not exchanges and not malformed:
             # NOERROR/NODATA: the domain exists but has no MX, so it is its
             # own mail exchanger (RFC 5321 section 5.1).
             found = await self._addresses(domain)
@@ -412,7 +420,7 @@ class MXResolver:
                 domain,
                 (MailHost(domain, port, found.addresses, 0, HostSource.IMPLICIT_MX),),
             )
-        if len(exchanges) == 1 and exchanges[0][1] == "":
+        if len(exchanges) == 1 and exchanges[0][1] == "" and not malformed:
             raise RouteError(
                 f"Domain {domain} does not accept mail (null MX)",
                 permanent=True,
@@ -430,6 +438,7 @@ class MXResolver:
             for (pref, name), found in zip(ordered, results, strict=True)
             if found.addresses
         )
+        results = [*malformed, *results]
         skipped = tuple(_skip_reason(found) for found in results if not found.addresses)
         if not hosts:
             raise self._no_address_error(domain, results)
