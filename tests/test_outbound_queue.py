@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
@@ -214,6 +214,65 @@ class DeliveryTests(QueueTestCase):
         dsn = self.server.capture.messages[-1][2]
         self.assertIn(b"Status: 4.4.7", dsn)
         self.assertIn(b"gave up after 1 attempts", dsn)
+
+
+class ReloadInFlightTests(QueueTestCase):
+    """
+    A reload that changes a domain's TLS setting while one of its
+    deliveries is under way.
+    """
+
+    async def test_stricter_setting_applies_to_the_next_host(self) -> None:
+        """
+        A delivery to C{partner.example} (C{no}) is waiting on its first
+        host when a reload makes the domain C{required}.  That host then
+        drops the connection: the delivery goes on to the next host under
+        the new setting, so the host without STARTTLS gets no MAIL FROM,
+        the failure is reported, and the message stays queued.  Before,
+        the delivery kept the setting it started with and sent the message
+        in the clear, after the reload had been acknowledged.
+        """
+        connected: Deferred[Any] = Deferred()
+
+        class Stall(Protocol):
+            def connectionMade(self) -> None:
+                connected.callback(self.transport)
+
+        listening = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, ServerFactory.forProtocol(Stall), interface="127.0.0.1"
+        )
+        self.addCleanup(listening.stopListening)
+        stall_port = listening.getHost().port
+        hosts = (f"127.0.0.1:{stall_port}", f"127.0.0.1:{self.server.port}")
+
+        def config(level: DestinationTLS) -> GatewayConfig:
+            return attrs.evolve(
+                make_config(self.server.port, self.data_dir),
+                destinations={"partner.example": DestinationControl("partner.example", level)},
+                smtp_routes={"partner.example": hosts},
+            )
+
+        events: list[Any] = []
+        manager = self.manager(config=config(DestinationTLS.NO), on_tls_failure=events.append)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        mid = await inject(self.spool, "a@sender.example", ["b@partner.example"])
+        transport = await connected
+        manager.config = config(DestinationTLS.REQUIRED)
+        transport.loseConnection()
+        await self.until_idle(manager)
+        self.assertNotIn(b"MAIL", self.server.verbs())
+        self.assertEqual(self.server.capture.messages, [])
+        self.assertEqual([e.port for e in events], [self.server.port])
+        (state,) = self.spool.get(mid).recipients
+        self.assertEqual(state.status, DEFERRED)
+        self.assertIn("TLS required", state.last_error)
+
+    async def until_idle(self, manager: QueueManager) -> None:
+        deadline = time.monotonic() + 20
+        while manager.in_flight and time.monotonic() < deadline:
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(manager.in_flight, {})
 
 
 class LimitTests(QueueTestCase):

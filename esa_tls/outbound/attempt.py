@@ -134,8 +134,10 @@ class _Attempt:
         trust_system: bool,
         mx_resolver: MXResolver | None,
         pool: SessionPool | None = None,
+        current_config: Callable[[], GatewayConfig] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.current_config = current_config
         self.pool = pool
         self.config = config
         self.domain = domain.rstrip(".").lower()
@@ -200,6 +202,25 @@ class _Attempt:
             return f"4.7.5 {self.last_error}"
         return f"4.4.1 {self.last_error}"
 
+    def _follow_config(self) -> None:
+        """
+        Take up the configuration in service now, if a reload replaced the
+        one this attempt started with: every connection opened from here
+        on runs under the domain's new Destination Controls row.  An
+        attempt can outlast a reload by minutes (a host that keeps it
+        waiting for its greeting), and a setting made stricter must not
+        let it open a connection in the clear after the reload.  (The
+        hosts stay those found at the start.)
+        """
+        if self.current_config is None:
+            return
+        config = self.current_config()
+        if config is self.config:
+            return
+        self.config = config
+        self.control = destination_for(config, self.domain)
+        self.plan = TLSPlan.for_level(effective_tls(config, self.domain))
+
     async def _try(
         self, route: MailRoute, host: MailHost, address: str, recipients: Recipients
     ) -> list[RecipientOutcome] | None:
@@ -209,22 +230,27 @@ class _Attempt:
         @return: the recipients' outcomes, or C{None} to go on to the next
             address or host.
         """
-        outcome, dcid = await self._session(route, host, address, recipients, self.plan, None)
+        self._follow_config()
+        plan = self.plan
+        outcome, dcid = await self._session(route, host, address, recipients, plan, None)
         if outcome is None:
             return None
-        if outcome.handshake_failed and not self.plan.require:
-            log.info(
-                "DCID {dcid}: TLS failed after 220 from {host}; reconnecting in the clear",
-                dcid=dcid,
-                host=host.name,
-            )
-            outcome, dcid = await self._session(
-                route, host, address, recipients, self.plan.in_the_clear(), Fallback.RECONNECTED
-            )
-            if outcome is None:
-                return None
-        if outcome.tls_failure or (outcome.handshake_failed and self.plan.require):
-            self._tls_failed(host, address, outcome, dcid)
+        if outcome.handshake_failed and not plan.require:
+            self._follow_config()
+            plan = self.plan
+            if not plan.require:
+                log.info(
+                    "DCID {dcid}: TLS failed after 220 from {host}; reconnecting in the clear",
+                    dcid=dcid,
+                    host=host.name,
+                )
+                outcome, dcid = await self._session(
+                    route, host, address, recipients, plan.in_the_clear(), Fallback.RECONNECTED
+                )
+                if outcome is None:
+                    return None
+        if outcome.tls_failure or (outcome.handshake_failed and plan.require):
+            self._tls_failed(host, address, outcome, dcid, plan)
             return None
         if self._next_host(outcome):
             if outcome.failure is None and outcome.mail_reply is not None:
@@ -263,6 +289,7 @@ class _Attempt:
             self.pool.make_room(key)
         dcid = self.dcid_allocator()
         self.body.seek(self.body_start)
+        ca_file = self.control.ca_file or None
         client = DeliveryClient(
             identity=self.config.system.hostname,
             mail_from=self.mail_from,
@@ -271,7 +298,7 @@ class _Attempt:
             plan=plan,
             tls_creator=lambda: InspectingClientTLS(
                 host.server_name,
-                ca_file=self.control.ca_file or None,
+                ca_file=ca_file,
                 trust_system=self.trust_system,
             ),
             name_check=lambda cert: verify_certificate_names(
@@ -328,10 +355,12 @@ class _Attempt:
             self.last_error = f"{host.name}[{address}]: {outcome.failure}"
         return outcome
 
-    def _tls_failed(self, host: MailHost, address: str, outcome: SessionOutcome, dcid: int) -> None:
+    def _tls_failed(
+        self, host: MailHost, address: str, outcome: SessionOutcome, dcid: int, plan: TLSPlan
+    ) -> None:
         event = TLSFailureEvent(
             domain=self.domain,
-            level=self.plan.level,
+            level=plan.level,
             host=host.name,
             address=address,
             port=host.port,
@@ -342,7 +371,7 @@ class _Attempt:
         )
         self.tls_failures.append(event)
         self.last_error = (
-            f"TLS required ({self.plan.level.value}) but {host.name}[{address}]: {event.detail}"
+            f"TLS required ({plan.level.value}) but {host.name}[{address}]: {event.detail}"
         )
         if self.on_tls_failure is not None:
             # An alert hook must never hold up mail: do not wait for it.
@@ -460,6 +489,7 @@ def deliver_message(
     trust_system: bool = True,
     mx_resolver: MXResolver | None = None,
     pool: SessionPool | None = None,
+    current_config: Callable[[], GatewayConfig] | None = None,
 ) -> Deferred[DeliveryResult]:
     """
     Try once to deliver a message to the recipients of one domain.
@@ -490,6 +520,10 @@ def deliver_message(
     @param pool: where sessions are kept between messages (see
         L{esa_tls.outbound.reuse}); without one, every attempt opens its
         own connections and closes them.
+    @param current_config: returns the configuration in service (the
+        queue manager's, which a reload replaces); each new connection of
+        the attempt follows the Destination Controls it has then.  Without
+        it, C{config} holds for the whole attempt.
 
     @return: a L{Deferred} firing with a L{DeliveryResult}; it does not
         fail for delivery problems, which are in the result.
@@ -511,5 +545,6 @@ def deliver_message(
         trust_system=trust_system,
         mx_resolver=mx_resolver,
         pool=pool,
+        current_config=current_config,
     )
     return Deferred.fromCoroutine(attempt.run())

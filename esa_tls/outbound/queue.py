@@ -540,6 +540,7 @@ class QueueManager(Service):
                 trust_system=self.trust_system,
                 mx_resolver=self.mx_resolver,
                 pool=self._pool,
+                current_config=lambda: self._config,
             )
         finally:
             body.close()
