@@ -679,6 +679,60 @@ class CertificateTests(DeliveryTestCase):
         with open(self.ca_file, "wb") as f:
             f.write(b"not a certificate\n")
 
+    async def test_inherited_setting_keeps_its_ca_file(self) -> None:
+        """
+        A row that takes the Default row's TLS setting (C{tls = "default"},
+        the answer "no" to "apply a specific TLS setting") takes it whole,
+        with the Default row's C{ca_file}: a row added only to limit a
+        domain's connections must not make its mail fail verification (or,
+        under a preferred setting, go unverified) for want of the trust
+        anchors every other domain is checked with.  A row's own
+        C{ca_file} still wins.
+        """
+        server = self.serve(certificate=GOOD)
+        other = os.path.join(os.path.dirname(self.ca_file), "other.pem")
+        with open(other, "wb") as f:
+            f.write(CertificateAuthority.generate().cert_pem)
+
+        async def deliver(row_ca_file: str) -> DeliveryResult:
+            config = GatewayConfig(
+                system=SystemSettings(hostname="gw.test"),
+                destinations={
+                    "default": DestinationControl(
+                        domain="default", tls=REQUIRED_VERIFY, ca_file=self.ca_file
+                    ),
+                    "partner.example": DestinationControl(
+                        domain="partner.example",
+                        tls=DestinationTLS.DEFAULT,
+                        max_host_concurrency=2,
+                        ca_file=row_ca_file,
+                    ),
+                },
+                smtp_routes={"partner.example": (f"127.0.0.1:{server.port}",)},
+            )
+            return await deliver_message(
+                reactor,
+                None,
+                config,
+                "partner.example",
+                "sender@gw.test",
+                [(1, "rcpt@partner.example")],
+                BytesIO(BODY),
+                dcid_allocator=itertools.count(1).__next__,
+                on_tls_failure=self.events.append,
+                timeouts=Timeouts.uniform(10),
+                trust_system=False,
+            )
+
+        result = await deliver("")
+        self.assertDeliveredEncrypted(result, server, verified=True)
+        self.assertEqual(self.events, [])
+        result = await deliver(other)
+        self.assertStatuses(result, DEFERRED)
+        self.assertEqual(
+            [e.result_type for e in self.events], [TLSResultType.CERTIFICATE_NOT_TRUSTED]
+        )
+
     async def test_unloadable_ca_file_preferred_verify(self) -> None:
         """
         C{preferred-verify} with trust anchors that cannot be loaded: the

@@ -508,6 +508,11 @@ class DestConfig:
             p.say(f"    TLS: {_LABELS.get(tls, tls)}")
         if v.get("ca_file"):
             p.say(f"    CA certificates: {v['ca_file']}")
+        elif tls == "default":
+            # Delivery takes the Default row's CA file with its setting.
+            inherited_ca = self.effective(self.default_key()).get("ca_file")
+            if inherited_ca:
+                p.say(f"    CA certificates: Default ({inherited_ca})")
 
     def op_export(self) -> None:
         p = self.p

@@ -33,7 +33,7 @@ from esa_tls.config.model import GatewayConfig
 from esa_tls.maillog import MailLog
 from esa_tls.outbound.client import DeliveryClient, SessionOutcome, Timeouts
 from esa_tls.outbound.mx import SMTP_PORT, MailHost, MailRoute, MXResolver, RouteError
-from esa_tls.outbound.policy import TLSPlan, destination_for, effective_tls
+from esa_tls.outbound.policy import TLSPlan, destination_for, effective_tls, trust_anchors
 from esa_tls.outbound.result import (
     DeliveryResult,
     Fallback,
@@ -289,7 +289,7 @@ class _Attempt:
             self.pool.make_room(key)
         dcid = self.dcid_allocator()
         self.body.seek(self.body_start)
-        ca_file = self.control.ca_file or None
+        ca_file = trust_anchors(self.config, self.domain)
         client = DeliveryClient(
             identity=self.config.system.hostname,
             mail_from=self.mail_from,

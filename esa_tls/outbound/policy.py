@@ -55,6 +55,23 @@ def effective_tls(config: GatewayConfig, domain: str) -> DestinationTLS:
     return level
 
 
+def trust_anchors(config: GatewayConfig, domain: str) -> str | None:
+    """
+    The C{ca_file} that applies to C{domain}, or C{None} (the system's CAs
+    only): its row's own, else, when the row takes the Default row's TLS
+    setting, the Default row's, which goes with that setting (C{destconfig}
+    asks for a CA file only with a setting of the row's own).
+    """
+    row = destination_for(config, domain)
+    if row.ca_file:
+        return row.ca_file
+    if row.tls is DestinationTLS.DEFAULT:
+        default_row = _rows(config).get("default")
+        if default_row is not None and default_row.ca_file:
+            return default_row.ca_file
+    return None
+
+
 @frozen
 class TLSPlan:
     """

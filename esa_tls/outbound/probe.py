@@ -33,7 +33,7 @@ from esa_tls.outbound.mx import (
     RouteError,
     normalize_name,
 )
-from esa_tls.outbound.policy import TLSPlan, destination_for, effective_tls
+from esa_tls.outbound.policy import TLSPlan, destination_for, effective_tls, trust_anchors
 from esa_tls.outbound.tlscontext import InspectingClientTLS
 from esa_tls.outbound.verify import NameMatch, verify_certificate_names
 
@@ -128,7 +128,7 @@ async def _tls_verify(
                 route.via_smtp_route,
                 probe_plan,
                 timeouts,
-                control.ca_file or None,
+                trust_anchors(config, domain),
                 trust_system,
                 reactor,
             )
