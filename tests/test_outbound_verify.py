@@ -175,6 +175,20 @@ class CertificateMatchTests(SynchronousTestCase):
         cert = CA.issue(["other.example"], common_name="partner.example").certificate
         self.assertIsNone(verify_certificate_names(cert, "partner.example", None))
 
+    def test_cn_ignored_when_san_has_no_dns_name(self) -> None:
+        """
+        A certificate whose SAN holds only an IP address never matches by
+        its CN either: TN200537 ("if the certificate has SAN attributes,
+        only SAN is used") and RFC 6125 section 6.4.4 (no CN-ID when any
+        subjectAltName identifier is presented).  Before, a SAN without
+        dNSName entries counted as no SAN, and the CN matched.
+        """
+        cert = CA.issue(["192.0.2.25"], common_name="partner.example").certificate
+        self.assertIsNone(verify_certificate_names(cert, "partner.example", None))
+        self.assertIsNone(
+            verify_certificate_names(cert, "partner.example", "partner.example", hosted=True)
+        )
+
     def test_cn_used_without_san(self) -> None:
         """
         A certificate without SAN matches by its CN.

@@ -5,8 +5,10 @@ the C{Verify} algorithm of C{preferred-verify} and C{required-verify}, and
 the C{Hosted Verify} algorithm of C{required-verify-hosted}.
 
 Both algorithms look only at the SAN dNSName entries when the certificate
-has any, and at the subject CN only when it has none (RFC 6125 section
-6.4.4).  They differ in which reference identities they accept:
+has a subjectAltName extension, and at the subject CN only when it has none
+(RFC 6125 section 6.4.4; TN200537: "if the certificate has SAN attributes,
+only SAN is used").  A SAN of IP addresses or URIs alone names no host,
+and the CN does not stand in for it.  They differ in which reference identities they accept:
 
   - B{Verify}: the recipient's email domain, then the host we connected to
     (the MX host name, or the SMTP route host name when a route chose it);
@@ -65,10 +67,13 @@ class CertificateNames:
 
     @ivar san: the subjectAltName dNSName entries, as written.
     @ivar cn: the subject commonName values, as written.
+    @ivar has_san: whether the certificate has a subjectAltName extension
+        at all (with or without dNSName entries).
     """
 
     san: tuple[str, ...]
     cn: tuple[str, ...]
+    has_san: bool = False
 
     @classmethod
     def from_certificate(cls, certificate: x509.Certificate) -> CertificateNames:
@@ -79,21 +84,24 @@ class CertificateNames:
             extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         except x509.ExtensionNotFound:
             san: tuple[str, ...] = ()
+            has_san = False
         else:
             san = tuple(extension.value.get_values_for_type(x509.DNSName))
+            has_san = True
         cn = tuple(
             str(attribute.value)
             for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         )
-        return cls(san=san, cn=cn)
+        return cls(san=san, cn=cn, has_san=has_san or bool(san))
 
     @property
     def presented(self) -> tuple[NameField, tuple[str, ...]]:
         """
-        The names that count: the SAN entries when there are any, else the
-        CN.  A certificate that has SAN dNSNames never matches by its CN.
+        The names that count: the SAN dNSName entries when the certificate
+        has a SAN, else the CN.  A certificate with a SAN never matches by
+        its CN.
         """
-        if self.san:
+        if self.san or self.has_san:
             return NameField.SAN, self.san
         return NameField.CN, self.cn
 
