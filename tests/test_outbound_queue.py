@@ -168,6 +168,32 @@ class DeliveryTests(QueueTestCase):
         self.assertEqual((state.attempts, state.next_attempt), (2, self.clock.seconds() + 600))
         self.assertEqual(RetryPolicy().delay(10), 3600)
 
+    async def test_retry_after_many_attempts(self) -> None:
+        """
+        A recipient tried more than a thousand times (a script running
+        C{delivernow} every few minutes for days does that) still gets the
+        longest wait; its delivery is recorded, so a recipient delivered in
+        the same session is not sent the message again at the next scan.
+        """
+        self.assertEqual(RetryPolicy().delay(5000), 3600)
+        mid = await inject(
+            self.spool, "a@sender.example", ["ok@partner.example", "busy@partner.example"]
+        )
+        busy = self.spool.get(mid).recipients[1]
+        await self.spool.update_recipients(
+            mid, {1: attrs.evolve(busy, status=DEFERRED, attempts=1500)}
+        )
+        manager = self.manager()
+        await manager.run_once()
+        await manager.run_once()
+        copies = [rcpts for _, rcpts, _ in self.server.capture.messages]
+        self.assertEqual(copies, [[b"ok@partner.example"]])
+        [state] = self.spool.get(mid).pending
+        self.assertEqual(
+            (state.status, state.attempts, state.next_attempt),
+            (DEFERRED, 1501, self.clock.seconds() + 3600),
+        )
+
     async def test_bounce_dsn(self) -> None:
         """
         A bounced recipient gets its sender an RFC 3464 report from the null

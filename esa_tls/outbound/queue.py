@@ -102,8 +102,17 @@ class RetryPolicy:
         """
         The wait after the C{attempts}-th failed attempt: C{first},
         doubling each time, at most C{maximum}.
+
+        The doubling stops once it passes C{maximum}: C{2 ** n} for the
+        thousand-odd attempts C{delivernow} can pile up is too large a
+        float, and the error would leave the delivery unrecorded.
         """
-        return float(min(self.first * (2 ** max(attempts - 1, 0)), self.maximum))
+        delay = self.first
+        for _ in range(max(attempts - 1, 0)):
+            if delay >= self.maximum:
+                break
+            delay *= 2
+        return float(min(delay, self.maximum))
 
 
 def delivernow_directory(config: GatewayConfig) -> str:
