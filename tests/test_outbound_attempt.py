@@ -100,9 +100,27 @@ class AddressTests(TestCase):
     def test_problems(self) -> None:
         """
         Line breaks, spaces, angle brackets and missing C{@} are refused;
-        ordinary and international addresses pass.
+        ordinary and international addresses pass, and so do spaces and
+        angle brackets inside a quoted local part.
         """
-        for bad in ["a@b\r\nRCPT TO:<c@d>", "a b@c", "a>@b", "nobody", ""]:
+        for bad in [
+            "a@b\r\nRCPT TO:<c@d>",
+            "a b@c",
+            "a>@b",
+            "nobody",
+            "",
+            '"a\r\nb"@c.example',
+            '"a\\\r"@c.example',
+            '"a b"@c.example d',
+            '"a b"@c.example>',
+            '"a b" x@c.example',
+        ]:
             self.assertIsNotNone(address_problem(bad), bad)
-        for good in ["a@b.example", "first.last+tag@x.example", "jos\u00e9@b.example"]:
+        for good in [
+            "a@b.example",
+            "first.last+tag@x.example",
+            "jos\u00e9@b.example",
+            '"john doe"@b.example',
+            '"a>b \\" c"@b.example',
+        ]:
             self.assertIsNone(address_problem(good), good)

@@ -217,6 +217,36 @@ class DeliveryTests(QueueTestCase):
         self.assertIn(b"Diagnostic-Code: smtp; 550 5.1.1 No such user", dsn)
         self.assertIn(b"Subject: original", dsn)
 
+    async def test_bounce_to_quoted_sender(self) -> None:
+        """
+        A sender whose quoted local part holds a space (legal, RFC 5321
+        section 4.1.2, and accepted by our listeners) gets the bounce: the
+        DSN goes out with that address in its RCPT command, instead of
+        being refused as unsafe and dropped as a bounce that bounced.
+        """
+        sender = '"john doe"@sender.example'
+        await inject(self.spool, sender, ["gone@partner.example"], "original")
+        manager = self.manager()
+        await manager.run_once()
+        await manager.run_once()
+        self.assertEqual(self.spool.queued(), [])
+        commands = [line for _, line in self.server.capture.commands]
+        self.assertIn(b'RCPT TO:<"john doe"@sender.example>', commands)
+        [(dsn_from, _, dsn)] = self.server.capture.messages
+        self.assertEqual(dsn_from, b"")
+        self.assertIn(b'To: <"john doe"@sender.example>', dsn)
+
+    async def test_quoted_recipient(self) -> None:
+        """
+        A recipient with such a local part is delivered, not bounced.
+        """
+        mid = await inject(self.spool, "", ['"jane doe"@partner.example'])
+        await self.manager().run_once()
+        self.assertRaises(KeyError, self.spool.get, mid)
+        commands = [line for _, line in self.server.capture.commands]
+        self.assertIn(b'RCPT TO:<"jane doe"@partner.example>', commands)
+        self.assertEqual(len(self.server.capture.messages), 1)
+
     async def test_no_bounce_for_bounce(self) -> None:
         """
         A message from the null sender that bounces makes no DSN.

@@ -55,16 +55,25 @@ Recipients = Sequence[tuple[int, str]]
 #: Controls, space, DEL and angle brackets (one scan in C per address).
 _UNSAFE_IN_ADDRESS = re.compile(r"[\x00-\x20<>\x7f]")
 
+#: A quoted local part (RFC 5321 section 4.1.2 Quoted-string, as our
+#: listeners accept it): spaces and angle brackets are legal inside the
+#: quotes, controls and DEL are not, escaped or not.
+_QUOTED_LOCAL = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"(?=@)')
+
 
 def address_problem(address: str) -> str | None:
     """
     Why C{address} cannot be put in an SMTP command, or C{None}: control
     characters or angle brackets would let a stored address inject
-    commands into the next hop.
+    commands into the next hop.  A space or an angle bracket inside a
+    quoted local part (C{"john doe"@example.com}) is legal SMTP: such a
+    sender must get its bounces, such a recipient its mail.
     """
     if not address or "@" not in address:
         return "not a mailbox address"
-    if _UNSAFE_IN_ADDRESS.search(address) is not None:
+    quoted = _QUOTED_LOCAL.match(address)
+    rest = address[quoted.end() :] if quoted is not None else address
+    if _UNSAFE_IN_ADDRESS.search(rest) is not None:
         return "address contains characters not allowed in SMTP"
     return None
 
