@@ -217,6 +217,32 @@ class DeliveryTests(QueueTestCase):
         self.assertIn(b"Diagnostic-Code: smtp; 550 5.1.1 No such user", dsn)
         self.assertIn(b"Subject: original", dsn)
 
+    async def test_bounce_long_reply(self) -> None:
+        """
+        A long multi-line refusal (a reply may be up to 64 KiB) is folded
+        in the DSN, whose lines stay within RFC 5322's 998 octets, which
+        strict receivers (our own listeners) enforce: the bounce would
+        otherwise be refused and, from the null sender, lost.  Unfolded,
+        the diagnostic is whole.
+        """
+        words = " ".join(f"word{i}" for i in range(12))
+        lines = [f"550-5.7.1 {words} line {i}".encode() for i in range(40)]
+        self.server.script.rcpt_replies = {
+            "gone@partner.example": b"\r\n".join([*lines, b"550 5.7.1 " + b"x" * 1500])
+        }
+        await inject(self.spool, "a@sender.example", ["gone@partner.example"])
+        manager = self.manager()
+        await manager.run_once()
+        await manager.run_once()
+        [(_, _, dsn)] = self.server.capture.messages
+        self.assertLessEqual(max(len(line) for line in dsn.split(b"\r\n")), 998)
+        report = email.message_from_bytes(dsn)
+        [status] = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"]
+        diagnostic = " ".join(str(status.get_payload()[1]["Diagnostic-Code"]).split())
+        self.assertIn(f"smtp; 550 5.7.1 {words} line 0 5.7.1 {words} line 1 ", diagnostic)
+        self.assertIn(f"line 39 5.7.1 {'x' * 900}", diagnostic)
+        self.assertEqual(diagnostic.count("x"), 1500)
+
     async def test_bounce_to_quoted_sender(self) -> None:
         """
         A sender whose quoted local part holds a space (legal, RFC 5321

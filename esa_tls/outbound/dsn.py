@@ -68,6 +68,40 @@ def _ascii(text: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
 
 
+#: Where L{_fold} breaks a line at a space (RFC 5322 section 2.1.1's 78).
+_FOLD_WIDTH = 78
+#: The length no line may pass (RFC 5322 section 2.1.1: 998 octets), and
+#: where a word longer than that is cut.
+_MAX_LINE = 998
+
+
+def _fold(line: str) -> list[str]:
+    """
+    C{line} (ASCII, from L{_ascii}) as lines of at most 78 characters where
+    its spaces allow and never more than 998, each continuation line
+    starting with a space: header folding, so the C{message/delivery-status}
+    fields unfold to the same text (runs of spaces made one, which also
+    keeps a line of nothing but spaces, the end of a field block to some
+    readers, out).  A peer's reply may be 64 KiB long, and a strict
+    receiver refuses a longer line, which would lose the bounce.
+    """
+    if len(line) <= _FOLD_WIDTH:
+        return [line]
+    lines: list[str] = []
+    current = ""
+    for word in line.split():
+        if current and len(current) + 1 + len(word) > _FOLD_WIDTH:
+            lines.append(current)
+            current = " " + word
+        else:
+            current = f"{current} {word}" if current else word
+        while len(current) > _MAX_LINE:
+            lines.append(current[:_MAX_LINE])
+            current = " " + current[_MAX_LINE:]
+    lines.append(current)
+    return lines
+
+
 def build_dsn(
     *,
     reporting_mta: str,
@@ -117,7 +151,7 @@ def build_dsn(
         lines.append(f"Message ID on {host}: MID {original_mid}")
         lines.append("")
     for recipient in failed:
-        lines.append(f"<{_ascii(recipient.address)}>: {_ascii(recipient.diagnostic)}")
+        lines += _fold(f"<{_ascii(recipient.address)}>: {_ascii(recipient.diagnostic)}")
     lines += [
         "",
         f"--{boundary}",
@@ -133,10 +167,10 @@ def build_dsn(
         kind = "smtp" if recipient.remote else "x-local"
         lines += [
             "",
-            f"Final-Recipient: rfc822; {_ascii(recipient.address)}",
+            *_fold(f"Final-Recipient: rfc822; {_ascii(recipient.address)}"),
             "Action: failed",
             f"Status: {status}",
-            f"Diagnostic-Code: {kind}; {_ascii(recipient.diagnostic)}",
+            *_fold(f"Diagnostic-Code: {kind}; {_ascii(recipient.diagnostic)}"),
         ]
     lines += [
         "",
