@@ -243,6 +243,29 @@ class DeliveryTests(QueueTestCase):
         self.assertIn(f"line 39 5.7.1 {'x' * 900}", diagnostic)
         self.assertEqual(diagnostic.count("x"), 1500)
 
+    async def test_bounce_8bit_headers(self) -> None:
+        """
+        The original's headers are returned as they were, 8-bit octets
+        included, and the DSN then says so (RFC 2045: unlabelled content
+        is 7-bit) and goes with C{BODY=8BITMIME}; a 7-bit original's DSN
+        is 7-bit and says nothing.
+        """
+        await inject(self.spool, "a@sender.example", ["gone@partner.example"], "na\u00efve")
+        await inject(self.spool, "b@sender.example", ["gone@partner.example"], "plain")
+        manager = self.manager()
+        await manager.run_once()
+        await manager.run_once()
+        dsns = {rcpts[0]: dsn for _, rcpts, dsn in self.server.capture.messages}
+        report = email.message_from_bytes(dsns[b"a@sender.example"])
+        self.assertEqual(report["Content-Transfer-Encoding"], "8bit")
+        [headers] = [p for p in report.walk() if p.get_content_type() == "text/rfc822-headers"]
+        self.assertEqual(headers["Content-Transfer-Encoding"], "8bit")
+        self.assertIn(b"Subject: na\xc3\xafve\r\n", dsns[b"a@sender.example"])
+        mails = [line for _, line in self.server.capture.commands if line.startswith(b"MAIL")]
+        self.assertIn(b"MAIL FROM:<> BODY=8BITMIME", mails)
+        self.assertTrue(dsns[b"b@sender.example"].isascii())
+        self.assertNotIn(b"Content-Transfer-Encoding", dsns[b"b@sender.example"])
+
     async def test_bounce_to_quoted_sender(self) -> None:
         """
         A sender whose quoted local part holds a space (legal, RFC 5321

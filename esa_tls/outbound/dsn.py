@@ -125,6 +125,10 @@ def build_dsn(
         raise ValueError("no DSN for the null reverse path")
     boundary = f"=_{uuid.uuid4().hex}"
     host = _ascii(reporting_mta)
+    # The original's headers go back as they came, and they may hold 8-bit
+    # octets (raw UTF-8 subjects are common): content without a label is
+    # 7-bit (RFC 2045 section 6.1), so such a DSN says it is not.
+    eight_bit = [] if original_headers.isascii() else ["Content-Transfer-Encoding: 8bit"]
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
         f"To: <{_ascii(sender)}>",
@@ -134,6 +138,7 @@ def build_dsn(
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        *eight_bit,
         "",
         "This is a MIME-encapsulated message.",
         "",
@@ -176,6 +181,7 @@ def build_dsn(
         "",
         f"--{boundary}",
         "Content-Type: text/rfc822-headers",
+        *eight_bit,
         "Content-Description: Undelivered message headers",
         "",
     ]
