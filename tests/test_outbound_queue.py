@@ -296,6 +296,65 @@ class DeliveryTests(QueueTestCase):
         self.assertIn(b'RCPT TO:<"jane doe"@partner.example>', commands)
         self.assertEqual(len(self.server.capture.messages), 1)
 
+    async def test_mixed_outcomes_one_bounce(self) -> None:
+        """
+        One message, two domains delivered at once: delivered, deferred
+        and refused recipients in each.  The sender gets one DSN for all
+        the refused ones; the delivered ones are never sent it again, and
+        the deferred one is retried alone.
+        """
+        config = make_config(self.server.port, self.data_dir)
+        config = attrs.evolve(
+            config,
+            smtp_routes={
+                **config.smtp_routes,
+                "other.example": config.smtp_routes["sender.example"],
+            },
+        )
+        self.server.script.rcpt_replies = {
+            **self.server.script.rcpt_replies,
+            "gone@other.example": b"550 5.1.1 Unknown here too",
+        }
+        mid = await inject(
+            self.spool,
+            "a@sender.example",
+            [
+                "ok@partner.example",
+                "gone@partner.example",
+                "busy@partner.example",
+                "ok@other.example",
+                "gone@other.example",
+            ],
+        )
+        manager = self.manager(config=config)
+        await manager.run_once()
+        await manager.run_once()
+        dsns = [dsn for sender, _, dsn in self.server.capture.messages if sender == b""]
+        self.assertEqual(len(dsns), 1)
+        self.assertIn(b"Final-Recipient: rfc822; gone@partner.example", dsns[0])
+        self.assertIn(b"Final-Recipient: rfc822; gone@other.example", dsns[0])
+        states = {s.address: s.status for s in self.spool.get(mid).recipients}
+        self.assertEqual(
+            states,
+            {
+                "ok@partner.example": "delivered",
+                "gone@partner.example": BOUNCED,
+                "busy@partner.example": DEFERRED,
+                "ok@other.example": "delivered",
+                "gone@other.example": BOUNCED,
+            },
+        )
+        rcpts_before = self.server.verbs().count(b"RCPT")
+        self.clock.advance(300)
+        await manager.run_once()
+        await manager.run_once()
+        self.assertEqual(self.server.verbs().count(b"RCPT"), rcpts_before + 1)
+        self.assertEqual(
+            [rcpts for sender, rcpts, _ in self.server.capture.messages if sender],
+            [[b"ok@partner.example"], [b"ok@other.example"]],
+        )
+        self.assertEqual(len(self.server.capture.messages), 3)
+
     async def test_no_bounce_for_bounce(self) -> None:
         """
         A message from the null sender that bounces makes no DSN.

@@ -32,9 +32,11 @@ What it guarantees, with the spool's help:
     recipient bounces;
   - B{bounces} (RFC 3464 DSNs) to the sender for recipients that failed
     for good, put into the spool like any message and delivered by this
-    same manager; never for a message from the null sender.  The DSN is
-    made durable I{before} the recipients are marked bounced, so a crash
-    can repeat a DSN but never lose one.
+    same manager; never for a message from the null sender.  The
+    deliveries of a message to its several domains, which run together,
+    make one DSN, when the last of them ends.  The DSN is made durable
+    I{before} the recipients are marked bounced, so a crash can repeat a
+    DSN but never lose one.
 
 C{esa-tls delivernow [DOMAIN]} talks to a running manager through a
 request file in C{data_dir/delivernow/} (see L{request_delivery_now}),
@@ -155,6 +157,20 @@ def _domain_of(address: str) -> str:
     return normalize_name(address.rpartition("@")[2])
 
 
+@frozen
+class _Failure:
+    """
+    A recipient that failed for good in a delivery, waiting for its DSN.
+
+    @ivar state: its new (bounced) state, recorded once the DSN is spooled.
+    @ivar gave_up: the reason, when it bounced for its age (for the log).
+    """
+
+    report: FailedRecipient
+    state: RecipientState
+    gave_up: str | None = None
+
+
 class QueueManager(Service):
     """
     Delivers what the spool holds.
@@ -233,6 +249,14 @@ class QueueManager(Service):
         self._unrecorded: dict[int, dict[int, RecipientState]] = {}
         # MIDs whose held states a scan is writing again.
         self._rerecording: set[int] = set()
+        # How many deliveries of each message are sending now, and the
+        # failures of those that ended while others were still sending:
+        # the last one to end makes one DSN for them all.  Their durable
+        # states are the old ones until then (a crash tries them again,
+        # and bounces them then: a bounce may repeat, never be lost), and
+        # no scan tries them meanwhile.
+        self._sending: dict[int, int] = {}
+        self._held_failures: dict[int, list[_Failure]] = {}
 
     @property
     def config(self) -> GatewayConfig:
@@ -432,8 +456,15 @@ class QueueManager(Service):
             return [Deferred.fromCoroutine(self._record_again(message.mid))]
         if not message.pending:
             return [self._finish(message)]
+        pending = message.pending
+        held = self._held_failures.get(message.mid)
+        if held:
+            # Failed in a delivery that ended while another of the message
+            # is still sending: the DSN comes when that one ends.
+            rids = {failure.state.rid for failure in held}
+            pending = tuple(s for s in pending if s.rid not in rids)
         by_domain: dict[str, list[RecipientState]] = defaultdict(list)
-        for state in message.pending:
+        for state in pending:
             domain = _domain_of(state.address)
             if (
                 force is True
@@ -530,29 +561,38 @@ class QueueManager(Service):
         self, message: QueuedMessage, domain: str, states: list[RecipientState]
     ) -> None:
         envelope = message.envelope
-        body = self.spool.open_body(message.mid)
+        mid = message.mid
+        # Counted before the first await: the deliveries of a message to
+        # its several domains start together, in one _schedule.
+        self._sending[mid] = self._sending.get(mid, 0) + 1
         try:
-            result = await deliver_message(
-                self.reactor,
-                self.resolver,
-                self.config,
-                domain,
-                envelope.mail_from,
-                [(s.rid, s.address) for s in states],
-                body,
-                dcid_allocator=self.dcid_allocator,
-                maillog=self.maillog,
-                mid=message.mid,
-                on_tls_failure=self.on_tls_failure,
-                timeouts=self.timeouts,
-                port=self.port,
-                trust_system=self.trust_system,
-                mx_resolver=self.mx_resolver,
-                pool=self._pool,
-                current_config=lambda: self._config,
-            )
-        finally:
-            body.close()
+            body = self.spool.open_body(mid)
+            try:
+                result = await deliver_message(
+                    self.reactor,
+                    self.resolver,
+                    self.config,
+                    domain,
+                    envelope.mail_from,
+                    [(s.rid, s.address) for s in states],
+                    body,
+                    dcid_allocator=self.dcid_allocator,
+                    maillog=self.maillog,
+                    mid=mid,
+                    on_tls_failure=self.on_tls_failure,
+                    timeouts=self.timeouts,
+                    port=self.port,
+                    trust_system=self.trust_system,
+                    mx_resolver=self.mx_resolver,
+                    pool=self._pool,
+                    current_config=lambda: self._config,
+                )
+            finally:
+                body.close()
+        except BaseException:
+            self._sent_off(mid, failed=True)
+            raise
+        others = self._sent_off(mid)
         if self.on_result is not None:
             try:
                 self.on_result(result)
@@ -562,41 +602,90 @@ class QueueManager(Service):
         arrived = self._arrival(message)
         by_rid = {s.rid: s for s in states}
         new_states: dict[int, RecipientState] = {}
-        failed: list[FailedRecipient] = []
-        failed_rids: list[int] = []
-        gave_up: list[tuple[int, str]] = []
+        failures: list[_Failure] = []
         for outcome in result.recipients:
             old = by_rid[outcome.rid]
             attempts = old.attempts + 1
             text = f"{outcome.code} {outcome.text}"
             if outcome.status is RecipientStatus.DELIVERED:
-                new = evolve(old, status=DELIVERED, attempts=attempts, last_error="")
+                new_states[old.rid] = evolve(
+                    old, status=DELIVERED, attempts=attempts, last_error=""
+                )
             elif outcome.status is RecipientStatus.BOUNCED:
-                new = evolve(old, status=BOUNCED, attempts=attempts, last_error=text)
-                failed.append(
-                    FailedRecipient(
-                        old.address, text, status_of(outcome.text, outcome.code), remote=True
+                report = FailedRecipient(
+                    old.address, text, status_of(outcome.text, outcome.code), remote=True
+                )
+                failures.append(
+                    _Failure(
+                        report, evolve(old, status=BOUNCED, attempts=attempts, last_error=text)
                     )
                 )
-                failed_rids.append(old.rid)
             elif now - arrived >= self.retry.give_up:
                 reason = f"gave up after {attempts} attempts: {text}"
+                report = FailedRecipient(old.address, reason, "4.4.7", remote=False)
                 new = evolve(old, status=BOUNCED, attempts=attempts, last_error=reason)
-                failed.append(FailedRecipient(old.address, reason, "4.4.7", remote=False))
-                failed_rids.append(old.rid)
-                gave_up.append((old.rid, reason))
+                failures.append(_Failure(report, new, gave_up=reason))
             else:
-                new = evolve(
+                new_states[old.rid] = evolve(
                     old,
                     status=DEFERRED,
                     attempts=attempts,
                     next_attempt=now + self.retry.delay(attempts),
                     last_error=text,
                 )
-            new_states[old.rid] = new
+        if others:
+            # Another delivery of this message is still sending: its
+            # failures and these go to the sender in one DSN when the last
+            # one ends.  What else this one learned is recorded now.
+            if failures:
+                self._held_failures.setdefault(mid, []).extend(failures)
+            if new_states:
+                await self._record(mid, new_states)
+            return
+        failures = self._held_failures.pop(mid, []) + failures
+        await self._bounce_and_record(message, new_states, failures, arrived)
+
+    def _sent_off(self, mid: int, failed: bool = False) -> int:
+        """
+        A delivery of message C{mid} has stopped sending.
+
+        @param failed: it failed without a result.  If it was the last,
+            the failures held for its DSN are let go: their states on disk
+            are the old ones, so they are tried again (and bounced then).
+        @return: how many deliveries of the message are still sending.
+        """
+        others = self._sending[mid] - 1
+        if others:
+            self._sending[mid] = others
+            return others
+        del self._sending[mid]
         if failed:
+            held = self._held_failures.pop(mid, [])
+            if held:
+                log.warn(
+                    "MID {mid}: {n} failed recipient(s) not bounced yet; tried again",
+                    mid=mid,
+                    n=len(held),
+                )
+        return 0
+
+    async def _bounce_and_record(
+        self,
+        message: QueuedMessage,
+        new_states: dict[int, RecipientState],
+        failures: list[_Failure],
+        arrived: float,
+    ) -> None:
+        """
+        Spool one DSN for C{failures}, then record their bounced states with
+        C{new_states}: the DSN is durable first, so a crash can repeat it
+        but never lose it.
+        """
+        new_states = {**new_states, **{f.state.rid: f.state for f in failures}}
+        gave_up = [(f.state.rid, f.gave_up) for f in failures if f.gave_up is not None]
+        if failures:
             try:
-                await self._bounce(message, failed, arrived)
+                await self._bounce(message, [f.report for f in failures], arrived)
             except (StoreError, OSError) as e:
                 # Postfix's "bounce or trace service failure": the failed
                 # recipients are deferred (tried again after their backoff,
@@ -606,9 +695,11 @@ class QueueManager(Service):
                 log.error(
                     "MID {mid}: bounce for {n} recipient(s) not spooled ({error}); deferring them",
                     mid=message.mid,
-                    n=len(failed),
+                    n=len(failures),
                     error=e,
                 )
+                now = self.clock.seconds()
+                failed_rids = [f.state.rid for f in failures]
                 for rid in failed_rids:
                     state = new_states[rid]
                     new_states[rid] = evolve(
