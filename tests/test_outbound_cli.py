@@ -111,6 +111,39 @@ class QueueCommandTests(TestCase):
             ],
         )
 
+    async def test_showrecipients_escapes_control_characters(self) -> None:
+        """
+        What strangers wrote (a sender's Subject, raw or as an encoded
+        word; a remote server's reply, kept as the last error) reaches the
+        administrator's terminal with its control characters escaped: an
+        ESC would otherwise drive the terminal (retitle it, clear it, hide
+        lines, answer back).
+        """
+        self.server.script.rcpt_replies = {
+            "busy@partner.example": b"450 4.2.1 Mailbox busy\x1b]0;owned\x07\x1b[2J"
+        }
+        config = self.context.load_config()
+        spool, manager = self.queue(config)
+        message = spool.new_message(
+            Envelope(
+                mail_from="alice@gw.test",
+                rcpt_to=("busy@partner.example",),
+                helo="client",
+                peer_ip="127.0.0.1",
+                listener="InboundMail",
+                icid=1,
+                received_at=time.time(),
+            )
+        )
+        message.write(b"Subject: Hi \x1b[8m=?utf-8?q?there=1B[2J?=\r\n\r\nbody\r\n")
+        await message.commit()
+        await manager.run_once()
+        showrecipients.run(argparse.Namespace(domain=None, sender=None, json=False), self.context)
+        text = self.out.getvalue()
+        self.assertEqual([c for c in text if not c.isprintable() and c != "\n"], [])
+        self.assertIn("Hi \\x1b[8mthere\\x1b[2J", text)
+        self.assertIn("last error: 450 4.2.1 Mailbox busy\\x1b]0;owned\\x07\\x1b[2J", text)
+
     def test_showrecipients_empty(self) -> None:
         """
         An empty queue says so.
