@@ -271,6 +271,23 @@ class ListenerFaultTests(FaultTestsMixin, SynchronousTestCase):
             ],
         )
 
+    def test_empty_sni_name(self) -> None:
+        """
+        An SNI entry with no host name (C{""}, or C{"*."} with nothing
+        after the wildcard) is a fault at its key.  Before, C{""} made the
+        loader drop the whole listener without a word, and C{"*."} was
+        taken as a name no client can send.
+        """
+        for key in ('""', '"*."'):
+            text = HEAD + LISTENER + f"sni = {{ {key} = \"Demo\" }}\n"
+            self.assertEqual(
+                self.faults(text),
+                [
+                    f"site.toml:12: listeners.Inboundmail.sni.{key}: needs a host name "
+                    "(mx.example.com or *.example.com)"
+                ],
+            )
+
     def test_duplicate_listener_name(self) -> None:
         """
         The same listener name twice is refused, pointing at both tables.

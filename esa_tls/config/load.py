@@ -1167,9 +1167,15 @@ class _ListenerLoader:
         ok = True
         for host, cert in table.items():
             hpath: KeyPath = (*path, host)
+            if not host.removeprefix("*."):
+                # hostname() takes "" (no name) for the keys where that
+                # means something; here it names nothing a client can send.
+                self.loader.fault(hpath, "needs a host name (mx.example.com or *.example.com)")
+                ok = False
+                continue
             checked = self.loader.hostname(hpath, host.removeprefix("*."))
             name = self.certificate(hpath, cert)
-            if checked is _INVALID or name is _INVALID or not host:
+            if checked is _INVALID or name is _INVALID:
                 ok = False
                 continue
             out[host.lower()] = name
