@@ -88,3 +88,19 @@ class AlertConfigTests(SynchronousTestCase):
         )
         self.assertIn('alerts.hooks[2].url: "ftp://x" is not an http:// or https:// URL', message)
         self.assertIn('admin.listen: "bogus:1" is not a server endpoint', message)
+
+    def test_endpoint_parser_errors(self) -> None:
+        """
+        Whatever Twisted's endpoint parser raises for C{[admin] listen}
+        is a fault at the key, not a traceback: an C{ssl:} endpoint whose
+        certificate file is missing (C{FileNotFoundError}), a description
+        ending in a backslash (C{RuntimeError} from the tokenizer).
+        """
+        for listen, line in (
+            ('"ssl:8025:certKey=/nonexistent/esa.pem"', 'admin.listen: "ssl:8025:'),
+            ('"tcp6:8025:interface=\\\\"', 'admin.listen: "tcp6:8025:interface=\\\\"'),
+        ):
+            text = HEAD + LISTENER + f"[admin]\nlisten = {listen}\n"
+            e = self.assertRaises(ConfigError, parse_config, text, "site.toml")
+            self.assertIn(line, str(e))
+            self.assertIn("is not a server endpoint", str(e))

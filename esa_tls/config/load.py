@@ -931,7 +931,10 @@ class _Loader:
 
         try:
             serverFromString(reactor, text)
-        except (ValueError, TypeError, KeyError) as e:
+        except Exception as e:
+            # The parser raises what its plugins raise: ValueError for a bad
+            # number, OSError for an ssl: certificate that is not there,
+            # RuntimeError for a trailing backslash.  All mean a bad value.
             return self.fault(path, f"{_toml_string(text)} is not a server endpoint: {e}")
         return text
 
