@@ -186,6 +186,22 @@ class ListenerTests(DialogTestCase):
         self.assertEqual((listener.interface.name, listener.tcp_queue), ("Other", 128))
         self.assertNotIn("max_concurrency", self.text(), "unchanged values are not written")
 
+    def test_limits_bounded(self) -> None:
+        """
+        LIMITS refuses, at the prompt, numbers the loader would refuse at
+        commit, and asks again.
+        """
+        status, out, _ = self.run_cli(
+            "listenerconfig",
+            stdin=answers("edit", "1", "limits", "2000000", "20", "99999999999", "128", "", ""),
+        )
+        self.assertEqual(status, 0, out)
+        self.assertIn("[1000]>2000000\nEnter a number from 1 to 1000000.\n[1000]>20\n", out)
+        self.assertIn("[50]>99999999999\nEnter a number from 1 to 65535.\n[50]>128\n", out)
+        self.commit()
+        listener = load_config(self.config).listeners["Inboundmail"]
+        self.assertEqual((listener.max_concurrency, listener.tcp_queue), (20, 128))
+
     def test_delete_and_setup(self) -> None:
         """
         DELETE removes a listener (never the last one); SETUP changes the

@@ -182,6 +182,29 @@ class ListenerFaultTests(FaultTestsMixin, SynchronousTestCase):
             ['site.toml:10: listeners.Inboundmail.port: expected an integer, got a string ("25")'],
         )
 
+    def test_huge_limits(self) -> None:
+        """
+        C{tcp_queue} and C{max_concurrency} have upper bounds the loader
+        names.  Before, C{tcp_queue = 99999999999} passed the loader and
+        stopped start-up with C{OverflowError} from C{listen()} (or, with
+        one worker, was logged as an unhandled error while the gateway ran
+        without the listener), and C{max_concurrency = 99999999999} with a
+        C{struct.error} from the workers' shared table.
+        """
+        text = HEAD + LISTENER + "tcp_queue = 99999999999\nmax_concurrency = 99999999999\n"
+        self.assertEqual(
+            self.faults(text),
+            [
+                "site.toml:12: listeners.Inboundmail.tcp_queue: 99999999999 is out of range "
+                "1-65535",
+                "site.toml:13: listeners.Inboundmail.max_concurrency: 99999999999 is out of "
+                "range 1-1000000",
+            ],
+        )
+        largest = HEAD + LISTENER + "tcp_queue = 65535\nmax_concurrency = 1000000\n"
+        listener = config(largest).listeners["Inboundmail"]
+        self.assertEqual((listener.tcp_queue, listener.max_concurrency), (65535, 1000000))
+
     def test_unknown_key_suggestion(self) -> None:
         """
         A misspelt key is an unknown key, with the likely intended one.
@@ -279,7 +302,7 @@ class ListenerFaultTests(FaultTestsMixin, SynchronousTestCase):
         taken as a name no client can send.
         """
         for key in ('""', '"*."'):
-            text = HEAD + LISTENER + f"sni = {{ {key} = \"Demo\" }}\n"
+            text = HEAD + LISTENER + f'sni = {{ {key} = "Demo" }}\n'
             self.assertEqual(
                 self.faults(text),
                 [

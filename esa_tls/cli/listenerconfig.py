@@ -47,7 +47,7 @@ from esa_tls.cli._prompt import BadAnswer, Prompter
 from esa_tls.cli._session import EditSession, edit, fault_at, show_faults
 from esa_tls.cli.main import CommandContext
 from esa_tls.config.errors import KeyPath
-from esa_tls.config.load import DEFAULT_POLICY
+from esa_tls.config.load import DEFAULT_POLICY, MAX_LISTENER_CONCURRENCY, MAX_TCP_QUEUE
 from esa_tls.config.model import ListenerType
 from esa_tls.durable import write_atomically
 from esa_tls.hat.predefined import predefined_groups, predefined_policies
@@ -356,16 +356,22 @@ class ListenerConfig:
 
     def limits(self, name: str) -> None:
         path = ("listeners", name)
-        for key, question, default in (
-            ("max_concurrency", "Enter the maximum number of concurrent connections.", 1000),
+        for key, question, default, maximum in (
+            (
+                "max_concurrency",
+                "Enter the maximum number of concurrent connections.",
+                1000,
+                MAX_LISTENER_CONCURRENCY,
+            ),
             (
                 "tcp_queue",
                 "Enter the maximum number of TCP connections to queue (the listen backlog).",
                 50,
+                MAX_TCP_QUEUE,
             ),
         ):
             current = self.doc.get((*path, key), default)
-            value = self.p.integer(question, current, 1)
+            value = self.p.integer(question, current, 1, maximum)
             if value != current:
                 self.doc.set((*path, key), value)
 

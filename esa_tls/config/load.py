@@ -110,6 +110,15 @@ _LISTENER_KEYS = (
     "proxy_trusted",
 )
 _TLS_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+#: The largest C{tcp_queue}: the kernel caps the backlog at C{somaxconn}
+#: anyway, and C{listen()} refuses numbers past a C int.
+MAX_TCP_QUEUE = 65535
+
+#: The largest listener C{max_concurrency}: more connections than a
+#: process has descriptors (C{nr_open}'s default is 1048576); the workers'
+#: shared table is sized from it (twice as many slots, 32-bit counts).
+MAX_LISTENER_CONCURRENCY = 1_000_000
 _ALERT_SEVERITIES = ("critical", "warning", "info")
 _ALERT_TYPES = ("system", "hardware", "updater")
 _HOOK_TYPES = ("mail", "log", "command", "webhook", "python")
@@ -1014,8 +1023,8 @@ class _ListenerLoader:
             "port": loader.integer(1, 65535),
             "protocol": loader.choice(["SMTP", "SMTPS"]),
             "default_domain": loader.hostname,
-            "max_concurrency": loader.integer(1),
-            "tcp_queue": loader.integer(1),
+            "max_concurrency": loader.integer(1, MAX_LISTENER_CONCURRENCY),
+            "tcp_queue": loader.integer(1, MAX_TCP_QUEUE),
             "domain_map": loader.boolean,
             "certificate": self.certificate,
             "rat": loader.array(loader.rat_entry, unique=True),
