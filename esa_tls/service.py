@@ -10,6 +10,7 @@ C{startService}.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ from typing import Any
 
 import attrs
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IResolver, IStreamServerEndpoint
@@ -48,7 +49,7 @@ from esa_tls.spool.fs import WholeFileSystemSync
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
 from esa_tls.tls.store import CertificateStore, certificate_faults
 from esa_tls.watch import FileWatcher
-from esa_tls.workers import SharedListenerFactory, WorkerPool, WorkerRole
+from esa_tls.workers import SharedListenerFactory, WorkerPool, WorkerRole, listen_error_text
 
 log = Logger()
 
@@ -213,6 +214,9 @@ class GatewayService(MultiService):
         #: The configuration in force: the file's, except for the settings a
         #: reload could not apply (L{reload}).
         self.config = config
+        #: What each child service that opens a port serves, for the
+        #: message when it cannot (L{privilegedStartService}).
+        self._ports: dict[Any, str] = {}
         # A certificate a listener serves must load now: the listener would
         # otherwise offer STARTTLS and fail every handshake.
         faults = certificate_faults(config)
@@ -283,7 +287,9 @@ class GatewayService(MultiService):
             from esa_tls.report.admin import admin_service, make_admin_site
 
             site = make_admin_site(self.counters, self.alerts)
-            admin_service(config.admin.listen, site, reactor).setServiceParent(self)
+            admin = admin_service(config.admin.listen, site, reactor)
+            admin.setServiceParent(self)
+            self._ports[admin] = f"[admin] listen {json.dumps(config.admin.listen)}"
         # One delivery engine per spool: in a multi-worker gateway the
         # primary process delivers what every worker accepted.
         self.queue: QueueManager | None = None
@@ -312,6 +318,9 @@ class GatewayService(MultiService):
             )
             service.setName(listener.name)
             service.setServiceParent(self)
+            self._ports[service] = (
+                f"listener {listener.name} on {listener.interface.ip} port {listener.port}"
+            )
 
     @classmethod
     def from_file(cls, path: str | None, reactor: Any | None = None) -> GatewayService:
@@ -382,6 +391,29 @@ class GatewayService(MultiService):
         return served
 
     # -- running -----------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """
+        Open the ports (C{twistd} calls this before it drops privileges).
+        A port that cannot be opened stops start-up, naming the listener
+        (or the admin page), its address and the reason, with exit status
+        1 as with several workers (L{esa_tls.tap}): nothing runs
+        half-configured.  A L{StreamServerEndpointService} would only log
+        the error as unhandled and let the gateway run without the port.
+        """
+        Service.privilegedStartService(self)
+        for child in self:
+            if isinstance(child, StreamServerEndpointService):
+                child._raiseSynchronously = True
+            try:
+                child.privilegedStartService()
+            except Exception as e:
+                log.critical(
+                    "esa-tls: cannot listen: {what}: {why}",
+                    what=self._ports.get(child, getattr(child, "name", None) or repr(child)),
+                    why=listen_error_text(e),
+                )
+                raise SystemExit(1) from None
 
     def startService(self) -> None:
         self.mail_log.open()

@@ -85,6 +85,6 @@ def _multi_worker(config: str | None, workers: int) -> IService:
     try:
         service: IService = multi_worker_gateway(config, workers)
     except OSError as e:
-        sys.stderr.write(f"esa-tls: cannot listen: {e}\n")
+        sys.stderr.write(f"esa-tls: cannot listen: {e.strerror or e}\n")
         raise SystemExit(1) from None
     return service

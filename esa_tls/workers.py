@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import ipaddress
 import mmap
@@ -807,13 +808,31 @@ def _family(listener: Listener) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in listener.interface.ip else socket.AF_INET
 
 
+def listen_error_text(error: BaseException) -> str:
+    """
+    Why a port could not be opened, for an administrator: the system's
+    reason (C{Address already in use}), with a hint for a privileged port.
+
+    @param error: an C{OSError}, or Twisted's C{CannotListenError} around one.
+    """
+    cause = getattr(error, "socketError", None) or error
+    text = str(getattr(cause, "strerror", None) or cause)
+    number = getattr(cause, "errno", None)
+    if number == errno.EACCES:
+        text += " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    elif number == errno.EADDRNOTAVAIL:
+        text += " (the interface address is not one of this machine's)"
+    return text
+
+
 def bind_listeners(config: GatewayConfig) -> dict[str, socket.socket]:
     """
     Bind and listen on every listener's address, as Twisted's own TCP port
     would (C{SO_REUSEADDR}, backlog C{tcp_queue}), so that the sockets
     exist before any worker does.
 
-    @raise OSError: an address could not be bound; nothing stays bound.
+    @raise OSError: an address could not be bound; nothing stays bound.  Its
+        C{strerror} names the listener, its address and the reason.
     """
     bound: dict[str, socket.socket] = {}
     try:
@@ -824,8 +843,15 @@ def bind_listeners(config: GatewayConfig) -> dict[str, socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((listener.interface.ip, listener.port))
-            sock.listen(listener.tcp_queue)
+            try:
+                sock.bind((listener.interface.ip, listener.port))
+                sock.listen(listener.tcp_queue)
+            except OSError as e:
+                raise OSError(
+                    e.errno,
+                    f"listener {listener.name} on {listener.interface.ip} port "
+                    f"{listener.port}: {listen_error_text(e)}",
+                ) from e
             sock.setblocking(False)
     except BaseException:
         for sock in bound.values():

@@ -244,6 +244,77 @@ def ehlo_and_mail(port: int) -> tuple[bytes, bytes]:
         raw.close()
 
 
+class ListenFailureTests(TestCase):
+    """
+    A port the gateway cannot open stops start-up with a message naming
+    what could not listen, where, and why; never a gateway running without
+    it.  Before, with one worker, twistd logged an "Unhandled Error"
+    traceback, logged the listener as listening, and ran on without it.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.child = Child(self, self.directory, free_port())
+        # Someone else has the port.
+        self.squatter = socket.socket()
+        self.addCleanup(self.squatter.close)
+        self.squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.squatter.bind(("127.0.0.1", 0))
+        self.squatter.listen()
+        self.busy = self.squatter.getsockname()[1]
+
+    def refused(self, workers: int) -> str:
+        """
+        Run C{twistd}; it must exit with status 1 and no traceback.
+
+        @return: what it wrote.
+        """
+        command = [TWISTD, "-n", "--pidfile=", "esa-tls", "--config", self.child.config]
+        try:
+            result = subprocess.run(
+                [*command, "--workers", str(workers)],
+                cwd=self.directory,
+                capture_output=True,
+                timeout=30,
+            )
+        except subprocess.TimeoutExpired as e:
+            output = (e.stdout or b"") + (e.stderr or b"")
+            self.fail(f"the gateway started:\n{output.decode()}")
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("Unhandled Error", output)
+        return output
+
+    def test_listenerPortInUse(self) -> None:
+        """
+        A listener's port in use, with one worker and with several.
+        """
+        with open(self.child.config, "w") as f:
+            f.write(config_text(os.path.join(self.directory, "var"), self.busy))
+        for workers in (1, 2):
+            self.assertIn(
+                f"esa-tls: cannot listen: listener InboundMail on 127.0.0.1 port {self.busy}: "
+                "Address already in use",
+                self.refused(workers),
+            )
+
+    def test_adminPortInUse(self) -> None:
+        """
+        The admin page's port in use, with one worker and with several.
+        """
+        with open(self.child.config, "a") as f:
+            f.write(f'[admin]\nlisten = "tcp:{self.busy}:interface=127.0.0.1"\n')
+        for workers in (1, 2):
+            output = self.refused(workers)
+            self.assertIn(
+                f'esa-tls: cannot listen: [admin] listen "tcp:{self.busy}:interface=127.0.0.1": ',
+                output,
+            )
+            self.assertIn("Address already in use", output)
+
+
 class ReloadTests(TestCase):
     @inlineCallbacks
     def test_sighupReloads(self) -> Any:
