@@ -1221,7 +1221,10 @@ def multi_worker_gateway(config_path: str | None, workers: int, reactor: Any = N
         sockets=list(bound.values()),
         announce=service.spool.announce,
     )
-    pool.setName("workers")
+    # With a space, which a listener's name cannot have: the listeners are
+    # services of the gateway named as in the file, and two services may
+    # not share a name.
+    pool.setName("worker pool")
     pool.setServiceParent(service)
     return service
 

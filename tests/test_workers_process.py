@@ -585,6 +585,26 @@ class WorkerTests(TestCase):
         self.assertTrue((yield in_thread(wait_until, port_free, 10)))
 
     @inlineCallbacks
+    def test_listenerNamedWorkers(self) -> Any:
+        """
+        A listener may be called C{workers}: the parent's pool of workers
+        is a service of the gateway too, and was named C{workers}, so such
+        a listener stopped C{--workers N} start-up with C{RuntimeError:
+        cannot have two services with same name 'workers'}.
+        """
+        port = free_port()
+        extra = (
+            '\n[listeners.workers]\ntype = "public"\ninterface = "Loopback"\n'
+            f'port = {port}\nrat = ["example.com"]\n'
+        )
+        gateway = Gateway(self, workers=2, extra=extra)
+        yield in_thread(gateway.start)
+        self.assertNotIn("Traceback", gateway.log())
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(sock.close)
+        self.assertEqual(sock.makefile("rb").readline()[:4], b"220 ")
+
+    @inlineCallbacks
     def test_oneWorkerIsOneProcess(self) -> Any:
         """
         C{--workers 1} is the gateway as it always was: one process, which
