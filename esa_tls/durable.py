@@ -29,13 +29,19 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
+def write_atomically(
+    path: str, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> None:
     """
     Replace C{path} with C{data} so that a crash leaves either the old file
     or the new one: write a temporary file in the same directory, fsync it,
     rename it over C{path}, fsync the directory.  The file has C{mode} from
     the start, so a key is never readable by others, even for a moment.
     The directory is created if missing.
+
+    @param owner: the user and group to give the file (those of the file it
+        replaces, say), as far as this process may: root gives both; another
+        user keeps the group if it is one of theirs.  C{None}: the process's.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -43,6 +49,8 @@ def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
         prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
     )
     try:
+        if owner is not None:
+            _give(fd, *owner)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,3 +64,16 @@ def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
             pass
         raise
     fsync_directory(directory)
+
+
+def _give(fd: int, uid: int, gid: int) -> None:
+    """
+    Give the file C{fd} to C{uid} and C{gid}, or to C{gid} alone when only
+    root may change the owner, or leave it when neither is allowed.
+    """
+    for want in ((uid, gid), (-1, gid)):
+        try:
+            os.fchown(fd, *want)
+            return
+        except PermissionError:
+            continue

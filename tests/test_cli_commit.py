@@ -13,7 +13,7 @@ import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from esa_tls.cli._pending import PendingConfig, PendingError
 from esa_tls.cli.commit import reload_gateway
@@ -83,6 +83,30 @@ class PendingConfigTests(CommitTestCase):
         self.assertIn(" comment=new port\n", self.read(self.config + ".history"))
         self.assertEqual(
             sorted(os.listdir(self.directory)), ["esa.toml", "esa.toml.bak", "esa.toml.history"]
+        )
+
+    def test_commit_keeps_owner(self) -> None:
+        """
+        A commit by root (C{sudo esa-tls commit}) keeps the owner and group
+        of the file, of its backup and of the pending file: the gateway,
+        running as its own user (C{twistd --uid}), must still be able to
+        read the file at the reload the commit asks for.  Before, they
+        became root's, and with the usual 0640 the reload was refused.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("only root can give a file to another user")
+        os.chown(self.config, 65534, 65534)
+        pending = PendingConfig.open(self.config)
+        pending.text = CONFIG.replace("port = 2525", "port = 2526")
+        pending.save()
+        owners = {}
+        owners["pending"] = os.stat(self.config + ".pending")
+        PendingConfig.open(self.config).commit("new port")
+        owners["file"] = os.stat(self.config)
+        owners["backup"] = os.stat(self.config + ".bak")
+        self.assertEqual(
+            {name: (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) for name, st in owners.items()},
+            {name: (65534, 65534, 0o640) for name in owners},
         )
 
     def test_invalid_refused(self) -> None:

@@ -19,7 +19,8 @@ Committing validates the whole text with the gateway's own loader, then
 replaces the file atomically (a temporary file, C{fsync}, C{rename}, then an
 C{fsync} of the directory), keeping the previous file as C{FILE.bak}: after
 a crash at any moment the file is either the old one or the new one, never a
-mix, and the old one can be restored by hand.
+mix, and the old one can be restored by hand.  The new file, the backup
+and the pending file keep the file's mode, owner and group.
 """
 
 from __future__ import annotations
@@ -184,7 +185,9 @@ class PendingConfig:
             self.forget()
             return
         header = f"# esa-tls pending changes (base {self.base_digest})\n"
-        write_atomically(self.pending_path, (header + self.text).encode("utf-8"), self._mode())
+        write_atomically(
+            self.pending_path, (header + self.text).encode("utf-8"), self._mode(), self._owner()
+        )
         self.loaded_from_disk = True
 
     def forget(self) -> None:
@@ -214,6 +217,18 @@ class PendingConfig:
             return stat.S_IMODE(os.stat(self.path).st_mode)
         except OSError:
             return 0o644
+
+    def _owner(self) -> tuple[int, int] | None:
+        """
+        The owner and group of the file, for what is written in its place:
+        after C{sudo esa-tls commit} the gateway, running as its own user,
+        must still be able to read it at the reload.
+        """
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return info.st_uid, info.st_gid
 
     def commit(self, comment: str = "") -> CommitResult:
         """
@@ -246,13 +261,13 @@ class PendingConfig:
         if faults:
             raise ConfigError(faults)
         target = os.path.realpath(self.path)
-        mode = self._mode()
+        mode, owner = self._mode(), self._owner()
         backup = None
         if current is not None:
             backup = self.path + ".bak"
-            write_atomically(backup, current, mode)
+            write_atomically(backup, current, mode, owner)
         data = self.text.encode("utf-8")
-        write_atomically(target, data, mode)
+        write_atomically(target, data, mode, owner)
         self.forget()
         self._record(now, data, comment)
         self.base_digest = _digest(data)
