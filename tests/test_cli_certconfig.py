@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from esa_tls.cli.main import main
 from esa_tls.config.load import load_config
@@ -99,6 +99,30 @@ class CertConfigTests(SynchronousTestCase):
         loaded = load_certificate(entry)
         self.assertEqual(loaded.leaf, issued.certificate)
         self.assertEqual(len(loaded.chain), 1)
+
+    def test_import_owned_like_directory(self) -> None:
+        """
+        Files IMPORT writes under data_dir/certs belong to that directory's
+        owner and group: a gateway running as its own user must read the
+        key it will serve.  Before, C{sudo esa-tls certconfig} left a key
+        0600 owned by root, which such a gateway could not read once the
+        change was committed.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("only root can give a file to another user")
+        certs = os.path.join(self.directory, "var", "certs")
+        os.makedirs(certs, mode=0o700)
+        os.chown(certs, 65534, 65534)
+        cert, key, _ = self_signed(["mx.test.example"]).write(
+            os.path.join(self.directory, "incoming")
+        )
+        self.certconfig("import", "main", cert, key, "")
+        entry = load_config(self.config + ".pending").certificates["main"]
+        for path, mode in ((entry.cert, 0o644), (entry.key, 0o600)):
+            info = os.stat(path)
+            self.assertEqual(
+                (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)), (65534, 65534, mode), path
+            )
 
     def test_wrong_key_refused(self) -> None:
         """

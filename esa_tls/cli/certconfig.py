@@ -227,7 +227,8 @@ class CertConfig:
 
     def write_new(self, name: str, extension: str, data: bytes, mode: int) -> str:
         """
-        Write C{data} to a new file under C{data_dir/certs/}.
+        Write C{data} to a new file under C{data_dir/certs/}, owned by the
+        directory's owner and group.
 
         @return: the path to put in the configuration: relative to the
             configuration file's directory when under it.
@@ -241,7 +242,10 @@ class CertConfig:
             counter += 1
             suffix = f"-{stamp}" + (f"-{counter}" if counter > 1 else "")
             candidate = os.path.join(directory, f"{name}{suffix}{extension}")
-        write_atomically(candidate, data, mode)
+        # Owned like the directory: the gateway, running as its own user,
+        # must read the key, whoever (root) ran this dialog.
+        info = os.stat(directory)
+        write_atomically(candidate, data, mode, (info.st_uid, info.st_gid))
         relative = os.path.relpath(candidate, self.base_dir)
         return candidate if relative.startswith("..") else relative
 
