@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from esa_tls.config.errors import ConfigError
-from esa_tls.config.load import parse_config
+from esa_tls.config.load import parse_config, parse_config_with_warnings
 from esa_tls.config.model import AlertHookConfig
 from tests.test_config_load import HEAD, LISTENER
 
@@ -104,3 +104,40 @@ class AlertConfigTests(SynchronousTestCase):
             e = self.assertRaises(ConfigError, parse_config, text, "site.toml")
             self.assertIn(line, str(e))
             self.assertIn("is not a server endpoint", str(e))
+
+    def test_every_address_warned(self) -> None:
+        """
+        The admin page has no login: an endpoint that listens on every
+        address (no C{interface}, or C{0.0.0.0} or C{::}) is allowed, with
+        a warning naming the key, as C{proxy_trusted} warns about
+        C{0.0.0.0/0}.  Loopback, a chosen address and a UNIX socket are not
+        warned about.
+        """
+        warned = {}
+        for listen in (
+            "tcp:8025",
+            "tcp6:8025",
+            "tcp:8025:interface=0.0.0.0",
+            "tcp6:8025:interface=\\\\:\\\\:",
+            "tcp:8025:interface=127.0.0.1",
+            "tcp:8025:interface=192.0.2.10",
+            "unix:/run/esa-tls/admin.sock",
+        ):
+            text = HEAD + LISTENER + f'[admin]\nlisten = "{listen}"\n'
+            warned[listen] = parse_config_with_warnings(text, "site.toml").warnings
+        warning = (
+            "site.toml:13: admin.listen: the admin page has no login and this listens on "
+            "every address: give interface=127.0.0.1 or a management network's address"
+        )
+        self.assertEqual(
+            warned,
+            {
+                "tcp:8025": (warning,),
+                "tcp6:8025": (warning,),
+                "tcp:8025:interface=0.0.0.0": (warning,),
+                "tcp6:8025:interface=\\\\:\\\\:": (warning,),
+                "tcp:8025:interface=127.0.0.1": (),
+                "tcp:8025:interface=192.0.2.10": (),
+                "unix:/run/esa-tls/admin.sock": (),
+            },
+        )

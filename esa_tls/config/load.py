@@ -259,6 +259,17 @@ def _syntax_fault(message: str, text: str, source: str) -> ConfigFault:
     return ConfigFault(source, line, "", f"invalid TOML: {message}")
 
 
+def _every_address(interface: str) -> bool:
+    """
+    Whether a TCP endpoint's C{interface} (C{""} when not given) listens on
+    every address of the machine.
+    """
+    try:
+        return not interface or ipaddress.ip_address(interface).is_unspecified
+    except ValueError:
+        return False
+
+
 def _describe(value: object) -> str:
     """
     Name a TOML value's type, with the value when short, for "expected X,
@@ -939,12 +950,20 @@ class _Loader:
         from twisted.internet.endpoints import serverFromString
 
         try:
-            serverFromString(reactor, text)
+            endpoint = serverFromString(reactor, text)
         except Exception as e:
             # The parser raises what its plugins raise: ValueError for a bad
             # number, OSError for an ssl: certificate that is not there,
             # RuntimeError for a trailing backslash.  All mean a bad value.
             return self.fault(path, f"{_toml_string(text)} is not a server endpoint: {e}")
+        interface = getattr(endpoint, "_interface", None)
+        if isinstance(interface, str) and _every_address(interface):
+            # Allowed (a firewall may guard it), but the page has no login.
+            self.warn(
+                path,
+                "the admin page has no login and this listens on every address: give "
+                "interface=127.0.0.1 or a management network's address",
+            )
         return text
 
     def nonempty(self, check: Check) -> Check:
