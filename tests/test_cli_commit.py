@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -197,6 +198,44 @@ class PendingConfigTests(CommitTestCase):
         self.assertIn("discarded", out)
         self.assertFalse(PendingConfig.open(self.config).changed)
 
+    def test_concurrent_save_refused(self) -> None:
+        """
+        Two commands editing the same pending changes at once (a long
+        dialog in one terminal, C{set} in another): the one that finishes
+        second is refused instead of overwriting the other's changes with
+        its own copy, and the first one's changes stay pending.  Before,
+        the second silently dropped the first's.
+        """
+        slow = PendingConfig.open(self.config)
+        quick = PendingConfig.open(self.config)
+        quick.text = CONFIG.replace("port = 2525", "port = 2600")
+        quick.save()
+        slow.text = CONFIG + "\n[alerts]\ntls_failure_alert = true\n"
+        with self.assertRaises(PendingError) as caught:
+            slow.save()
+        self.assertIn("changed by another esa-tls command", str(caught.exception))
+        self.assertEqual(PendingConfig.open(self.config).text, quick.text)
+        # Saving again what it saved itself is fine.
+        quick.text = CONFIG.replace("port = 2525", "port = 2601")
+        quick.save()
+        self.assertEqual(PendingConfig.open(self.config).text, quick.text)
+
+    def test_concurrent_commit_refused(self) -> None:
+        """
+        A shell that committed would write its copy and remove the
+        pending file another command saved meanwhile: refused, nothing
+        written, the other's changes still pending.
+        """
+        shell = PendingConfig.open(self.config)
+        shell.text = CONFIG + "\n[alerts]\ntls_failure_alert = true\n"
+        other = PendingConfig.open(self.config)
+        other.text = CONFIG.replace("port = 2525", "port = 2600")
+        other.save()
+        with self.assertRaises(PendingError):
+            shell.commit("mine")
+        self.assertEqual(self.read(), CONFIG)
+        self.assertEqual(PendingConfig.open(self.config).text, other.text)
+
     def test_new_file(self) -> None:
         """
         A configuration file that does not exist yet starts from the
@@ -272,6 +311,42 @@ class CommandTests(CommitTestCase):
         status, out, _ = self.esa_tls("clear")
         self.assertEqual(out, "There are no pending changes to discard.\n")
         self.assertEqual(self.read(), CONFIG)
+
+    def test_dialog_overtaken(self) -> None:
+        """
+        A dialog during which another command saved pending changes ends
+        with the conflict said (exit status 2) and the other's changes
+        kept, not with a traceback or a silent overwrite.
+        """
+
+        class Overtaken(io.StringIO):
+            """
+            The dialog's answers; while the administrator types the
+            second, someone else runs C{esa-tls set}.
+            """
+
+            def __init__(self, case: CommandTests, text: str) -> None:
+                super().__init__(text)
+                self.case, self.lines = case, 0
+
+            def readline(self, *args: Any) -> str:
+                self.lines += 1
+                if self.lines == 2:
+                    pending = PendingConfig.open(self.case.config)
+                    pending.text = CONFIG.replace("port = 2525", "port = 2600")
+                    pending.save()
+                return super().readline(*args)
+
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdin", Overtaken(self, "edit\n1\nlimits\n20\n\n\n\n"))
+        with redirect_stdout(out), redirect_stderr(err):
+            status = main(["--config", self.config, "listenerconfig"])
+        self.assertEqual(status, 2, out.getvalue() + err.getvalue())
+        self.assertIn("changed by another esa-tls command", err.getvalue())
+        self.assertNotIn("Traceback", out.getvalue() + err.getvalue())
+        self.assertEqual(
+            PendingConfig.open(self.config).text, CONFIG.replace("port = 2525", "port = 2600")
+        )
 
     def test_no_config(self) -> None:
         """

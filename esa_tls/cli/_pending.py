@@ -108,6 +108,9 @@ class PendingConfig:
         self.exists = base is not None
         self.text = text
         self.loaded_from_disk = loaded_from_disk
+        #: The digest of L{pending_path} as this copy last read or wrote it
+        #: (L{_NO_FILE}: there was none), to notice another command's save.
+        self.pending_digest = _NO_FILE
 
     @classmethod
     def open(cls, path: str) -> PendingConfig:
@@ -134,6 +137,7 @@ class PendingConfig:
             raise PendingError(f"cannot read {self.pending_path}: {e.strerror}") from e
         if pending is None:
             return self
+        self.pending_digest = _digest(pending)
         first, _, rest = pending.decode("utf-8", "replace").partition("\n")
         match = _HEADER.match(first)
         if match is None:
@@ -181,19 +185,53 @@ class PendingConfig:
         Keep the pending changes in L{pending_path} for a later invocation;
         remove that file when there are none.
         """
+        self.check_not_overtaken()
         if not self.changed:
             self.forget()
             return
         header = f"# esa-tls pending changes (base {self.base_digest})\n"
-        write_atomically(
-            self.pending_path, (header + self.text).encode("utf-8"), self._mode(), self._owner()
-        )
+        data = (header + self.text).encode("utf-8")
+        write_atomically(self.pending_path, data, self._mode(), self._owner())
+        self.pending_digest = _digest(data)
         self.loaded_from_disk = True
+
+    def check_not_overtaken(self) -> None:
+        """
+        Refuse to write over pending changes another command saved since
+        this copy read them: a dialog in one terminal and C{set} in another
+        would otherwise keep only the last one's changes, silently.  (The
+        window between this check and the write is a few system calls; the
+        one it closes lasts as long as a dialog.)
+
+        @raise PendingError: L{pending_path} is not what this copy last
+            read or wrote.
+        """
+        try:
+            now = _digest(_read(self.pending_path))
+        except OSError as e:
+            raise PendingError(f"cannot read {self.pending_path}: {e.strerror}") from e
+        if now != self.pending_digest:
+            raise PendingError(
+                f"{self.pending_path} was changed by another esa-tls command while this one "
+                "ran; this one's changes were not kept, so as not to undo those.  Look at "
+                "the pending changes ('esa-tls --config FILE cli'), then make yours again."
+            )
 
     def forget(self) -> None:
         """
-        Remove L{pending_path} if it exists.
+        Remove L{pending_path} if it exists and holds what this copy last
+        read or wrote: pending changes another command saved since are
+        left alone (L{discard} drops them too).
         """
+        try:
+            if _digest(_read(self.pending_path)) != self.pending_digest:
+                return
+        except OSError:
+            return
+        self._unlink()
+
+    def _unlink(self) -> None:
+        self.pending_digest = _NO_FILE
         try:
             os.unlink(self.pending_path)
         except FileNotFoundError:
@@ -208,7 +246,7 @@ class PendingConfig:
         """
         had = self.changed or os.path.exists(self.pending_path)
         self.text = self.base_text
-        self.forget()
+        self._unlink()
         self.loaded_from_disk = False
         return had
 
@@ -240,7 +278,8 @@ class PendingConfig:
             valid configuration, or a certificate a listener serves fails
             validation; nothing was written.
         @raise PendingError: the file changed since the pending changes were
-            made; nothing was written.
+            made, or another command saved pending changes since this copy
+            read them; nothing was written.
         """
         now = datetime.now(UTC)
         current = _read(self.path)
@@ -249,6 +288,7 @@ class PendingConfig:
                 f"{self.path} has changed since these changes were started; "
                 "nothing was committed.  Run 'clear' and make the changes again."
             )
+        self.check_not_overtaken()
         if not self.changed:
             self.forget()
             return CommitResult(False, now)

@@ -191,7 +191,11 @@ def edit(
         return EXIT_INTERRUPTED
     text = document.text()
     if text != before:
-        session.keep(text)
+        try:
+            session.keep(text)
+        except PendingError as e:
+            print(f"esa-tls: {e}", file=context.stderr)
+            return EXIT_CONFIG_ERROR
         _, faults = session.check(text)
         if faults:
             show_faults(

@@ -37,7 +37,7 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
             # Stale or foreign pending changes: clearing them is the remedy.
             pending = PendingConfig(context.config_path, None, "", False)
             had = True
-            pending.forget()
+            pending.discard()
     if had:
         print("All pending changes have been discarded.", file=context.stdout)
     else:

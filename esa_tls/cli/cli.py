@@ -214,6 +214,9 @@ class Shell:
         if pending.changed:
             try:
                 pending.save()
+            except PendingError as e:
+                self.say(f"The uncommitted changes of this shell were not kept: {e}")
+                return
             except OSError as e:
                 self.say(f"Cannot keep the uncommitted changes in {pending.pending_path}: {e}")
                 return

@@ -147,7 +147,11 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
             print(f"esa-tls set: {fault}", file=err)
         print("esa-tls set: nothing was changed", file=err)
         return EXIT_REFUSED
-    session.keep(text)
+    try:
+        session.keep(text)
+    except PendingError as e:
+        print(f"esa-tls: {e}", file=err)
+        return EXIT_CONFIG_ERROR
     if options.unset:
         print(f"{key} unset (pending: use 'commit' to apply)", file=context.stdout)
     else:
