@@ -850,13 +850,23 @@ class OtherSectionFaultTests(FaultTestsMixin, SynchronousTestCase):
 
     def test_listener_settings_type(self) -> None:
         """
-        Timeouts are positive numbers of seconds.
+        Timeouts are positive numbers of seconds, and finite: infinity (or
+        1e300) would let a session hold its slot for ever.
         """
         text = HEAD + LISTENER + "[listener_settings]\nidle_timeout = 0\n"
         self.assertEqual(
             self.faults(text),
             ["site.toml:13: listener_settings.idle_timeout: 0 is not a positive number of seconds"],
         )
+        for value in ("inf", "1e300"):
+            text = HEAD + LISTENER + f"[listener_settings]\nidle_timeout = {value}\n"
+            self.assertEqual(
+                self.faults(text),
+                [
+                    f"site.toml:13: listener_settings.idle_timeout: {float(value)} seconds is "
+                    "more than a week: not a timeout"
+                ],
+            )
 
     def test_toml_syntax(self) -> None:
         """

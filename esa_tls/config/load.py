@@ -110,6 +110,8 @@ _LISTENER_KEYS = (
     "proxy_trusted",
 )
 _TLS_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+#: The longest timeout or interval in seconds the configuration takes.
+_MAX_SECONDS = 7 * 24 * 3600
 
 #: The largest C{tcp_queue}: the kernel caps the backlog at C{somaxconn}
 #: anyway, and C{listen()} refuses numbers past a C int.
@@ -403,6 +405,9 @@ class _Loader:
             return self.fault(path, f"expected a number of seconds, got {_describe(value)}")
         if not value > 0:
             return self.fault(path, f"{value} is not a positive number of seconds")
+        if value > _MAX_SECONDS:
+            # inf or 1e300: a timer that never fires, a slot held for ever.
+            return self.fault(path, f"{float(value)} seconds is more than a week: not a timeout")
         return float(value)
 
     def boolean(self, path: KeyPath, value: object) -> Any:
