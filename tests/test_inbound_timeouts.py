@@ -13,6 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.support import PUBLIC, Gateway, Raw, in_thread
+from tests.test_inbound_session import SabotagedStore
 
 
 def connect(port: int) -> Raw:
@@ -140,6 +141,50 @@ class TimerTests(TestCase):
             rest,
             b"421 4.3.2 mx.test.example Service shutting down, closing transmission channel\r\n",
         )
+
+    @inlineCallbacks
+    def test_shutdownLetsCommitFinish(self) -> Any:
+        """
+        A message whose commit is under way when the gateway stops reaches
+        the disk (the stop waits for it): its client is told so with the
+        250, and only then 421, rather than a bare 421 that has it send
+        the message again (a duplicate delivered).
+        """
+        gate: Deferred[None] = Deferred()
+        committing: list[None] = []
+
+        def hold_commit(message: Any) -> None:
+            original = message.commit
+
+            def commit() -> Deferred[int]:
+                committing.append(None)
+                return gate.addCallback(lambda _: original())
+
+            message.commit = commit
+
+        gw = Gateway(self, wrap_store=lambda spool: SabotagedStore(spool, hold_commit))
+        raw = yield in_thread(connect, gw.port)
+        self.addCleanup(raw.close)
+        for command in (
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a@b.test>\r\n",
+            b"RCPT TO:<u@example.com>\r\n",
+            b"DATA\r\n",
+        ):
+            yield in_thread(raw.chat, command)
+        raw.send(b"x\r\n.\r\n")
+        while not committing:
+            yield deferLater(reactor, 0.01, lambda: None)
+        stopped = gw.factory.shutdown()
+        gate.callback(None)
+        rest = yield in_thread(raw.rest)
+        yield stopped
+        self.assertRegex(
+            rest,
+            rb"^250 2\.0\.0 Ok: Message \d+ accepted\r\n"
+            rb"421 4\.3\.2 mx\.test\.example Service shutting down, closing transmission channel\r\n$",
+        )
+        self.assertEqual(len(gw.queued()), 1)
 
     @inlineCallbacks
     def test_shutdownWhileClassifying(self) -> Any:

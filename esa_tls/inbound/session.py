@@ -174,6 +174,10 @@ class InboundSession(ESMTP):
         self._timers: list[IDelayedCall] = []
         self._unsuccessful: IDelayedCall | None = None
         self._close_after_message = False
+        # A message's commit is under way; the gateway is stopping, and
+        # says 421 once the commit's reply is sent.
+        self._committing = False
+        self._stopping = False
         self._tls_pending = False
         self._skip_line = False
         self._envelope: Envelope | None = None
@@ -347,16 +351,26 @@ class InboundSession(ESMTP):
         A connection the HAT is still placing is told too: given its
         banner once the answer came, it would keep the stop waiting for
         a whole session (the client may run the slow DNS server itself).
+        A session whose message is being committed gets the commit's reply
+        first (the stop waits for the commit anyway), then the 421.
         """
-        if self.state is not State.CLOSED:
-            self._close(
-                reply=(
-                    421,
-                    b"4.3.2 "
-                    + self._host_bytes()
-                    + b" Service shutting down, closing transmission channel",
-                )
-            )
+        if self.state is State.CLOSED:
+            return
+        if self._committing:
+            # The message is reaching the disk whatever is said now (the
+            # stop waits for it): a bare 421 would have the client send it
+            # again.  Its 250 first, then the 421 (L{_afterMessage}).
+            self._stopping = True
+            return
+        self._close(reply=self._shutdown_reply())
+
+    def _shutdown_reply(self) -> tuple[int, bytes]:
+        return (
+            421,
+            b"4.3.2 "
+            + self._host_bytes()
+            + b" Service shutting down, closing transmission channel",
+        )
 
     def timeoutConnection(self) -> None:
         self._close(reply=(421, b"4.4.2 " + self._host_bytes() + b" Error: timeout exceeded"))
@@ -960,6 +974,7 @@ class InboundSession(ESMTP):
             self._afterMessage()
             return
         self._busy = True
+        self._committing = True
         d = maybeDeferred(message.commit)
 
         def committed(mid: int) -> None:
@@ -991,6 +1006,7 @@ class InboundSession(ESMTP):
 
         def done(_: object) -> None:
             self._busy = False
+            self._committing = False
             self._afterMessage()
             self._process()
 
@@ -998,7 +1014,9 @@ class InboundSession(ESMTP):
         d.addBoth(done)
 
     def _afterMessage(self) -> None:
-        if self._close_after_message and self.state is not State.CLOSED:
+        if self._stopping and self.state is not State.CLOSED:
+            self._close(reply=self._shutdown_reply())
+        elif self._close_after_message and self.state is not State.CLOSED:
             self._close(reply=(421, b"Exceeded allowable connection time, disconnecting."))
 
     def _abort_message(self) -> None:
