@@ -594,6 +594,9 @@ class GatewayService(MultiService):
         if hooks is not None:
             self.alerts.hooks = hooks
         self.certificate_watch.config = config
+        for child in self:
+            if isinstance(child, WorkerPool):
+                child.reloaded()
         if self.queue is not None:
             self.queue.config = config
             if self.queue.resolver is not self.resolver:

@@ -38,7 +38,9 @@ for I{the gateway}, not for each process:
     reload (the parent's socket included, and no worker started later is
     given it), so its port closes once all have reloaded; a worker started
     again after a reload that added a listener does not serve it either,
-    until the restart every process needs for it.
+    until the restart every process needs for it.  A worker that exits
+    because the file does not load is started again at the parent's next
+    reload that is not refused, not over and over meanwhile.
     A worker whose parent dies is killed by the kernel
     (C{PR_SET_PDEATHSIG}), or sees its standard input close, so that a
     killed gateway leaves no orphan holding the ports.
@@ -996,6 +998,15 @@ class _WorkerProtocol(ProcessProtocol):
         self.ended.callback(None)
 
 
+#: The exit status of a worker whose configuration did not load.
+_CONFIG_ERROR = 2
+
+
+def _exit_code(reason: Failure) -> int | None:
+    code = getattr(reason.value, "exitCode", None)
+    return code if isinstance(code, int) else None
+
+
 class WorkerPool(Service):
     """
     Starts, restarts, signals and stops workers 1..N-1 (the parent is
@@ -1037,6 +1048,9 @@ class WorkerPool(Service):
         self.processes: dict[int, Any] = {}
         self._protocols: dict[int, _WorkerProtocol] = {}
         self._restarts: dict[int, Any] = {}
+        # Workers that exited because the file did not load: started again
+        # at the next reload that succeeds (L{reloaded}), not in a loop.
+        self._unconfigured: set[int] = set()
         self._previous_sighup: Any = None
 
     def command(self, index: int) -> tuple[list[str], dict[int, int | str]]:
@@ -1132,7 +1146,15 @@ class WorkerPool(Service):
         self.processes.pop(index, None)
         # Its connections died with it: take them out of the counts.
         self.role.limits.clear_worker(index)
-        if self.running:
+        if self.running and _exit_code(reason) == _CONFIG_ERROR:
+            # It would load the same file again, and fail again.
+            self._unconfigured.add(index)
+            log.error(
+                "worker {index} cannot start: configuration error; "
+                "it starts again at the next reload",
+                index=index,
+            )
+        elif self.running:
             log.error(
                 "worker {index} exited ({reason}); starting it again",
                 index=index,
@@ -1143,6 +1165,20 @@ class WorkerPool(Service):
             log.info(
                 "worker {index} stopped ({reason})", index=index, reason=reason.getErrorMessage()
             )
+
+    def reloaded(self) -> None:
+        """
+        The parent loaded the file (a reload that was not refused): start
+        the workers that could not load it before.  After a delay, as any
+        restart: the SIGHUP that may have caused this reload is being
+        passed on to the workers, and must not find one still starting.
+        """
+        for index in sorted(self._unconfigured):
+            if self.running and index not in self._restarts:
+                self._restarts[index] = self.reactor.callLater(
+                    self.restart_delay, self._spawn, index
+                )
+        self._unconfigured.clear()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -1366,7 +1402,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         service = GatewayService(loaded, reactor, worker=role)
     except ConfigError as e:
         sys.stderr.write(f"configuration error\n{e}\n")
-        return 2
+        return _CONFIG_ERROR
     service.spool.subscribe(_Announcer(reactor, _ANNOUNCE_FD))
     watch = _ParentWatch()
     StandardIO(  # type: ignore[call-arg]

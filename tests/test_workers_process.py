@@ -22,7 +22,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from esa_tls.config.model import WorkerCPUAffinity
-from esa_tls.workers import cpu_plan
+from esa_tls.workers import WorkerPool, cpu_plan
 from tests.support import TWISTD, Raw, free_port, in_thread, wait_until
 from tests.test_gateway import Child
 
@@ -511,6 +511,40 @@ class WorkerTests(TestCase):
         self.assertTrue((yield in_thread(refused, relay_port)))
         self.assertTrue((yield in_thread(refused, extra_port)))
         self.assertEqual((yield in_thread(gateway.connect)), b"220 mx.test.example ESMTP\r\n")
+
+    @inlineCallbacks
+    def test_workerWaitsForAValidConfiguration(self) -> Any:
+        """
+        A worker that dies while the file holds a configuration every
+        process refused cannot start again (it would load that file): it
+        is not started over and over, each time failing, but once a
+        reload succeeds; meanwhile the others serve.
+        """
+        gateway = Gateway(self, workers=2)
+        yield in_thread(gateway.start)
+        [worker] = children(gateway.pid)
+        gateway.reload('rule = "ACCEPT"', 'rule = "BOGUS"')
+        self.assertTrue(
+            (yield in_thread(wait_until, lambda: gateway.log().count("reload refused") == 2, 30)),
+            gateway.log(),
+        )
+        os.kill(worker, signal.SIGKILL)
+        waiting = "worker 1 cannot start: configuration error; it starts again at the next reload"
+        self.assertTrue(
+            (yield in_thread(wait_until, lambda: waiting in gateway.log(), 30)), gateway.log()
+        )
+        # Given time for several attempts, none is made.
+        yield in_thread(time.sleep, 3 * WorkerPool.restart_delay + 1)
+        self.assertEqual(gateway.log().count("started worker 1"), 2, gateway.log())
+        self.assertEqual(children(gateway.pid), [])
+        self.assertEqual((yield in_thread(gateway.connect)), b"220 mx.test.example ESMTP\r\n")
+        gateway.reload('rule = "BOGUS"', 'rule = "ACCEPT"')
+
+        def serving() -> bool:
+            return gateway.log().count("[worker 1] listener InboundMail") == 2
+
+        self.assertTrue((yield in_thread(wait_until, serving, 30)), gateway.log())
+        self.assertEqual(len(children(gateway.pid)), 1)
 
     @inlineCallbacks
     def test_cpuAffinity(self) -> Any:
