@@ -87,6 +87,7 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import (
     ILogObserver,
     Logger,
+    LogLevel,
     eventAsJSON,
     eventFromJSON,
     globalLogPublisher,
@@ -960,7 +961,10 @@ class _WorkerProtocol(ProcessProtocol):
         self._announced += data
         *lines, self._announced = self._announced.split(b"\n")
         for line in lines:
-            if line.isdigit():
+            # A MID is at most twenty digits (a 64-bit counter); anything
+            # else on the pipe is passed over, never allowed to raise
+            # here, which would close the pipe for the worker's lifetime.
+            if line.isdigit() and len(line) <= 20:
                 self.pool.announce(int(line))
 
     def outReceived(self, data: bytes) -> None:
@@ -985,7 +989,17 @@ class _WorkerProtocol(ProcessProtocol):
             return
         try:
             event = eventFromJSON(line.decode("utf-8", "replace"))
-        except ValueError:
+        except Exception:
+            # Not JSON, or JSON naming a class Twisted does not know: an
+            # exception here would close the pipe, and every later event
+            # of the worker would be lost.
+            event = None
+        if not (
+            isinstance(event, dict)
+            and event.get("log_level") in _LEVELS
+            and isinstance(event.get("log_time"), (int, float))
+        ):
+            # Not an event the observers can take.
             log.info("worker {index}: {line}", index=self.index, line=line.decode(errors="replace"))
             return
         event["log_system"] = f"worker {self.index}"
@@ -997,6 +1011,9 @@ class _WorkerProtocol(ProcessProtocol):
         self.pool.ended(self, reason)
         self.ended.callback(None)
 
+
+#: Compared by equality, not hashed: a garbled level may be a list.
+_LEVELS = tuple(LogLevel.iterconstants())
 
 #: The exit status of a worker whose configuration did not load.
 _CONFIG_ERROR = 2

@@ -663,6 +663,71 @@ class WorkerTests(TestCase):
         self.assertIn(b"--workers: not a number", result.stdout + result.stderr)
 
 
+#: A stand-in for a worker that writes what no worker should on its pipes
+#: to the parent, then a good log event and a good MID on each.
+GARBLED_WORKER = r"""
+import os
+import time
+from twisted.logger import LogLevel, eventAsJSON
+uuid = "e76887e2-20ed-49bf-a8f8-ba25cc586f2f"
+os.write(1, b'42\nnull\n[1]\n{}\n{"log_level": [], "log_time": 1}\n')
+os.write(1, b'{"a": {"__class_uuid__": "%s"}}\n' % uuid.encode())
+event = {"log_format": "still heard", "log_level": LogLevel.info, "log_time": time.time()}
+os.write(1, eventAsJSON(event).encode() + b"\n")
+os.write(4, b"9" * 5000 + b"\n17\n")
+"""
+
+
+class _Pool:
+    """
+    What a L{_WorkerProtocol} tells its pool, kept.
+    """
+
+    def __init__(self) -> None:
+        self.announced: list[int] = []
+
+    def announce(self, mid: int) -> None:
+        self.announced.append(mid)
+
+    def ended(self, protocol: Any, reason: Any) -> None:
+        pass
+
+
+class PipeTests(TestCase):
+    @inlineCallbacks
+    def test_garbageFromAWorker(self) -> Any:
+        """
+        A line on a worker's pipes that is not what a worker sends (JSON
+        that is not an event, a number too long for a MID) is passed over:
+        the pipe stays open, and what the worker says next is heard.
+        """
+        import sys
+
+        from twisted.internet import reactor
+        from twisted.logger import globalLogPublisher
+
+        from esa_tls.workers import _ANNOUNCE_FD, _WorkerProtocol
+
+        heard: list[dict[str, Any]] = []
+        observer = heard.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        pool = _Pool()
+        protocol = _WorkerProtocol(pool, 1)  # type: ignore[arg-type]
+        reactor.spawnProcess(
+            protocol,
+            sys.executable,
+            [sys.executable, "-c", GARBLED_WORKER],
+            env=dict(os.environ),
+            childFDs={0: "w", 1: "r", 2: "r", _ANNOUNCE_FD: "r"},
+        )
+        yield protocol.ended
+        self.assertIn(
+            "still heard", [e.get("log_format") for e in heard if e.get("log_system") == "worker 1"]
+        )
+        self.assertEqual(pool.announced, [17])
+
+
 class CPUPlanTests(SynchronousTestCase):
     """
     L{cpu_plan}: which CPU each process keeps to.
