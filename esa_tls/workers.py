@@ -1380,9 +1380,14 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def worker_main(argv: Sequence[str] | None = None) -> int:
+def worker_main(argv: Sequence[str] | None = None, hangups: Sequence[int] = ()) -> int:
     """
     Run one worker: started by L{WorkerPool}, never by hand.
+
+    @param hangups: a list the program's own SIGHUP handler adds to until
+        the gateway service installs its handler (L{esa_tls.worker}): one
+        that came by then may have missed a configuration the worker had
+        already read, so the worker reloads once it runs.
     """
     args = _parse(sys.argv[1:] if argv is None else argv)
     _die_with_parent(args.parent)
@@ -1432,6 +1437,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         return result
 
     service.startService()
+    if hangups:
+        reactor.callWhenRunning(service.reload)
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
     freeze_startup_heap()
     reactor.run()

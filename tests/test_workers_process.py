@@ -547,6 +547,49 @@ class WorkerTests(TestCase):
         self.assertEqual(len(children(gateway.pid)), 1)
 
     @inlineCallbacks
+    def test_hangupWhileStarting(self) -> Any:
+        """
+        A SIGHUP that reaches a worker while it starts (a reload just after
+        the parent started it again) neither ends it nor is lost: the worker
+        notes it before its imports (it is caught before cryptography's
+        OpenSSL is even loaded), and reloads once it runs.
+        """
+        gateway = Gateway(self, workers=2)
+        yield in_thread(gateway.start)
+        [worker] = children(gateway.pid)
+
+        def caught_early() -> tuple[int, bool]:
+            os.kill(worker, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                new = [pid for pid in children(gateway.pid) if pid != worker]
+                if new:
+                    break
+            [replacement] = new
+            while time.monotonic() < deadline:
+                try:
+                    with open(f"/proc/{replacement}/status") as f:
+                        caught = next(ln for ln in f if ln.startswith("SigCgt:"))
+                    with open(f"/proc/{replacement}/maps") as f:
+                        loaded = "_rust.abi3.so" in f.read()
+                except OSError:
+                    return replacement, False
+                if int(caught.split()[1], 16) & (1 << (signal.SIGHUP - 1)):
+                    os.kill(replacement, signal.SIGHUP)
+                    return replacement, not loaded
+            return replacement, False
+
+        replacement, early = yield in_thread(caught_early)
+        self.assertTrue(early, "SIGHUP was caught only after the imports")
+
+        def reloaded() -> bool:
+            return "[worker 1] configuration reloaded from" in gateway.log()
+
+        self.assertTrue((yield in_thread(wait_until, reloaded, 30)), gateway.log())
+        self.assertEqual(children(gateway.pid), [replacement])
+        self.assertEqual(gateway.log().count("started worker 1"), 2, gateway.log())
+
+    @inlineCallbacks
     def test_cpuAffinity(self) -> Any:
         """
         With as many processes as CPUs, C{worker_cpu_affinity = "auto"} (the
