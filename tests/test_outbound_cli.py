@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import time
 from io import StringIO
@@ -143,6 +144,44 @@ class QueueCommandTests(TestCase):
         self.assertEqual([c for c in text if not c.isprintable() and c != "\n"], [])
         self.assertIn("Hi \\x1b[8mthere\\x1b[2J", text)
         self.assertIn("last error: 450 4.2.1 Mailbox busy\\x1b]0;owned\\x07\\x1b[2J", text)
+
+    async def test_showrecipients_unreadable(self) -> None:
+        """
+        A queued message whose file or recipient states cannot be read is
+        not listed, and not hidden either: a warning on stderr names it,
+        while the listing (and its JSON) stays as scripts read it.
+        """
+        config = self.context.load_config()
+        spool, _ = self.queue(config)
+        mids = []
+        for _ in range(3):
+            message = spool.new_message(
+                Envelope(
+                    mail_from="alice@gw.test",
+                    rcpt_to=("new@partner.example",),
+                    helo="client",
+                    peer_ip="127.0.0.1",
+                    listener="InboundMail",
+                    icid=1,
+                    received_at=time.time(),
+                )
+            )
+            message.write(b"Subject: x\r\n\r\nbody\r\n")
+            mids.append(await message.commit())
+        directory = os.path.join(config.system.data_dir, "spool")
+        with open(os.path.join(directory, "queue", f"{mids[0]}.msg"), "r+b") as f:
+            f.write(b"garbage")
+        with open(os.path.join(directory, "state", f"{mids[1]}.json"), "wb") as f:
+            f.write(b"{not json")
+        err = StringIO()
+        context = CommandContext(self.config_path, self.out, err)
+        showrecipients.run(argparse.Namespace(domain=None, sender=None, json=True), context)
+        self.assertEqual([m["mid"] for m in json.loads(self.out.getvalue())], [mids[2]])
+        self.assertEqual(
+            err.getvalue(),
+            f"warning: 2 queued message(s) could not be read (MID {mids[0]}, {mids[1]}) and "
+            "are not listed; the gateway moves such files to spool/corrupt/ and logs why\n",
+        )
 
     def test_showrecipients_empty(self) -> None:
         """

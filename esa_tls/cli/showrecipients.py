@@ -53,12 +53,17 @@ def _subject(path: str, offset: int) -> str:
     return str(headers.get("Subject", ""))
 
 
-def read_queue(spool_dir: str) -> list[dict[str, Any]]:
+def read_queue(spool_dir: str, unreadable: list[int] | None = None) -> list[dict[str, Any]]:
     """
     The queued messages of the spool in C{spool_dir}, read without
     touching it (safe while the gateway runs): one dict per message with
     C{mid}, C{size}, C{sender}, C{subject} and C{recipients} (the
     unfinished ones, as L{RecipientState} fields).
+
+    @param unreadable: receives the MID of each message whose file or
+        recipient states cannot be read or decoded (one the gateway will
+        move to C{corrupt/}); one removed while it was being read is not
+        counted.
     """
     queue_dir = os.path.join(spool_dir, "queue")
     state_dir = os.path.join(spool_dir, "state")
@@ -75,7 +80,11 @@ def read_queue(spool_dir: str) -> list[dict[str, Any]]:
         try:
             with open(path, "rb") as f:
                 header = decode_message_header(f.readline(MAX_HEADER_LENGTH))
+        except FileNotFoundError:
+            continue
         except (OSError, SpoolFormatError):
+            if unreadable is not None:
+                unreadable.append(mid)
             continue
         states = {
             rid: RecipientState(rid=rid, address=address)
@@ -87,6 +96,8 @@ def read_queue(spool_dir: str) -> list[dict[str, Any]]:
         except FileNotFoundError:
             pass
         except (OSError, SpoolFormatError):
+            if unreadable is not None:
+                unreadable.append(mid)
             continue
         pending = [s for _, s in sorted(states.items()) if s.status not in FINAL_STATUSES]
         if not pending:
@@ -126,7 +137,18 @@ def _when(timestamp: float, now: float) -> str:
 
 def run(options: argparse.Namespace, context: CommandContext) -> int:
     config = context.load_config()
-    messages = read_queue(os.path.join(os.path.abspath(config.system.data_dir), "spool"))
+    unreadable: list[int] = []
+    messages = read_queue(
+        os.path.join(os.path.abspath(config.system.data_dir), "spool"), unreadable
+    )
+    if unreadable:
+        # On stderr, so the listing (and --json) stays what scripts parse.
+        print(
+            f"warning: {len(unreadable)} queued message(s) could not be read "
+            f"(MID {', '.join(str(m) for m in sorted(unreadable))}) and are not listed; "
+            "the gateway moves such files to spool/corrupt/ and logs why",
+            file=context.stderr,
+        )
     domain = options.domain.lower().rstrip(".") if options.domain else None
     selected = []
     for message in messages:
