@@ -168,6 +168,32 @@ class DeliveryTests(QueueTestCase):
         self.assertEqual((state.attempts, state.next_attempt), (2, self.clock.seconds() + 600))
         self.assertEqual(RetryPolicy().delay(10), 3600)
 
+    async def test_retry_time_from_a_wrong_clock(self) -> None:
+        """
+        A retry time further off than the longest wait (set while the
+        system clock was wrong, weeks ahead, and since put right) is not
+        believed: the recipient is tried at the next scan, not held until
+        that date.
+        """
+        mid = await inject(self.spool, "a@sender.example", ["ok@partner.example"])
+        [state] = self.spool.get(mid).recipients
+        await self.spool.update_recipients(
+            mid,
+            {
+                0: attrs.evolve(
+                    state,
+                    status=DEFERRED,
+                    attempts=3,
+                    next_attempt=self.clock.seconds() + 30 * 86400,
+                )
+            },
+        )
+        await self.manager().run_once()
+        self.assertEqual(
+            [rcpts for _, rcpts, _ in self.server.capture.messages], [[b"ok@partner.example"]]
+        )
+        self.assertEqual(self.spool.queued(), [])
+
     async def test_retry_after_many_attempts(self) -> None:
         """
         A recipient tried more than a thousand times (a script running

@@ -470,6 +470,9 @@ class QueueManager(Service):
                 force is True
                 or force == domain
                 or state.next_attempt <= now
+                # Further off than the longest wait: set while the clock
+                # was wrong (and since put right), not by the schedule.
+                or state.next_attempt > now + self.retry.maximum
                 # delivernow asked for it, and a limit held it back since.
                 or self._waiting.get(domain, {}).get(message.mid, False)
             ):
