@@ -7,7 +7,11 @@ and C{/metrics} in the Prometheus exposition format.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import stat
+import tempfile
 import time
 from typing import Any
 
@@ -73,6 +77,34 @@ class AdminSiteTests(TestCase):
         service._waitingForPort.addCallback(got)
         port = yield listening
         return f"http://127.0.0.1:{port.getHost().port}"
+
+    @inlineCallbacks
+    def test_unixSocketPrivate(self) -> Any:
+        """
+        On a UNIX socket the page is the owner's only (0600), unless the
+        endpoint names its own mode; Twisted's default would let every
+        local user read it.
+        """
+        site = make_admin_site(self.counters, self.dispatcher)
+        # Short: a UNIX socket's path is limited to about 100 octets.
+        directory = tempfile.mkdtemp(prefix="esa-admin-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        modes = []
+        for name, extra in (("default.sock", ""), ("group.sock", ":mode=660")):
+            path = os.path.join(directory, name)
+            service: Any = admin_service(f"unix:{path}{extra}", site, reactor)
+            service.startService()
+            listening: Deferred[Any] = Deferred()
+
+            def got(port: Any, listening: Deferred[Any] = listening) -> Any:
+                listening.callback(port)
+                return port  # for stopService, which closes it
+
+            service._waitingForPort.addCallback(got)
+            yield listening
+            modes.append(stat.S_IMODE(os.stat(path).st_mode))
+            yield service.stopService()
+        self.assertEqual(modes, [0o600, 0o660])
 
     @inlineCallbacks
     def get(self, url: str) -> Any:

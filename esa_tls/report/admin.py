@@ -273,6 +273,11 @@ def admin_service(endpoint: str, site: Site, reactor: Any) -> IService:
     """
     A service serving C{site} on C{endpoint}, a server endpoint string
     (C{[admin] listen}, e.g. L{DEFAULT_LISTEN}).
+
+    A UNIX socket is made 0600 unless the endpoint gives a C{mode}:
+    Twisted's default, 0666, lets every local user read the page.
     """
+    if endpoint.split(":", 1)[0] == "unix" and ":mode=" not in endpoint:
+        endpoint += ":mode=600"
     service: IService = strports_service(endpoint, site, reactor=reactor)
     return service
