@@ -31,6 +31,26 @@ LISTENER = (
 )
 
 
+async def queue_message(spool: DurableSpool, rcpt_to: tuple[str, ...], data: bytes) -> int:
+    """
+    Commit a message from alice@gw.test to C{rcpt_to} into C{spool}, as
+    a listener would; its MID.
+    """
+    message = spool.new_message(
+        Envelope(
+            mail_from="alice@gw.test",
+            rcpt_to=rcpt_to,
+            helo="client",
+            peer_ip="127.0.0.1",
+            listener="InboundMail",
+            icid=1,
+            received_at=time.time(),
+        )
+    )
+    message.write(data)
+    return await message.commit()
+
+
 class QueueCommandTests(TestCase):
     """
     The commands read and poke the queue of a gateway's data directory.
@@ -79,19 +99,11 @@ class QueueCommandTests(TestCase):
         """
         config = self.context.load_config()
         spool, manager = self.queue(config)
-        message = spool.new_message(
-            Envelope(
-                mail_from="alice@gw.test",
-                rcpt_to=("ok@partner.example", "busy@partner.example", "new@other.example"),
-                helo="client",
-                peer_ip="127.0.0.1",
-                listener="InboundMail",
-                icid=1,
-                received_at=time.time(),
-            )
+        mid = await queue_message(
+            spool,
+            ("ok@partner.example", "busy@partner.example", "new@other.example"),
+            b"Subject: Quarterly figures\r\n\r\nbody\r\n",
         )
-        message.write(b"Subject: Quarterly figures\r\n\r\nbody\r\n")
-        mid = await message.commit()
         await manager.run_once()
         status = showrecipients.run(
             argparse.Namespace(domain=None, sender=None, json=False), self.context
@@ -125,19 +137,11 @@ class QueueCommandTests(TestCase):
         }
         config = self.context.load_config()
         spool, manager = self.queue(config)
-        message = spool.new_message(
-            Envelope(
-                mail_from="alice@gw.test",
-                rcpt_to=("busy@partner.example",),
-                helo="client",
-                peer_ip="127.0.0.1",
-                listener="InboundMail",
-                icid=1,
-                received_at=time.time(),
-            )
+        await queue_message(
+            spool,
+            ("busy@partner.example",),
+            b"Subject: Hi \x1b[8m=?utf-8?q?there=1B[2J?=\r\n\r\nbody\r\n",
         )
-        message.write(b"Subject: Hi \x1b[8m=?utf-8?q?there=1B[2J?=\r\n\r\nbody\r\n")
-        await message.commit()
         await manager.run_once()
         showrecipients.run(argparse.Namespace(domain=None, sender=None, json=False), self.context)
         text = self.out.getvalue()
@@ -153,21 +157,10 @@ class QueueCommandTests(TestCase):
         """
         config = self.context.load_config()
         spool, _ = self.queue(config)
-        mids = []
-        for _ in range(3):
-            message = spool.new_message(
-                Envelope(
-                    mail_from="alice@gw.test",
-                    rcpt_to=("new@partner.example",),
-                    helo="client",
-                    peer_ip="127.0.0.1",
-                    listener="InboundMail",
-                    icid=1,
-                    received_at=time.time(),
-                )
-            )
-            message.write(b"Subject: x\r\n\r\nbody\r\n")
-            mids.append(await message.commit())
+        mids = [
+            await queue_message(spool, ("new@partner.example",), b"Subject: x\r\n\r\nbody\r\n")
+            for _ in range(3)
+        ]
         directory = os.path.join(config.system.data_dir, "spool")
         with open(os.path.join(directory, "queue", f"{mids[0]}.msg"), "r+b") as f:
             f.write(b"garbage")
