@@ -82,15 +82,20 @@ class AdminSiteTests(TestCase):
     def test_unixSocketPrivate(self) -> Any:
         """
         On a UNIX socket the page is the owner's only (0600), unless the
-        endpoint names its own mode; Twisted's default would let every
-        local user read it.
+        endpoint names its own mode, by name or as the third argument
+        (C{unix:PATH:MODE}); Twisted's default would let every local user
+        read it.
         """
         site = make_admin_site(self.counters, self.dispatcher)
         # Short: a UNIX socket's path is limited to about 100 octets.
         directory = tempfile.mkdtemp(prefix="esa-admin-")
         self.addCleanup(shutil.rmtree, directory, True)
         modes = []
-        for name, extra in (("default.sock", ""), ("group.sock", ":mode=660")):
+        for name, extra in (
+            ("default.sock", ""),
+            ("group.sock", ":mode=660"),
+            ("positional.sock", ":640"),
+        ):
             path = os.path.join(directory, name)
             service: Any = admin_service(f"unix:{path}{extra}", site, reactor)
             service.startService()
@@ -104,7 +109,7 @@ class AdminSiteTests(TestCase):
             yield listening
             modes.append(stat.S_IMODE(os.stat(path).st_mode))
             yield service.stopService()
-        self.assertEqual(modes, [0o600, 0o660])
+        self.assertEqual(modes, [0o600, 0o660, 0o640])
 
     @inlineCallbacks
     def get(self, url: str) -> Any:

@@ -277,7 +277,20 @@ def admin_service(endpoint: str, site: Site, reactor: Any) -> IService:
     A UNIX socket is made 0600 unless the endpoint gives a C{mode}:
     Twisted's default, 0666, lets every local user read the page.
     """
-    if endpoint.split(":", 1)[0] == "unix" and ":mode=" not in endpoint:
+    if _unix_without_mode(endpoint):
         endpoint += ":mode=600"
     service: IService = strports_service(endpoint, site, reactor=reactor)
     return service
+
+
+def _unix_without_mode(endpoint: str) -> bool:
+    """
+    Whether C{endpoint} is a UNIX socket that leaves its mode to Twisted.
+    Read as Twisted's parser reads it: the mode may be given by name or as
+    the argument after the path (C{unix:PATH:MODE}), and a second one, by
+    name, would make the endpoint a C{TypeError} at start-up.
+    """
+    from twisted.internet.endpoints import _parse
+
+    args, kwargs = _parse(endpoint)
+    return args[:1] == ["unix"] and len(args) < 3 and "mode" not in kwargs
