@@ -290,7 +290,9 @@ def _unix_without_mode(endpoint: str) -> bool:
     the argument after the path (C{unix:PATH:MODE}), and a second one, by
     name, would make the endpoint a C{TypeError} at start-up.
     """
-    from twisted.internet.endpoints import _parse
-
+    try:
+        from twisted.internet.endpoints import _parse
+    except ImportError:  # pragma: no cover (a Twisted that renamed it)
+        return False
     args, kwargs = _parse(endpoint)
     return args[:1] == ["unix"] and len(args) < 3 and "mode" not in kwargs
