@@ -864,7 +864,7 @@ class OtherSectionFaultTests(FaultTestsMixin, SynchronousTestCase):
                 self.faults(text),
                 [
                     f"site.toml:13: listener_settings.idle_timeout: {float(value)} seconds is "
-                    "more than a week: not a timeout"
+                    "more than a week, the most it takes"
                 ],
             )
 

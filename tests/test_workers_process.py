@@ -565,9 +565,16 @@ class WorkerTests(TestCase):
                 new = [pid for pid in children(gateway.pid) if pid != worker]
                 if new:
                     break
+                time.sleep(0.001)
             [replacement] = new
             while time.monotonic() < deadline:
+                time.sleep(0.001)
                 try:
+                    with open(f"/proc/{replacement}/cmdline", "rb") as f:
+                        if b"esa_tls.worker" not in f.read():
+                            # Forked, not yet the worker program: the
+                            # parent's handlers and libraries still.
+                            continue
                     with open(f"/proc/{replacement}/status") as f:
                         caught = next(ln for ln in f if ln.startswith("SigCgt:"))
                     with open(f"/proc/{replacement}/maps") as f:

@@ -407,7 +407,9 @@ class _Loader:
             return self.fault(path, f"{value} is not a positive number of seconds")
         if value > _MAX_SECONDS:
             # inf or 1e300: a timer that never fires, a slot held for ever.
-            return self.fault(path, f"{float(value)} seconds is more than a week: not a timeout")
+            return self.fault(
+                path, f"{float(value)} seconds is more than a week, the most it takes"
+            )
         return float(value)
 
     def boolean(self, path: KeyPath, value: object) -> Any:

@@ -148,27 +148,28 @@ class PasswordFile:
 
 
 #: The pool of L{_check_threads} while there is one.
-_threads: dict[str, ThreadPool] = {}
+_pool: ThreadPool | None = None
 
 
 def _check_threads() -> ThreadPool:
     """
     The threads password checks run on (see the module's docstring): made
     at the first check and stopped with the reactor, as the reactor's own
-    pool is; and, like it, made again should the reactor go on after its
-    shutdown event (trial's does, between tests).
+    pool is; and, like it, made again should the reactor run on after its
+    shutdown event (as a test runner's may).
     """
-    pool = _threads.get("checks")
-    if pool is not None:
-        return pool
+    global _pool
+    if _pool is not None:
+        return _pool
     from twisted.internet import reactor
 
-    pool = _threads["checks"] = ThreadPool(0, CHECK_THREADS, name="esa_tls password checks")
+    pool = _pool = ThreadPool(0, CHECK_THREADS, name="esa_tls password checks")
     pool.start()
 
     def stop() -> None:
-        if _threads.get("checks") is pool:
-            del _threads["checks"]
+        global _pool
+        if _pool is pool:
+            _pool = None
         pool.stop()
 
     IReactorCore(reactor).addSystemEventTrigger("during", "shutdown", stop)
