@@ -381,6 +381,60 @@ class DeliveryTests(QueueTestCase):
         )
         self.assertEqual(len(self.server.capture.messages), 3)
 
+    async def test_held_failures_not_tried_while_bounced(self) -> None:
+        """
+        While the last of a message's deliveries spools the one DSN, the
+        failures another delivery held for it are neither held nor in
+        flight any more, and their states on disk are still the old ones:
+        a scan (or delivernow) in that moment must not send them the
+        message again (a second refusal, and a second bounce).
+        """
+        config = make_config(self.server.port, self.data_dir)
+        config = attrs.evolve(
+            config,
+            smtp_routes={
+                **config.smtp_routes,
+                "other.example": config.smtp_routes["sender.example"],
+            },
+        )
+        self.server.script.rcpt_replies = {
+            **self.server.script.rcpt_replies,
+            "gone@other.example": b"550 5.1.1 Unknown here too",
+        }
+        mid = await inject(
+            self.spool, "a@sender.example", ["gone@partner.example", "gone@other.example"]
+        )
+        manager = self.manager(config=config)
+        spooling: Deferred[None] = Deferred()
+        release: Deferred[None] = Deferred()
+        new_message = self.spool.new_message
+
+        def held_dsn(envelope: Envelope) -> Any:
+            incoming = new_message(envelope)
+            commit = incoming.commit
+
+            async def late_commit() -> int:
+                spooling.callback(None)
+                await release
+                return await commit()
+
+            incoming.commit = late_commit
+            return incoming
+
+        self.spool.new_message = held_dsn  # type: ignore[method-assign]
+        first = manager.run_once()
+        await spooling
+        self.spool.new_message = new_message  # type: ignore[method-assign]
+        await manager.deliver_now()
+        release.callback(None)
+        await first
+        rcpts = [line for _, line in self.server.capture.commands if line.startswith(b"RCPT")]
+        self.assertEqual(
+            sorted(rcpts), [b"RCPT TO:<gone@other.example>", b"RCPT TO:<gone@partner.example>"]
+        )
+        self.assertRaises(KeyError, self.spool.get, mid)
+        self.assertEqual(len(self.spool.queued()), 1)
+
     async def test_no_bounce_for_bounce(self) -> None:
         """
         A message from the null sender that bounces makes no DSN.

@@ -257,6 +257,11 @@ class QueueManager(Service):
         # no scan tries them meanwhile.
         self._sending: dict[int, int] = {}
         self._held_failures: dict[int, list[_Failure]] = {}
+        # The RIDs of held failures that the last delivery took for its
+        # DSN: neither held nor in flight any more, and still pending on
+        # disk until their bounced states are recorded, when no scan or
+        # delivernow may try them either.
+        self._bouncing: dict[int, set[int]] = {}
 
     @property
     def config(self) -> GatewayConfig:
@@ -457,11 +462,13 @@ class QueueManager(Service):
         if not message.pending:
             return [self._finish(message)]
         pending = message.pending
-        held = self._held_failures.get(message.mid)
-        if held:
+        held = self._held_failures.get(message.mid, [])
+        bouncing = self._bouncing.get(message.mid, set())
+        if held or bouncing:
             # Failed in a delivery that ended while another of the message
-            # is still sending: the DSN comes when that one ends.
-            rids = {failure.state.rid for failure in held}
+            # was still sending: the DSN comes (or is being spooled) when
+            # that one ends.
+            rids = {failure.state.rid for failure in held} | bouncing
             pending = tuple(s for s in pending if s.rid not in rids)
         by_domain: dict[str, list[RecipientState]] = defaultdict(list)
         for state in pending:
@@ -645,8 +652,16 @@ class QueueManager(Service):
             if new_states:
                 await self._record(mid, new_states)
             return
-        failures = self._held_failures.pop(mid, []) + failures
-        await self._bounce_and_record(message, new_states, failures, arrived)
+        held = self._held_failures.pop(mid, [])
+        held_rids = {failure.state.rid for failure in held}
+        bouncing = self._bouncing.setdefault(mid, set())
+        bouncing |= held_rids
+        try:
+            await self._bounce_and_record(message, new_states, held + failures, arrived)
+        finally:
+            bouncing -= held_rids
+            if not bouncing and self._bouncing.get(mid) is bouncing:
+                del self._bouncing[mid]
 
     def _sent_off(self, mid: int, failed: bool = False) -> int:
         """
