@@ -105,7 +105,7 @@ class RetryPolicy:
         The wait after the C{attempts}-th failed attempt: C{first},
         doubling each time, at most C{maximum}.
 
-        The doubling stops once it passes C{maximum}: C{2 ** n} for the
+        The doubling stops once it reaches C{maximum}: C{2 ** n} for the
         thousand-odd attempts C{delivernow} can pile up is too large a
         float, and the error would leave the delivery unrecorded.
         """

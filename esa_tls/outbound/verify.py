@@ -92,7 +92,7 @@ class CertificateNames:
             str(attribute.value)
             for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         )
-        return cls(san=san, cn=cn, has_san=has_san or bool(san))
+        return cls(san=san, cn=cn, has_san=has_san)
 
     @property
     def presented(self) -> tuple[NameField, tuple[str, ...]]:
