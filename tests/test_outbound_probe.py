@@ -113,6 +113,22 @@ class TLSVerifyTests(TestCase):
         self.assertIn("STARTTLS offered: no.", self.lines)
         self.assertIn("mail would be delivered in the clear", self.lines[-1])
 
+    async def test_control_characters_escaped(self) -> None:
+        """
+        A hostile server's certificate names reach the administrator's
+        terminal only with their control characters escaped: an ESC, CR or
+        LF in a subject would otherwise drive the terminal or forge a line
+        such as C{TLS certificate verified.}
+        """
+        evil = "x\x1b[2J\r\nTLS certificate verified."
+        server = start_hostile_server(
+            self, Script(certificate=CA.issue(["partner.example"], common_name=evil))
+        )
+        await self.probe(server, DestinationTLS.REQUIRED_VERIFY)
+        text = "\n".join(self.lines)
+        self.assertEqual([line for line in self.lines if not line.isprintable()], [])
+        self.assertIn("CN=x\\x1b[2J\\x0d\\x0aTLS certificate verified.", text)
+
     async def test_command(self) -> None:
         """
         C{esa-tls tlsverify DOMAIN} runs the probe from a configuration

@@ -77,6 +77,22 @@ def verdict(level: DestinationTLS, outcome: SessionOutcome) -> tuple[bool, str]:
     return True, f"{name}: mail would be delivered in the clear ({reason})."
 
 
+def _shown(text: str) -> str:
+    """
+    C{text} for the terminal, its control characters escaped (C{\\x1b}),
+    as C{showrecipients} does: certificate names, replies and errors come
+    from the remote server, and an ESC, CR or LF in a subject would
+    otherwise drive the administrator's terminal or forge a line such as
+    C{TLS certificate verified.}
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+        for ch in text
+    )
+
+
 async def _tls_verify(
     reactor: Any,
     config: GatewayConfig,
@@ -238,7 +254,7 @@ def tls_verify(
 ) -> Deferred[int]:
     """
     Probe C{domain}'s TLS as a delivery would, writing each step with
-    C{write} (one line per call, no newline).
+    C{write} (one line per call, no newline, control characters escaped).
 
     @return: a L{Deferred} firing with C{0} when the domain's setting
         would let mail go on the connection found, C{1} when it would be
@@ -249,7 +265,7 @@ def tls_verify(
             reactor,
             config,
             domain,
-            write,
+            lambda line: write(_shown(line)),
             mx_resolver or MXResolver(resolver),
             port,
             timeouts or Timeouts.uniform(30),
