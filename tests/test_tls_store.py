@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import stat
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.x509.oid import NameOID
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.ssl import CertificateOptions
@@ -496,6 +500,41 @@ class CertificateFaultsTests(SynchronousTestCase):
             [
                 f"{self.path}:17: certificates.Mine.key: key file {self.cert} holds no "
                 "usable PEM private key; served by listener InboundMail"
+            ],
+        )
+
+    def test_key_too_small(self) -> None:
+        """
+        A certificate whose key OpenSSL refuses to serve (RSA 1024 bits,
+        under its security level) is a fault of C{cert}.  Before, it passed
+        every check: the gateway started, offered STARTTLS and dropped
+        every client that asked for it.
+        """
+        key = rsa.generate_private_key(65537, 1024)
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.test")]))
+            .issuer_name(self.ca.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=90))
+            .sign(self.ca.key, hashes.SHA256())
+        )
+        directory = os.path.join(self.base, "weak")
+        os.makedirs(directory)
+        cert_path = write_pem(os.path.join(directory, "cert.pem"), cert.public_bytes(Encoding.PEM))
+        key_path = write_pem(
+            os.path.join(directory, "key.pem"),
+            key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+        )
+        self.assertEqual(
+            self.faults(cert=cert_path, key=key_path),
+            [
+                f"{self.path}:16: certificates.Mine.cert: OpenSSL refuses to serve it "
+                "(ee key too small): its key is RSA 1024 bits; use RSA 2048 bits or more, "
+                "or EC P-256; served by listener InboundMail"
             ],
         )
 

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from OpenSSL import SSL
 
 from esa_tls.config.model import CertificateConfig
 
@@ -232,6 +233,23 @@ def _same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
     return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
 
 
+def _openssl_refusal(leaf: x509.Certificate, key: PrivateKey) -> str | None:
+    """
+    Why OpenSSL would refuse to put C{leaf} and C{key} into a server
+    context, or C{None}: its security level refuses small keys (RSA under
+    2048 bits) and weak signatures, and the listener's context is built
+    with the same library at a client's STARTTLS, too late to say so.
+    """
+    context = SSL.Context(SSL.TLS_METHOD)
+    try:
+        context.use_certificate(leaf)
+        context.use_privatekey(key)
+    except SSL.Error as e:
+        reasons = [str(part[2]) for part in e.args[0] if len(part) == 3] if e.args else []
+        return "; ".join(reasons) or "refused"
+    return None
+
+
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
@@ -250,8 +268,9 @@ def validate_certificate(
     """
     Decide whether a leaf, its chain and key may be served.
 
-    @raise CertificateError: the key does not belong to the leaf, the chain
-        is not in issuing order (each certificate signed by the next), or the
+    @raise CertificateError: the key does not belong to the leaf, OpenSSL
+        refuses to serve them (a key too small), the chain is not in issuing
+        order (each certificate signed by the next), or the
         leaf is expired or not yet valid.
     @return: warnings (expiring within L{EXPIRY_WARNING}, an expired chain
         certificate).
@@ -260,6 +279,15 @@ def validate_certificate(
         now = datetime.now(UTC)
     if not _same_public_key(leaf, key):
         raise CertificateError(name, "the private key does not match the certificate", "key")
+    refusal = _openssl_refusal(leaf, key)
+    if refusal is not None:
+        key_type, key_size, key_detail = _describe_key(key)
+        described = " ".join(part for part in (key_type, key_detail, f"{key_size} bits") if part)
+        raise CertificateError(
+            name,
+            f"OpenSSL refuses to serve it ({refusal}): its key is {described}; "
+            "use RSA 2048 bits or more, or EC P-256",
+        )
     ordered = [leaf, *chain]
     for position, (cert, issuer) in enumerate(pairwise(ordered)):
         if not _issued_by(cert, issuer):
