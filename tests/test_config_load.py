@@ -311,6 +311,28 @@ class ListenerFaultTests(FaultTestsMixin, SynchronousTestCase):
                 ],
             )
 
+    def test_cipher_string_openssl_rejects(self) -> None:
+        """
+        A C{tls_ciphers} string in which OpenSSL finds no cipher is refused
+        when the file is loaded.  Before, the gateway started, offered
+        STARTTLS, and dropped each client that asked for it (an unhandled
+        error in the listener's first TLS context).
+        """
+        text = HEAD + LISTENER + 'tls_ciphers = "BOGUS:NOSUCH"\n'
+        self.assertEqual(
+            self.faults(text),
+            [
+                "site.toml:12: listeners.Inboundmail.tls_ciphers: OpenSSL finds no cipher in "
+                '"BOGUS:NOSUCH" (an OpenSSL cipher string for TLS 1.2, e.g. "ECDHE+AESGCM")'
+            ],
+        )
+        self.assertEqual(
+            config(HEAD + LISTENER + 'tls_ciphers = "ECDHE+AESGCM"\n')
+            .listeners["Inboundmail"]
+            .tls_ciphers,
+            "ECDHE+AESGCM",
+        )
+
     def test_duplicate_listener_name(self) -> None:
         """
         The same listener name twice is refused, pointing at both tables.
@@ -523,6 +545,30 @@ class HATFaultTests(FaultTestsMixin, SynchronousTestCase):
                 'site.toml:13: listeners.Inboundmail.policies.default.tls: "require" is not one '
                 "of off | preferred | required; did you mean 'required'?"
             ],
+        )
+
+    def test_client_ca_not_pem(self) -> None:
+        """
+        C{client_ca} must hold PEM certificates: before, a file that held
+        none was taken, and each STARTTLS under the policy then failed with
+        an unhandled error.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        with open(os.path.join(base, "clients.pem"), "w") as f:
+            f.write("not a certificate\n")
+        text = (
+            HEAD
+            + LISTENER
+            + "[listeners.Inboundmail.policies.default]\n"
+            + 'tls = "preferred"\nverify_client_certificate = true\nclient_ca = "clients.pem"\n'
+        )
+        with self.assertRaises(ConfigError) as raised:
+            parse_config(text, "site.toml", base_dir=base)
+        self.assertEqual(
+            str(raised.exception),
+            "site.toml:15: listeners.Inboundmail.policies.default.client_ca: "
+            f"{os.path.join(base, 'clients.pem')} holds no PEM certificate",
         )
 
     def test_unknown_policy_key(self) -> None:

@@ -497,6 +497,48 @@ class _Loader:
             return self.fault(path, f"file not found: {full}")
         return full
 
+    def cipher_string(self, path: KeyPath, value: object) -> Any:
+        """
+        An OpenSSL cipher string in which OpenSSL finds a cipher (C{""}: the
+        gateway's default), checked with the library the listener's TLS
+        contexts use: a string it rejects would otherwise surface only at
+        a client's STARTTLS.
+        """
+        text = self.string(path, value)
+        if text is _INVALID or text == "":
+            return text
+        from OpenSSL import SSL
+
+        try:
+            SSL.Context(SSL.TLS_METHOD).set_cipher_list(text.encode("ascii"))
+        except (SSL.Error, UnicodeEncodeError):
+            return self.fault(
+                path,
+                f"OpenSSL finds no cipher in {_toml_string(text)} (an OpenSSL cipher "
+                'string for TLS 1.2, e.g. "ECDHE+AESGCM")',
+            )
+        return text
+
+    def ca_certificates(self, path: KeyPath, value: object) -> Any:
+        """
+        A file (L{file}) of PEM CA certificates, such as a policy's
+        C{client_ca}: one that holds none would fail every handshake that
+        needs it.
+        """
+        full = self.file(path, value)
+        if full is _INVALID:
+            return full
+        from cryptography import x509
+
+        try:
+            with open(full, "rb") as f:
+                x509.load_pem_x509_certificates(f.read())
+        except OSError as e:
+            return self.fault(path, f"cannot read {full}: {e.strerror}")
+        except ValueError:
+            return self.fault(path, f"{full} holds no PEM certificate")
+        return full
+
     def resolve(self, text: str) -> str:
         if self.base_dir is None or os.path.isabs(text):
             return text
@@ -1058,7 +1100,7 @@ class _ListenerLoader:
             "tls_protocols": loader.nonempty(
                 loader.array(loader.choice(_TLS_PROTOCOLS), unique=True)
             ),
-            "tls_ciphers": loader.string,
+            "tls_ciphers": loader.cipher_string,
             "hostname": loader.hostname,
             "proxy_protocol": loader.boolean,
             "proxy_trusted": self.proxy_trusted,
@@ -1239,7 +1281,7 @@ class _ListenerLoader:
             "tls": loader.enum(TLSMode),
             "tls_mandatory_senders": loader.array(self.address_list_entry, unique=True),
             "verify_client_certificate": loader.boolean,
-            "client_ca": loader.file,
+            "client_ca": loader.ca_certificates,
             "smtp_auth": loader.enum(SMTPAuthMode),
             "smtp_auth_requires_tls": loader.boolean,
         }
