@@ -127,6 +127,7 @@ class ICertificateStore(Interface):
         client_ca: str | None = None,
         *,
         require_client_certificate: bool = False,
+        verify_client_certificate: bool = False,
     ) -> object:
         """
         An C{IOpenSSLServerConnectionCreator} for the listener
@@ -141,6 +142,9 @@ class ICertificateStore(Interface):
         @param require_client_certificate: the handshake fails unless the
             client's certificate verifies against C{client_ca} (with
             Required TLS).
+        @param verify_client_certificate: clients are asked for a
+            certificate even without C{client_ca}; it is then verified
+            against the system's trusted CAs.
         """
 
     def reload() -> list[str]:

@@ -453,6 +453,80 @@ class ClientCertificateTests(TLSGatewayMixin, TestCase):
         self.assertEqual(valid[-1], b"250 2.1.0 Ok\r\n")
 
 
+class SystemCAClientCertificateTests(TLSGatewayMixin, TestCase):
+    """
+    Verify Client Certificate without a C{client_ca}: the system's trusted
+    CAs (C{listenerconfig} offers this as C{system}).  Before, Preferred
+    never asked for a certificate (an invalid one went through) and
+    Required dropped each STARTTLS with an unhandled error.
+    """
+
+    def setUp(self) -> None:
+        # OpenSSL reads the system's CAs from SSL_CERT_FILE when it is set:
+        # the test CA plays a public one.
+        self.system_ca = CertificateAuthority.generate()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        bundle = os.path.join(directory, "system.pem")
+        with open(bundle, "wb") as f:
+            f.write(self.system_ca.cert_pem)
+        old = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = bundle
+
+        def restore() -> None:
+            if old is None:
+                del os.environ["SSL_CERT_FILE"]
+            else:
+                os.environ["SSL_CERT_FILE"] = old
+
+        self.addCleanup(restore)
+
+    @inlineCallbacks
+    def test_preferred(self) -> Any:
+        """
+        Preferred: a certificate from a CA the system trusts goes on, one
+        from any other CA is turned away, no certificate goes on.
+        """
+        gw = self.gateway("preferred", "verify_client_certificate = true")
+        good = self.system_ca.issue(["client.test"], client=True)
+        bad = CertificateAuthority.generate().issue(["client.test"], client=True)
+        after = [b"EHLO c\r\n", b"NOOP\r\n"]
+        valid = yield in_thread(session, gw.port, [b"EHLO c\r\n"], after, self.client_context(good))
+        self.assertEqual(valid[-1], b"250 2.0.0 Ok\r\n")
+        none_ = yield in_thread(session, gw.port, [b"EHLO c\r\n"], after, self.client_context())
+        self.assertEqual(none_[-1], b"250 2.0.0 Ok\r\n")
+
+        def invalid() -> bytes:
+            raw = Raw(gw.port)
+            raw.reply()
+            raw.chat(b"EHLO c\r\n")
+            raw.chat(b"STARTTLS\r\n")
+            raw.starttls(self.client_context(bad), server_hostname="mx.test.example")
+            return raw.rest()
+
+        refused = yield in_thread(invalid)
+        self.assertIn(b"421 4.7.1 mx.test.example Client certificate not accepted\r\n", refused)
+
+    @inlineCallbacks
+    def test_required(self) -> Any:
+        """
+        Required: without a certificate the handshake fails; with one from
+        a CA the system trusts, mail flows.
+        """
+        gw = self.gateway("required", "verify_client_certificate = true")
+        good = self.system_ca.issue(["client.test"], client=True)
+        d = in_thread(session, gw.port, [b"EHLO c\r\n"], [b"EHLO c\r\n"], self.client_context())
+        yield self.assertFailure(d, ssl.SSLError, ConnectionResetError, BrokenPipeError)
+        valid = yield in_thread(
+            session,
+            gw.port,
+            [b"EHLO c\r\n"],
+            [b"EHLO c\r\n", b"MAIL FROM:<a@b.test>\r\n"],
+            self.client_context(good),
+        )
+        self.assertEqual(valid[-1], b"250 2.1.0 Ok\r\n")
+
+
 class PeerTests(TLSGatewayMixin, TestCase):
     @inlineCallbacks
     def test_swaksTLS(self) -> Any:

@@ -447,17 +447,19 @@ class ClientCertificateTests(TestCase, ServerFixture):
         out = await s_client(port)
         self.assertIn("presented=False verified=False", out)
 
-    def test_require_needs_ca(self) -> None:
+    async def test_require_system_cas(self) -> None:
         """
-        Requiring client certificates without a CA to check them is a
-        configuration error.
+        Requiring client certificates without a client CA file checks them
+        against the system's trusted CAs (C{listenerconfig}'s C{system}),
+        which know nothing of a private CA.
         """
-        self.assertRaises(
-            TLSConfigurationError,
-            self.store_.server_creator,
-            self.listener,
-            require_client_certificate=True,
+        port, factory = serve(
+            self, self.store_.server_creator(self.listener, require_client_certificate=True)
         )
+        out = await s_client(port, "-cert", self.good[0], "-key", self.good[1])
+        self.assertNotIn("presented=", out)
+        outcome = await factory.outcomes.get()  # type: ignore[attr-defined]
+        self.assertIn("certificate verify failed", outcome.failure)
 
 
 class ResumptionTests(TestCase, ServerFixture):

@@ -306,7 +306,10 @@ class ListenerFactory(ServerFactory):
             creator = self.certificates.server_creator(self.config)
         else:
             creator = self.certificates.server_creator(
-                self.config, key[0], require_client_certificate=key[1]
+                self.config,
+                key[0],
+                require_client_certificate=key[1],
+                verify_client_certificate=True,
             )
         if len(self._creators) >= 64:
             self._creators.clear()

@@ -265,13 +265,10 @@ class ServerConnectionCreator:
         @param lookup: returns the current certificate of a name, or
             C{None} if the store has none usable; called at each handshake.
         @param client_ca: path of a PEM file of the CAs client certificates
-            must chain to; needed unless C{client_certificates} is C{NONE}.
+            must chain to; C{None}: the system's trusted CAs (the ESA's
+            system CA list), when C{client_certificates} is not C{NONE}.
         @raise TLSConfigurationError: the settings cannot work.
         """
-        if client_certificates is not ClientCertificates.NONE and not client_ca:
-            raise TLSConfigurationError(
-                "verifying client certificates needs a client CA file (client_ca)"
-            )
         self.listener = listener
         self.client_certificates = client_certificates
         self._lookup = lookup
@@ -357,13 +354,18 @@ class ServerConnectionCreator:
             # callback would cost every handshake a trip into Python.
             context.set_tlsext_servername_callback(self._server_name)
         if self.client_certificates is not ClientCertificates.NONE:
-            assert self._client_ca is not None
             try:
-                context.load_verify_locations(self._client_ca)
-                context.load_client_ca(self._client_ca.encode())
+                if self._client_ca is None:
+                    # No CA names in the request: the system's list is long,
+                    # and clients then offer the certificate they have.
+                    context.set_default_verify_paths()
+                else:
+                    context.load_verify_locations(self._client_ca)
+                    context.load_client_ca(self._client_ca.encode())
             except SSL.Error as e:
+                which = self._client_ca or "of the system's trusted CAs"
                 raise TLSConfigurationError(
-                    f"listener {self.listener.name}: cannot load client CA file {self._client_ca}"
+                    f"listener {self.listener.name}: cannot load client CA file {which}"
                 ) from e
             mode = SSL.VERIFY_PEER
             if self.client_certificates is ClientCertificates.REQUIRE:

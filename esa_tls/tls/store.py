@@ -159,7 +159,9 @@ class CertificateStore:
         self.data_dir = data_dir if data_dir is not None else config.system.data_dir
         self._generate_demo = generate_demo
         self._certificates: dict[str, LoadedCertificate] = {}
-        self._creators: dict[tuple[str, str | None, bool], ServerConnectionCreator] = {}
+        self._creators: dict[
+            tuple[str, str | None, ClientCertificates], ServerConnectionCreator
+        ] = {}
         self.errors: dict[str, str] = {}
         if generate_demo:
             self._certificates[DEMO_NAME] = ensure_demo_certificate(
@@ -261,6 +263,7 @@ class CertificateStore:
         client_ca: str | None = None,
         *,
         require_client_certificate: bool = False,
+        verify_client_certificate: bool = False,
     ) -> ServerConnectionCreator:
         """
         The connection creator for C{listener} (a L{Listener}), for C{TLSMemoryBIOFactory}
@@ -277,6 +280,8 @@ class CertificateStore:
         @param require_client_certificate: make the handshake fail unless the
             client's certificate verifies against C{client_ca} (with
             Required TLS).
+        @param verify_client_certificate: ask for a certificate even without
+            C{client_ca}, verifying it against the system's trusted CAs.
         @raise esa_tls.tls.server.TLSConfigurationError: the listener's
             certificate is not in service, or its TLS settings cannot work.
         """
@@ -284,11 +289,11 @@ class CertificateStore:
             raise TypeError(f"expected a Listener, not {listener!r}")
         if require_client_certificate:
             mode = ClientCertificates.REQUIRE
-        elif client_ca:
+        elif client_ca or verify_client_certificate:
             mode = ClientCertificates.REQUEST
         else:
             mode = ClientCertificates.NONE
-        key = (listener.name, client_ca, require_client_certificate)
+        key = (listener.name, client_ca, mode)
         creator = self._creators.get(key)
         if creator is None or (creator.listener is not listener and creator.listener != listener):
             creator = ServerConnectionCreator(listener, self.current, client_ca, mode)
