@@ -135,8 +135,9 @@ class Gateway:
         )
         served: Any = self.factory
         if self.listener.implicit_tls:
-            creator = self.factory.tls_creator(self.listener.default_policy)
-            served = TLSMemoryBIOFactory(creator, False, self.factory)
+            # As the service does: the creator of the configuration and
+            # certificate in force at each connection.
+            served = TLSMemoryBIOFactory(self.factory.implicit_tls_creator(), False, self.factory)
         self.port_object = reactor.listenTCP(0, served, interface="127.0.0.1")
         self.port: int = self.port_object.getHost().port
         testcase.addCleanup(self.stop)

@@ -23,8 +23,8 @@ from twisted.trial.unittest import TestCase
 from esa_tls.config.load import parse_config_with_warnings
 from esa_tls.inbound.listener import BUSY_LINGER
 from esa_tls.service import GatewayService
-from esa_tls.testing import CertificateAuthority
-from tests.support import BASE, Gateway, Raw, in_thread, require, smtp_send
+from esa_tls.testing import CertificateAuthority, expired
+from tests.support import BASE, Gateway, Raw, in_thread, require, smtp_send, wait_until
 
 
 def listener(tls: str, extra: str = "", protocol: str = "SMTP") -> str:
@@ -525,6 +525,76 @@ class SystemCAClientCertificateTests(TLSGatewayMixin, TestCase):
             self.client_context(good),
         )
         self.assertEqual(valid[-1], b"250 2.1.0 Ok\r\n")
+
+
+class CertificateNotInServiceTests(TestCase):
+    """
+    A listener whose certificate did not load at start-up (expired, so no
+    configuration fault) offers no TLS until it is renewed, as the README
+    says.  Before, it advertised STARTTLS and dropped each client that
+    asked, with an unhandled error.
+    """
+
+    def expired_gateway(self, tls: str, protocol: str = "SMTP") -> Gateway:
+        directory = os.path.abspath(self.mktemp())
+        cert, key, chain = expired(CertificateAuthority.generate(), ["mx.test.example"]).write(
+            directory
+        )
+        certificates = f'[certificates.MX]\ncert = "{cert}"\nkey = "{key}"\nchain = "{chain}"\n'
+        return Gateway(self, listener(tls, protocol=protocol), extra_base=certificates)
+
+    @inlineCallbacks
+    def test_preferred(self) -> Any:
+        """
+        Preferred: STARTTLS is not offered, and refused as a temporary
+        failure (RFC 3207's 454); mail goes on in the clear.
+        """
+        gw = self.expired_gateway("preferred")
+        out = yield in_thread(
+            session,
+            gw.port,
+            [b"EHLO c\r\n", b"STARTTLS\r\n", b"MAIL FROM:<a@b.test>\r\n"],
+            [],
+            None,
+        )
+        self.assertNotIn(b"STARTTLS", out[1])
+        self.assertEqual(out[2], b"454 4.7.0 TLS not available due to temporary reason\r\n")
+        self.assertEqual(out[3], b"250 2.1.0 Ok\r\n")
+
+    @inlineCallbacks
+    def test_required(self) -> Any:
+        """
+        Required: the same 454, and no mail in the clear.
+        """
+        gw = self.expired_gateway("required")
+        out = yield in_thread(
+            session,
+            gw.port,
+            [b"EHLO c\r\n", b"STARTTLS\r\n", b"MAIL FROM:<a@b.test>\r\n"],
+            [],
+            None,
+        )
+        self.assertNotIn(b"STARTTLS", out[1])
+        self.assertEqual(out[2], b"454 4.7.0 TLS not available due to temporary reason\r\n")
+        self.assertEqual(out[3], b"530 5.7.0 Must issue a STARTTLS command first\r\n")
+
+    @inlineCallbacks
+    def test_implicitTLS(self) -> Any:
+        """
+        SMTPS: the listener starts, and each handshake fails as a TLS
+        failure in the mail log.  Before, building the listener raised, and
+        the gateway did not start.
+        """
+        gw = self.expired_gateway("preferred", protocol="SMTPS")
+
+        def connect() -> bytes:
+            raw = Raw(gw.port)
+            raw.starttls(server_hostname="mx.test.example")
+            return raw.reply()
+
+        yield self.assertFailure(in_thread(connect), ssl.SSLError, ConnectionResetError)
+        yield in_thread(wait_until, lambda: any("TLS failed" in line for line in gw.lines))
+        self.assertTrue(any("ICID 1 TLS failed" in line for line in gw.lines), gw.lines)
 
 
 class PeerTests(TLSGatewayMixin, TestCase):

@@ -14,6 +14,7 @@ import socket
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from OpenSSL import SSL
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -35,6 +36,7 @@ from esa_tls.interfaces import ICertificateStore, IHostAccessTable, IListener, I
 from esa_tls.maillog import MailLog
 from esa_tls.report.counters import TLSCounters
 from esa_tls.summary import listener_summary
+from esa_tls.tls.server import TLSConfigurationError
 from esa_tls.values import HATVerdict
 
 log = Logger()
@@ -112,7 +114,13 @@ class _ImplicitTLS:
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> Any:
         factory = self._factory
-        creator = factory.tls_creator(factory.config.default_policy)
+        try:
+            creator = factory.tls_creator(factory.config.default_policy)
+        except TLSConfigurationError:
+            # The certificate is not in service (expired at start-up): no
+            # TLS until it is renewed.  A context without one fails the
+            # handshake, which the session logs as a TLS failure.
+            return SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
         return creator.serverConnectionForTLS(tlsProtocol)
 
 
@@ -216,7 +224,19 @@ class ListenerFactory(ServerFactory):
 
     @property
     def tls_available(self) -> bool:
-        return self.certificates is not None
+        """
+        Whether STARTTLS can be offered now: the listener has certificates,
+        and its own is in service (one expired at start-up is not, until it
+        is renewed: the listener then offers no TLS rather than a handshake
+        it cannot make).
+        """
+        if self.certificates is None:
+            return False
+        try:
+            self.tls_creator(self.config.default_policy)
+        except TLSConfigurationError:
+            return False
+        return True
 
     def summary(self) -> str:
         return listener_summary(self.config)
@@ -322,10 +342,19 @@ class ListenerFactory(ServerFactory):
         TLS listener: it serves what L{tls_creator} gives for the default
         policy of the configuration in force at each connection.
 
-        @raise esa_tls.tls.server.TLSConfigurationError: the listener's TLS
-            settings cannot work now (checked once here, at start-up).
+        A listener whose certificate is not in service (expired at
+        start-up: no configuration fault) still starts, as a STARTTLS one
+        does, and fails every handshake until the certificate is renewed.
         """
-        self.tls_creator(self.config.default_policy)
+        try:
+            self.tls_creator(self.config.default_policy)
+        except TLSConfigurationError as e:
+            log.error(
+                "Listener {listener}: no TLS, so no connection, until its certificate "
+                "is in service: {reason}",
+                listener=self.config.name,
+                reason=str(e),
+            )
         return _ImplicitTLS(self)
 
     def rat_accepts(self, mailbox: Mailbox) -> bool:

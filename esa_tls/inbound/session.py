@@ -41,14 +41,20 @@ from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from esa_tls.config.model import AccessRule, ListenerType, MailFlowPolicy, SMTPAuthMode
+from esa_tls.config.model import (
+    AccessRule,
+    ListenerType,
+    MailFlowPolicy,
+    SMTPAuthMode,
+    TLSMode,
+)
 from esa_tls.inbound.address import AddressError, Mailbox, parse_mail_from, parse_rcpt_to
 from esa_tls.inbound.auth import MECHANISMS, SASLError, decode_response, parse_plain
 from esa_tls.inbound.framing import DataReader
 from esa_tls.inbound.tlspolicy import InboundTLSPolicy
 from esa_tls.interfaces import IIncomingMessage, StoreError
 from esa_tls.spool.fileformat import MAX_HEADER_LENGTH
-from esa_tls.tls.server import peer_certificate_status, tls_info
+from esa_tls.tls.server import TLSConfigurationError, peer_certificate_status, tls_info
 from esa_tls.values import Envelope, HATVerdict, TLSInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,6 +114,9 @@ _HELP = (
 )
 
 
+#: RFC 3207 section 4: the reply to STARTTLS when TLS is on for the policy
+#: but cannot be started now (the listener's certificate is not in service).
+_TLS_UNAVAILABLE = (454, b"4.7.0 TLS not available due to temporary reason")
 #: Replies collected from one read before they are written anyway.
 _MAX_COLLECTED = 32
 
@@ -677,9 +686,18 @@ class InboundSession(ESMTP):
             self._reply(503, b"5.5.1 TLS already active")
             return
         if not self.tls_policy.offer_starttls(self.secure):
-            self._reply(502, b"5.5.1 STARTTLS not available")
+            if self.tls_policy.mode is TLSMode.OFF or self.factory.certificates is None:
+                self._reply(502, b"5.5.1 STARTTLS not available")
+            else:
+                # TLS is on but the certificate is not in service (yet).
+                self._reply(*_TLS_UNAVAILABLE)
             return
-        creator = self.factory.tls_creator(self.policy)
+        try:
+            creator = self.factory.tls_creator(self.policy)
+        except TLSConfigurationError as e:
+            log.error("ICID {icid}: STARTTLS refused: {reason}", icid=self.icid, reason=str(e))
+            self._reply(*_TLS_UNAVAILABLE)
+            return
         self._reply(220, b"2.0.0 Ready to start TLS")
         # RFC 3207 4.2 and CVE-2011-0411: whatever the client sent in the
         # clear after STARTTLS is not to be trusted, and the session starts
