@@ -7,9 +7,13 @@ C{openssl s_client}).
 from __future__ import annotations
 
 import os
+import socket
 import ssl
+import struct
 
 from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from esa_tls.testing import CertificateAuthority, IssuedCertificate, self_signed
@@ -273,6 +277,36 @@ class SNITests(TestCase, ServerFixture):
         self.assertEqual(result.peer_der, der(self.main))
         result = await python_client(self.port)
         self.assertEqual(result.peer_der, der(self.main))
+
+    async def test_not_a_host_name(self) -> None:
+        """
+        A server name that is no host name (a CR LF in it, which OpenSSL
+        lets a client send) matches no key, not even C{.example.org}: it
+        gets the listener's certificate, and can never be written to a
+        log line as a mapped name.
+        """
+
+        def peer(name: bytes) -> bytes:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            # Blocking for pyOpenSSL, which has no use for Python's timeouts,
+            # but never for ever.
+            sock.settimeout(None)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
+            try:
+                connection = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), sock)
+                connection.set_tlsext_host_name(name)
+                connection.set_connect_state()
+                connection.do_handshake()
+                certificate = connection.get_peer_certificate()
+                assert certificate is not None
+                return certificate.to_cryptography().public_bytes(Encoding.DER)
+            finally:
+                sock.close()
+
+        self.assertEqual((await deferToThread(peer, b"a.example.org")), der(self.other))
+        self.assertEqual(
+            (await deferToThread(peer, b"x\r\nforged: line.example.org")), der(self.main)
+        )
 
     async def test_openssl_servername(self) -> None:
         """

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
@@ -222,14 +223,23 @@ def _session_id_context(listener: Listener, mode: ClientCertificates) -> bytes:
     return hashlib.sha256(f"esa_tls:{listener.name}:{mode.value}".encode()).digest()[:32]
 
 
+#: A host name's letters, digits, hyphens and underscores, in dot-separated
+#: labels.
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\Z")
+
+
 def _sni_lookup(sni: Mapping[str, str], server_name: str) -> str | None:
     """
     The certificate name for C{server_name}: an exact (case-insensitive)
     key, else the nearest C{.parent.domain} or C{*.parent.domain} key, as
     Postfix's C{tls_server_sni_maps} does.
     """
-    table = {key.lower().rstrip("."): value for key, value in sni.items()}
     name = server_name.lower().rstrip(".")
+    if not _HOST_NAME.match(name):
+        # OpenSSL lets a client send any bytes but NUL: such a name is no
+        # host name and maps to nothing (and never reaches a log line).
+        return None
+    table = {key.lower().rstrip("."): value for key, value in sni.items()}
     if name in table:
         return table[name]
     labels = name.split(".")
