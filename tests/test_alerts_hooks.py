@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -280,6 +282,46 @@ class _Receiver(Resource):
         return b"ok"
 
 
+class _Endless(Protocol):
+    """
+    An HTTP server that answers any request with C{200} and a body that
+    never ends.
+    """
+
+    factory: _EndlessFactory
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.transport is None or self.factory.call is not None:
+            return
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+        self.send()
+
+    def send(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.factory.chunk)
+        self.factory.sent += len(self.factory.chunk)
+        self.factory.call = reactor.callLater(self.factory.every, self.send)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.stop()
+        self.factory.lost.callback(None)
+
+
+class _EndlessFactory(Factory):
+    protocol = _Endless
+
+    def __init__(self) -> None:
+        self.chunk = b"x" * 65536
+        self.every = 0.0
+        self.sent = 0
+        self.call: Any = None
+        self.lost: Deferred[None] = Deferred()
+
+    def stop(self) -> None:
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+
+
 class WebhookTests(TestCase):
     def serve(self, code: int = 200) -> tuple[_Receiver, str]:
         receiver = _Receiver(code)
@@ -322,6 +364,47 @@ class WebhookTests(TestCase):
         Only http and https URLs are accepted.
         """
         self.assertRaises(ValueError, WebhookAlertHook, reactor, "ftp://example.com/")
+
+    def endless(self) -> tuple[_EndlessFactory, str]:
+        factory = _EndlessFactory()
+        port: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.addCleanup(port.stopListening)
+        self.addCleanup(factory.stop)
+        return factory, f"http://127.0.0.1:{port.getHost().port}/hook"
+
+    @inlineCallbacks
+    def test_endlessAnswerClosed(self) -> Any:
+        """
+        A webhook that answers 200 and then sends a body without end (a
+        broken proxy, a hostile endpoint) fails the hook once it has sent
+        more than the hook reads, and the connection is closed: before,
+        the whole body was read into memory, with no limit, and a timeout
+        left the connection open, still reading.
+        """
+        factory, url = self.endless()
+        hook = WebhookAlertHook(reactor, url, timeout=30)
+        with self.assertRaises(WebhookFailed) as caught:
+            yield hook.alert(tls_alert())
+        self.assertIn("too long", str(caught.exception))
+        yield factory.lost.addTimeout(10, reactor)  # type: ignore[arg-type]
+        self.assertLess(factory.sent, 16 * 1024 * 1024)
+
+    @inlineCallbacks
+    def test_timeoutClosesConnection(self) -> Any:
+        """
+        A webhook that answers 200 and then trickles its body past the
+        timeout fails the hook at the timeout, and the connection is
+        closed then, not left open for ever.
+        """
+        factory, url = self.endless()
+        factory.chunk, factory.every = b"x", 0.1
+        hook = WebhookAlertHook(reactor, url, timeout=0.5)
+        started = reactor.seconds()
+        with self.assertRaises(TimeoutError):
+            yield hook.alert(tls_alert())
+        self.assertLess(reactor.seconds() - started, 5)
+        yield factory.lost.addTimeout(10, reactor)  # type: ignore[arg-type]
+        self.assertLess(reactor.seconds() - started, 5)
 
 
 class BuildTests(TestCase):

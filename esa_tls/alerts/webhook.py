@@ -9,6 +9,12 @@ the gateway gives another C{contextFactory}.  Any 2xx answer is success;
 anything else, a connection failure or the timeout is a failed hook, which
 the dispatcher logs.  Redirects are not followed: a webhook that moved
 should be reconfigured, not silently chased.
+
+The answer's body is read (so that the server sees a whole exchange) but
+only up to L{MAX_ANSWER_BYTES}, and thrown away; a longer one fails the
+hook, and so does the timeout, and either closes the connection: a broken
+or hostile endpoint that streams without end must not fill our memory or
+keep a connection open after we gave up on it.
 """
 
 from __future__ import annotations
@@ -16,20 +22,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from esa_tls.alerts.alert import Alert
 from esa_tls.interfaces import IAlertHook
 
-__all__ = ["WebhookAlertHook", "WebhookFailed"]
+__all__ = ["MAX_ANSWER_BYTES", "WebhookAlertHook", "WebhookFailed"]
 
 _USER_AGENT = "esa_tls alert webhook"
+
+#: The most of an answer's body the hook reads; a webhook answers with a
+#: few bytes of status, if anything.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 class WebhookFailed(Exception):
@@ -39,9 +51,57 @@ class WebhookFailed(Exception):
     @ivar code: the HTTP status.
     """
 
-    def __init__(self, url: str, code: int, phrase: bytes) -> None:
-        super().__init__(f"{url} answered {code} {phrase.decode('latin-1')}")
+    def __init__(self, url: str, code: int, phrase: bytes, why: str = "") -> None:
+        super().__init__(f"{url} answered {code} {phrase.decode('latin-1')}{why}")
         self.code = code
+
+
+class _AnswerTooLong(Exception):
+    pass
+
+
+class _Discard(Protocol):
+    """
+    Reads an answer's body up to L{MAX_ANSWER_BYTES} and drops it; fires
+    C{done} with C{None} at its end, or fails it with L{_AnswerTooLong}
+    (closing the connection) past the limit.
+    """
+
+    def __init__(self, done: Deferred[None]) -> None:
+        self.done = done
+        self.received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > MAX_ANSWER_BYTES and not self.done.called:
+            self.close()
+            self.done.errback(_AnswerTooLong())
+
+    def close(self) -> None:
+        # The body's transport is Twisted's producer proxy, whose
+        # stopProducing closes the connection.
+        if self.transport is not None:
+            IPushProducer(self.transport).stopProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+def _read_answer(response: IResponse) -> Deferred[None]:
+    """
+    Read and drop C{response}'s body (L{_Discard}); cancelling the
+    L{Deferred} closes the connection.
+    """
+    protocol: list[_Discard] = []
+    done: Deferred[None] = Deferred(lambda _: protocol[0].close())
+    protocol.append(_Discard(done))
+    response.deliverBody(protocol[0])
+    return done
 
 
 @implementer(IAlertHook)
@@ -105,16 +165,23 @@ class WebhookAlertHook:
         )
 
         def answered(response: Any) -> Deferred[int]:
-            # Read the body so that the connection is released either way.
-            body = treq.content(response)
             code: int = response.code
-            if 200 <= code < 300:
-                return body.addCallback(lambda _: code)
 
-            def fail(_: object) -> int:
-                raise WebhookFailed(self.url, code, response.phrase)
+            def read(_: object) -> int:
+                if not 200 <= code < 300:
+                    raise WebhookFailed(self.url, code, response.phrase)
+                return code
 
-            return body.addCallback(fail)
+            def too_long(failure: Failure) -> int:
+                failure.trap(_AnswerTooLong)
+                raise WebhookFailed(
+                    self.url,
+                    code,
+                    response.phrase,
+                    f", with an answer too long (over {MAX_ANSWER_BYTES} bytes)",
+                )
+
+            return _read_answer(response).addCallbacks(read, too_long)
 
         d.addCallback(answered)
         d.addTimeout(self.timeout, IReactorTime(self._reactor))
