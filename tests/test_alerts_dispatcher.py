@@ -409,6 +409,28 @@ class HookFailureTests(TestCase):
         self.flushLoggedErrors()
         self.assertIsNone(self.successResultOf(dispatcher.idle()))
 
+    def test_hookOwnTimeoutKept(self) -> None:
+        """
+        A hook with its own, longer timeout (C{timeout = 30} on a command
+        or webhook hook in C{[[alerts.hooks]]}) is given that long, filtered
+        or not: before, the dispatcher's 10 seconds cut every hook short
+        (a command hook was killed at 10 seconds whatever its setting).
+        """
+        slow = Hanging()
+        slow.timeout = 30  # type: ignore[attr-defined]
+        filtered = Hanging()
+        filtered.timeout = 30  # type: ignore[attr-defined]
+        quick = Hanging()
+        dispatcher = AlertDispatcher(
+            SETTINGS, [slow, FilteredHook(filtered, [Severity.WARNING]), quick], self.clock
+        )
+        dispatcher.dispatch(make_alert(Severity.WARNING, AlertType.SYSTEM, "x", "t", "b"))
+        self.clock.advance(10)
+        self.assertEqual((slow.cancelled, filtered.cancelled, quick.cancelled), (0, 0, 1))
+        self.clock.advance(25)
+        self.assertEqual((slow.cancelled, filtered.cancelled, quick.cancelled), (1, 1, 1))
+        self.flushLoggedErrors()
+
     def test_tlsFailureReturnsAtOnce(self) -> None:
         """
         C{tls_failure}, the delivery engine's entry point, returns without

@@ -20,9 +20,11 @@ interval ends; and when delivery to the domain succeeds again, a recovery
 notice (Info, same type) closes the incident.  The counts, hosts, result
 types and message IDs of the folded failures are all in the alerts.
 
-Every hook call is bounded by a timeout on the dispatcher's clock, and its
-errors (raised or returned) are logged, never raised: the delivery engine
-calls L{AlertDispatcher.tls_failure} and goes on at once.
+Every hook call is bounded by a timeout on the dispatcher's clock (the
+hook's own C{timeout} and a second, when it has a longer one: a command
+hook set to 30 seconds is not killed at 10), and its errors (raised or
+returned) are logged, never raised: the delivery engine calls
+L{AlertDispatcher.tls_failure} and goes on at once.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ __all__ = [
 DEFAULT_MERGE_INTERVAL = 15 * 60.0
 
 #: Seconds a hook may take over one alert before the dispatcher gives up
-#: on it (the hook's L{Deferred} is cancelled).
+#: on it (the hook's L{Deferred} is cancelled), unless the hook has a
+#: longer C{timeout} of its own.
 DEFAULT_HOOK_TIMEOUT = 10.0
 
 #: Message IDs listed in one alert; beyond that only the count grows, so
@@ -327,9 +330,21 @@ class AlertDispatcher:
         self._in_flight.discard(d)
         return result
 
+    def _timeout(self, hook: IAlertHook) -> float:
+        """
+        How long C{hook} may take: the dispatcher's timeout, or the hook's
+        own C{timeout} and a second if that is longer (the second lets the
+        hook's own timeout end it, with its own words).
+        """
+        inner = hook.hook if isinstance(hook, FilteredHook) else hook
+        own = getattr(inner, "timeout", None)
+        if isinstance(own, int | float) and not isinstance(own, bool) and own > 0:
+            return max(self.hook_timeout, own + 1.0)
+        return self.hook_timeout
+
     def _call(self, hook: IAlertHook, alert: Alert) -> Deferred[None]:
         d: Deferred[Any] = maybeDeferred(hook.alert, alert)
-        d.addTimeout(self.hook_timeout, self._clock)
+        d.addTimeout(self._timeout(hook), self._clock)
         return d.addCallbacks(lambda _: None, self._hook_failed, errbackArgs=(hook, alert))
 
     def _hook_failed(self, failure: Failure, hook: IAlertHook, alert: Alert) -> None:
