@@ -25,6 +25,7 @@ from esa_tls.alerts import (
     format_subject,
     make_alert,
 )
+from esa_tls.alerts.dispatcher import MAX_ALERTS_PER_INTERVAL, MAX_INCIDENTS
 from esa_tls.config.model import AlertRecipient, AlertSettings
 from esa_tls.interfaces import IAlertHook
 
@@ -347,6 +348,77 @@ class MergeTests(TestCase):
             [a.kind for a in self.hook.alerts],
             [AlertKind.TLS_FAILURE, AlertKind.TLS_RECOVERED, AlertKind.TLS_FAILURE],
         )
+
+    def test_floodOfDomainsBounded(self) -> None:
+        """
+        TLS failures for thousands of domains (a default Destination
+        Control that requires TLS, and mail or bounces to many domains
+        whose servers offer none) raise at most L{MAX_ALERTS_PER_INTERVAL}
+        alerts in a merge interval, then one summary of the rest at its
+        end, naming the first domains held and the count; the domains
+        followed one by one are at most L{MAX_INCIDENTS}.  Before, every
+        domain raised its own alert at once (a mail, a process, an HTTP
+        request each) and was remembered until it recovered.
+        """
+        domains = [f"d{n}.example" for n in range(3000)]
+        for domain in domains:
+            fail(self.dispatcher, domain)
+        self.assertEqual(len(self.hook.alerts), MAX_ALERTS_PER_INTERVAL)
+        self.assertLessEqual(len(self.dispatcher.failing_domains()), MAX_INCIDENTS)
+        self.clock.advance(15 * 60)
+        self.assertEqual(len(self.hook.alerts), MAX_ALERTS_PER_INTERVAL + 1)
+        summary = self.hook.alerts[-1]
+        self.assertEqual(summary.kind, AlertKind.TLS_ALERTS_HELD)
+        self.assertEqual(summary.severity, Severity.WARNING)
+        self.assertEqual(summary.recipients, ("warn-system@example.com", "all@example.com"))
+        self.assertEqual(summary.fields["held"], MAX_INCIDENTS - MAX_ALERTS_PER_INTERVAL)
+        self.assertEqual(summary.fields["untracked_failures"], 3000 - MAX_INCIDENTS)
+        self.assertIn(domains[MAX_ALERTS_PER_INTERVAL], summary.body)
+        self.assertIn(domains[MAX_INCIDENTS], summary.body)
+        self.assertLess(len(summary.body), 20000)
+
+        # The flood goes on: still a bounded number of alerts per interval.
+        for _ in range(3):
+            before = len(self.hook.alerts)
+            for domain in domains:
+                fail(self.dispatcher, domain)
+            self.clock.advance(15 * 60)
+            self.assertLessEqual(len(self.hook.alerts) - before, MAX_ALERTS_PER_INTERVAL + 1)
+            self.assertLessEqual(len(self.dispatcher.failing_domains()), MAX_INCIDENTS)
+
+    def test_recoveryFloodBounded(self) -> None:
+        """
+        Recovery notices count against the same limit: many domains
+        recovering together (our own TLS fixed) make a bounded number of
+        alerts, the rest in the summary.
+        """
+        domains = [f"d{n}.example" for n in range(200)]
+        for domain in domains:
+            fail(self.dispatcher, domain)
+        self.clock.advance(15 * 60)
+        before = len(self.hook.alerts)
+        for domain in domains:
+            self.dispatcher.tls_recovered(domain)
+        self.clock.advance(15 * 60)
+        self.assertLessEqual(len(self.hook.alerts) - before, MAX_ALERTS_PER_INTERVAL + 1)
+        self.assertEqual(self.dispatcher.failing_domains(), [])
+        self.assertIn("TLS recovered for destination domain", self.hook.alerts[-1].body)
+
+    def test_quietIncidentMakesRoom(self) -> None:
+        """
+        With L{MAX_INCIDENTS} domains failing, a domain that has not failed
+        for a merge interval makes room for a new one: a long-running
+        gateway does not fill up with domains it no longer sends to.
+        """
+        dispatcher = AlertDispatcher(SETTINGS, [self.hook], self.clock)
+        for n in range(MAX_INCIDENTS):
+            fail(dispatcher, f"old{n}.example")
+            self.clock.advance(1)
+        self.clock.advance(15 * 60)
+        fail(dispatcher, "new.example")
+        self.assertIn("new.example", dispatcher.failing_domains())
+        self.assertEqual(len(dispatcher.failing_domains()), MAX_INCIDENTS)
+        self.assertNotIn("old0.example", dispatcher.failing_domains())
 
     def test_onTLSFailureEvent(self) -> None:
         """

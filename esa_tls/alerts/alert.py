@@ -86,6 +86,8 @@ class AlertKind:
 
     TLS_FAILURE = "tls-failure"
     TLS_RECOVERED = "tls-recovered"
+    #: The summary of the TLS alerts held back by the dispatcher's limit.
+    TLS_ALERTS_HELD = "tls-alerts-held"
     CERTIFICATE_EXPIRY = "certificate-expiry"
     CERTIFICATE_EXPIRED = "certificate-expired"
     DEMO_CERTIFICATE = "demo-certificate"

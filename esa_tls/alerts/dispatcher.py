@@ -20,6 +20,17 @@ interval ends; and when delivery to the domain succeeds again, a recovery
 notice (Info, same type) closes the incident.  The counts, hosts, result
 types and message IDs of the folded failures are all in the alerts.
 
+Merging per domain does not bound a flood across domains (a default
+Destination Control that requires TLS, and mail or bounces to thousands of
+domains whose servers offer none), so two limits hold for the whole
+gateway: at most L{MAX_ALERTS_PER_INTERVAL} TLS alerts (failures and
+recoveries) go out in a merge interval, the rest being held and told in one
+summary at its end (kind C{tls-alerts-held}); and at most
+L{MAX_INCIDENTS} domains are followed one by one, a domain quiet for a
+merge interval giving up its place when a new one needs it, the failures
+of domains beyond that only counted (and the first ones named) in the
+summary.
+
 Every hook call is bounded by a timeout on the dispatcher's clock (the
 hook's own C{timeout} and a second, when it has a longer one: a command
 hook set to 30 seconds is not killed at 10), and its errors (raised or
@@ -55,6 +66,9 @@ from esa_tls.interfaces import IAlertHook
 __all__ = [
     "DEFAULT_HOOK_TIMEOUT",
     "DEFAULT_MERGE_INTERVAL",
+    "MAX_ALERTS_PER_INTERVAL",
+    "MAX_INCIDENTS",
+    "MAX_LISTED_HELD",
     "MAX_LISTED_MIDS",
     "AlertDispatcher",
     "FilteredHook",
@@ -74,6 +88,17 @@ DEFAULT_HOOK_TIMEOUT = 10.0
 #: that an outage with thousands of queued messages does not make a
 #: thousand-line mail.
 MAX_LISTED_MIDS = 50
+
+#: TLS alerts (failures and recoveries) told one by one in a merge
+#: interval, for all domains together; the rest are summed up in one alert
+#: at its end.
+MAX_ALERTS_PER_INTERVAL = 20
+
+#: Domains with a TLS-failure incident followed one by one.
+MAX_INCIDENTS = 1000
+
+#: Held alerts and untracked domains named in the summary.
+MAX_LISTED_HELD = 50
 
 #: What to check, per RFC 8460 result type, for the alert's body.
 _ADVICE = {
@@ -240,6 +265,30 @@ class _Incident:
     timer: IDelayedCall | None = None
 
 
+@define
+class _Held:
+    """
+    What the limits kept from going out in the current window: alerts
+    (counted, the first ones' subjects kept) and failures of domains not
+    followed (counted, the first domains kept).
+    """
+
+    alerts: int = 0
+    subjects: list[str] = field(factory=list)
+    untracked_failures: int = 0
+    untracked_domains: list[str] = field(factory=list)
+
+    def hold(self, alert: Alert) -> None:
+        self.alerts += 1
+        if len(self.subjects) < MAX_LISTED_HELD:
+            self.subjects.append(alert.subject)
+
+    def untracked(self, domain: str) -> None:
+        self.untracked_failures += 1
+        if domain not in self.untracked_domains and len(self.untracked_domains) < MAX_LISTED_HELD:
+            self.untracked_domains.append(domain)
+
+
 class AlertDispatcher:
     """
     Routes alerts to hooks, merges repeated TLS failures, and follows them
@@ -284,8 +333,15 @@ class AlertDispatcher:
         self.recent: collections.deque[Alert] = collections.deque(maxlen=keep_recent)
         self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.hook_failures: collections.Counter[str] = collections.Counter()
-        self._incidents: dict[str, _Incident] = {}
+        # Least recently failing first: the one to give up at the limit.
+        self._incidents: collections.OrderedDict[str, _Incident] = collections.OrderedDict()
         self._in_flight: set[Deferred[Any]] = set()
+        # The limit's window: when it ends, how many TLS alerts went out in
+        # it, and what was held (told at its end).
+        self._window_end = 0.0
+        self._window_alerts = 0
+        self._held = _Held()
+        self._held_timer: IDelayedCall | None = None
 
     # -- routing ------------------------------------------------------------
 
@@ -375,6 +431,103 @@ class AlertDispatcher:
             if incident.timer is not None and incident.timer.active():
                 incident.timer.cancel()
             incident.timer = None
+        if self._held_timer is not None and self._held_timer.active():
+            self._held_timer.cancel()
+        self._held_timer = None
+
+    # -- the limit across domains ---------------------------------------------
+
+    def _dispatch_limited(self, alert: Alert) -> None:
+        """
+        Dispatch a TLS alert, or hold it for the window's summary when
+        L{MAX_ALERTS_PER_INTERVAL} went out in this window already.
+        """
+        now = self._clock.seconds()
+        if now >= self._window_end:
+            self._window_end = now + self.merge_interval
+            self._window_alerts = 0
+        if self._window_alerts < MAX_ALERTS_PER_INTERVAL:
+            self._window_alerts += 1
+            self.dispatch(alert)
+            return
+        self._held.hold(alert)
+        self._summary_due()
+
+    def _untracked_failure(self, domain: str) -> None:
+        """
+        A failure of a domain for which there is no room among the
+        incidents: counted for the summary.
+        """
+        now = self._clock.seconds()
+        if now >= self._window_end:
+            self._window_end = now + self.merge_interval
+            self._window_alerts = 0
+        self._held.untracked(domain)
+        self._summary_due()
+
+    def _summary_due(self) -> None:
+        if self._held_timer is None:
+            delay = max(0.0, self._window_end - self._clock.seconds())
+            self._held_timer = self._clock.callLater(delay, self._tell_held)
+
+    def _tell_held(self) -> None:
+        self._held_timer = None
+        held, self._held = self._held, _Held()
+        if not held.alerts and not held.untracked_failures:
+            return
+        # The summary opens the next window, as one of its alerts.
+        now = self._clock.seconds()
+        self._window_end = now + self.merge_interval
+        self._window_alerts = 1
+        self.dispatch(self._held_alert(held))
+
+    def _held_alert(self, held: _Held) -> Alert:
+        lines = [
+            f"More TLS alerts than {MAX_ALERTS_PER_INTERVAL} in "
+            f"{_minutes(self.merge_interval)}: the rest were held and are summed up here.",
+            "",
+        ]
+        if held.alerts:
+            unnamed = held.alerts - len(held.subjects)
+            lines.append(f"Alerts held: {held.alerts}")
+            lines += [f"  {subject}" for subject in held.subjects]
+            if unnamed:
+                lines.append(f"  and {unnamed} more")
+            lines.append("")
+        if held.untracked_failures:
+            lines.append(
+                f"TLS failures for domains beyond the {MAX_INCIDENTS} followed one by "
+                f"one: {held.untracked_failures}, for"
+            )
+            lines += [f"  {domain}" for domain in held.untracked_domains]
+            if len(held.untracked_domains) >= MAX_LISTED_HELD:
+                lines.append("  and more")
+            lines.append("")
+        lines.append(
+            "The mail log has every attempt; the admin page lists the domains whose "
+            "required TLS is failing."
+        )
+        told = []
+        if held.alerts:
+            told.append(f"{held.alerts} TLS alerts held")
+        if held.untracked_failures:
+            told.append(f"{held.untracked_failures} TLS failures not followed")
+        title = ", ".join(told)
+        return make_alert(
+            Severity.WARNING,
+            AlertType.SYSTEM,
+            AlertKind.TLS_ALERTS_HELD,
+            title,
+            "\n".join(lines) + "\n",
+            {
+                "held": held.alerts,
+                "held_subjects": held.subjects,
+                "untracked_failures": held.untracked_failures,
+                "untracked_domains": held.untracked_domains,
+            },
+            time=self._clock.seconds(),
+            origin=self.origin,
+        )
 
     # -- TLS failures ---------------------------------------------------------
 
@@ -447,13 +600,29 @@ class AlertDispatcher:
         now = self._clock.seconds()
         incident = self._incidents.get(domain)
         if incident is None:
+            if len(self._incidents) >= MAX_INCIDENTS and not self._make_room():
+                self._untracked_failure(domain)
+                return
             incident = self._incidents[domain] = _Incident(first_seen=now)
+        else:
+            self._incidents.move_to_end(domain)
         incident.total += 1
         if incident.pending is None:
             incident.pending = _Failures(first_seen=now, last_seen=now)
         incident.pending.add(now, facts)
         if incident.timer is None:
             self._tell_failures(domain, incident)
+
+    def _make_room(self) -> bool:
+        """
+        Give up the incident that failed least recently if it is quiet (told,
+        and no failure for a merge interval).
+        """
+        domain, oldest = next(iter(self._incidents.items()))
+        if oldest.pending is not None or (oldest.timer is not None and oldest.timer.active()):
+            return False
+        del self._incidents[domain]
+        return True
 
     def _tell_failures(self, domain: str, incident: _Incident) -> None:
         """
@@ -465,7 +634,7 @@ class AlertDispatcher:
         incident.pending = None
         incident.alerts += 1
         incident.timer = self._clock.callLater(self.merge_interval, self._interval_over, domain)
-        self.dispatch(self._failure_alert(domain, incident, pending))
+        self._dispatch_limited(self._failure_alert(domain, incident, pending))
 
     def _interval_over(self, domain: str) -> None:
         incident = self._incidents.get(domain)
@@ -560,7 +729,7 @@ class AlertDispatcher:
         try:
             if incident.timer is not None and incident.timer.active():
                 incident.timer.cancel()
-            self.dispatch(self._recovery_alert(domain.lower().rstrip("."), incident))
+            self._dispatch_limited(self._recovery_alert(domain.lower().rstrip("."), incident))
         except Exception:
             self.log.failure("Could not raise the TLS recovery notice for {domain}", domain=domain)
 
