@@ -14,6 +14,7 @@ from __future__ import annotations
 import email
 import email.policy
 import itertools
+import json
 import os
 from collections.abc import Sequence
 from io import BytesIO
@@ -282,6 +283,87 @@ class AlertMailTests(TestCase):
         (notice,) = await self.send_queued_alerts()
         self.assertIn("TLS recovered for destination domain partner.example", notice["Subject"])
         self.assertIn("TLS failures in all: 3", notice.get_content())
+
+    async def retry_alert_mail(self, level: DestinationTLS) -> None:
+        """
+        The queue runner's retry of every queued alert mail, to the alert
+        recipients' domain under C{level}: what stays queued stays.
+        """
+        for queued in self.spool.queued():
+            with self.spool.open_body(queued.mid) as f:
+                body = f.read()
+            result = await self.deliver(
+                "alerts.example",
+                level,
+                self.sink,
+                [(r.rid, r.address) for r in queued.pending],
+                body=body,
+                mail_from=queued.envelope.mail_from,
+                mid=queued.mid,
+            )
+            if result.delivered:
+                await self.spool.remove(queued.mid)
+
+    async def test_alertMailDoesNotFeedItself(self) -> None:
+        """
+        The alert recipients' own domain requires TLS and its server offers
+        none: the alert mail stays queued (never sent in the clear) and its
+        retries fail TLS for that domain.  Those failures, of alert mail
+        only, are alerted (the log has them) but raise no alert mail of
+        their own: before, each merge interval queued one more alert mail
+        about the recipients' domain to the recipients' domain, whose
+        retries raised the next one, for as long as the outage lasted.
+        """
+        partner = start_hostile_server(self, Script())
+        await self.deliver(
+            "partner.example", DestinationTLS.REQUIRED, partner, [(1, "buyer@partner.example")]
+        )
+        (first,) = self.spool.queued()
+        for _ in range(4):
+            await self.retry_alert_mail(DestinationTLS.REQUIRED)
+            self.clock.advance(15 * 60)
+            await self.dispatcher.idle()
+        self.assertEqual([q.mid for q in self.spool.queued()], [first.mid])
+        self.assertEqual(self.sink.capture.messages, [])
+        with open(alert_log_path(self.data_dir)) as f:
+            domains = [json.loads(line)["fields"]["domain"] for line in f]
+        self.assertEqual(domains[0], "partner.example")
+        self.assertIn("alerts.example", domains)
+
+    async def test_alertMailToOneBrokenHost(self) -> None:
+        """
+        The recipients' domain has a host without STARTTLS before a good
+        one: each alert mail gets through the second host, but its
+        attempt fails TLS on the first.  No alert mail follows from that
+        alone (before, each one raised the next, one per merge interval,
+        for ever, with no other mail at all).
+        """
+        plain = start_hostile_server(self, Script())
+        good = start_hostile_server(self, Script(certificate=GOOD))
+        partner = start_hostile_server(self, Script())
+        await self.deliver(
+            "partner.example", DestinationTLS.REQUIRED, partner, [(1, "buyer@partner.example")]
+        )
+        self.sink = good
+        for _ in range(4):
+            for queued in self.spool.queued():
+                with self.spool.open_body(queued.mid) as f:
+                    body = f.read()
+                result = await self.deliver(
+                    "alerts.example",
+                    DestinationTLS.REQUIRED,
+                    [plain, good],
+                    [(r.rid, r.address) for r in queued.pending],
+                    body=body,
+                    mail_from=queued.envelope.mail_from,
+                    mid=queued.mid,
+                )
+                self.assertEqual(len(result.delivered), 1)
+                await self.spool.remove(queued.mid)
+            self.clock.advance(15 * 60)
+            await self.dispatcher.idle()
+        self.assertEqual(len(good.capture.messages), 1)
+        self.assertEqual(self.spool.queued(), [])
 
     async def test_switchOff(self) -> None:
         """

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
@@ -27,7 +28,15 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from esa_tls.alerts import Alert, AlertDispatcher, AlertType, FilteredHook, Severity, make_alert
+from esa_tls.alerts import (
+    Alert,
+    AlertDispatcher,
+    AlertFields,
+    AlertType,
+    FilteredHook,
+    Severity,
+    make_alert,
+)
 from esa_tls.alerts.commandhook import CommandAlertHook, CommandFailed
 from esa_tls.alerts.hooks import (
     HookConfig,
@@ -43,6 +52,7 @@ from esa_tls.alerts.webhook import WebhookAlertHook, WebhookFailed
 from esa_tls.config.model import AlertRecipient, AlertSettings
 from esa_tls.interfaces import IAlertHook
 from esa_tls.spool import DurableSpool
+from esa_tls.values import Envelope
 
 SETTINGS = AlertSettings(
     tls_failure_alert=True,
@@ -135,6 +145,30 @@ class MailHookTests(TestCase):
         self.assertIn("certificate-host-mismatch", body)
         self.assertIn("  domain: partner.example", body)
         self.assertIn("  mids: 11", body)
+
+    @inlineCallbacks
+    def test_knowsAlertMail(self) -> Any:
+        """
+        The hook tells alert mail from other mail by MID, also alert mail
+        queued before a restart (another hook on the same spool), so that
+        the dispatcher does not mail alerts about alert mail's own TLS
+        failures; such an alert queues nothing.
+        """
+        mid = yield MailAlertHook(self.spool, "mx.test.example").alert(tls_alert())
+        other = self.spool.new_message(
+            Envelope("s@example.com", ("r@example.net",), "h", "192.0.2.1", "InboundMail", 1)
+        )
+        other.write(b"Subject: x\r\n\r\nx\r\n")
+        other_mid = yield other.commit()
+        hook = MailAlertHook(self.spool, "mx.test.example")
+        self.assertTrue(hook.is_alert_mail(mid))
+        self.assertFalse(hook.is_alert_mail(other_mid))
+        self.assertFalse(hook.is_alert_mail(10**9))
+        about_alert_mail = evolve(
+            tls_alert(), fields=AlertFields.of(tls_alert().fields, alert_mail_only=True)
+        )
+        self.assertIsNone((yield hook.alert(about_alert_mail)))
+        self.assertEqual(len(self.spool.queued()), 2)
 
     @inlineCallbacks
     def test_nobodySubscribed(self) -> Any:

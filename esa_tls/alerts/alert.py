@@ -124,7 +124,8 @@ class AlertFields(Mapping[str, Any]):
     type, e.g. C{starttls-not-supported}), C{result_types} (all seen in
     the interval), C{level} (the Destination Controls setting that
     required TLS), C{detail}, C{mids}, C{first_seen}, C{last_seen} (ISO
-    8601 UTC) and C{count}.
+    8601 UTC) and C{count}; C{alert_mail_only} (true) when every failure
+    was of alert mail, which the mail hook then does not mail.
     """
 
     items_: tuple[tuple[str, Any], ...] = field(default=())

@@ -233,9 +233,11 @@ class _Failures:
     hosts: list[str] = field(factory=list)
     mids: list[int] = field(factory=list)
     last: dict[str, Any] = field(factory=dict)
+    alert_mail_only: bool = True
 
-    def add(self, when: float, facts: dict[str, Any]) -> None:
+    def add(self, when: float, facts: dict[str, Any], alert_mail: bool) -> None:
         self.count += 1
+        self.alert_mail_only = self.alert_mail_only and alert_mail
         self.last_seen = when
         result_type = facts["result_type"]
         if result_type not in self.result_types:
@@ -578,6 +580,7 @@ class AlertDispatcher:
         if not self.settings.tls_failure_alert:
             return
         try:
+            alert_mail = mid is not None and self._is_alert_mail(mid)
             self._tls_failure(
                 domain.lower().rstrip("."),
                 {
@@ -592,11 +595,25 @@ class AlertDispatcher:
                     "dcid": dcid,
                     "listener": listener,
                 },
+                alert_mail,
             )
         except Exception:
             self.log.failure("Could not raise the TLS failure alert for {domain}", domain=domain)
 
-    def _tls_failure(self, domain: str, facts: dict[str, Any]) -> None:
+    def _is_alert_mail(self, mid: int) -> bool:
+        """
+        Whether a hook that sends alerts as mail (with an C{is_alert_mail}
+        method, as L{esa_tls.alerts.mailhook.MailAlertHook}) says message
+        C{mid} is its own.
+        """
+        for hook in self.hooks:
+            inner = hook.hook if isinstance(hook, FilteredHook) else hook
+            check = getattr(inner, "is_alert_mail", None)
+            if callable(check) and check(mid):
+                return True
+        return False
+
+    def _tls_failure(self, domain: str, facts: dict[str, Any], alert_mail: bool) -> None:
         now = self._clock.seconds()
         incident = self._incidents.get(domain)
         if incident is None:
@@ -609,7 +626,7 @@ class AlertDispatcher:
         incident.total += 1
         if incident.pending is None:
             incident.pending = _Failures(first_seen=now, last_seen=now)
-        incident.pending.add(now, facts)
+        incident.pending.add(now, facts, alert_mail)
         if incident.timer is None:
             self._tell_failures(domain, incident)
 
@@ -676,6 +693,11 @@ class AlertDispatcher:
         if failures.mids:
             more = " and more" if failures.count > len(failures.mids) else ""
             lines.append("Messages: MID " + ", ".join(str(m) for m in failures.mids) + more)
+        if failures.alert_mail_only:
+            lines.append(
+                "These messages are all alert mail: this alert is not sent by mail, "
+                "which would be held back the same way."
+            )
         lines += [
             "",
             _ADVICE.get(result_type, _ADVICE["validation-failure"]),
@@ -703,6 +725,7 @@ class AlertDispatcher:
             "last_seen": _iso(failures.last_seen),
             "incident_start": _iso(incident.first_seen),
             "incident_failures": incident.total,
+            "alert_mail_only": failures.alert_mail_only or None,
         }
         return make_alert(
             Severity.WARNING,

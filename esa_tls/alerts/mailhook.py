@@ -10,10 +10,19 @@ the alert recipient's server was down for an hour).  The message says it
 is machine-made (C{Auto-Submitted: auto-generated}, RFC 3834) so that
 vacation responders stay quiet, and carries the alert's kind, severity
 and type in C{X-ESA-TLS-Alert} for mail filters.
+
+Alert mail is mail like any other, so it can fail the TLS its recipients'
+domain requires, and raise a TLS-failure alert, whose mail goes to the
+same domain and fails again: one more alert mail each merge interval for as
+long as the outage lasts, or for ever when the domain has one broken host
+and a good one.  So a TLS-failure alert whose failures were all of alert
+mail (L{MailAlertHook.is_alert_mail}, which the dispatcher asks) is not
+mailed; the other hooks still get it.
 """
 
 from __future__ import annotations
 
+import collections
 import email.policy
 import email.utils
 import time as _time
@@ -25,7 +34,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
-from esa_tls.alerts.alert import Alert
+from esa_tls.alerts.alert import Alert, AlertKind
 from esa_tls.interfaces import IAlertHook, IMessageStore
 from esa_tls.values import Envelope
 
@@ -36,6 +45,9 @@ __all__ = ["ALERT_LISTENER", "MailAlertHook", "alert_message"]
 ALERT_LISTENER = "(alerts)"
 
 _UNFOLDED = email.policy.SMTP.clone(max_line_length=998)
+
+#: Alert mail MIDs a hook remembers, for a store that cannot say.
+_REMEMBERED = 10_000
 
 _FIELD_ORDER = ("domain", "result_type", "host", "address", "mids", "count")
 
@@ -122,17 +134,45 @@ class MailAlertHook:
         self.hostname = hostname
         self.sender = sender if sender is not None else f"alert@{hostname}"
         self._now = now
+        self._queued: collections.OrderedDict[int, None] = collections.OrderedDict()
+
+    def is_alert_mail(self, mid: int) -> bool:
+        """
+        Whether message C{mid} is alert mail: one this hook queued, or (in
+        a store that can say, such as the spool after a restart) one whose
+        envelope came from L{ALERT_LISTENER}.
+        """
+        if mid in self._queued:
+            return True
+        get = getattr(self.store, "get", None)
+        if get is None:
+            return False
+        try:
+            return bool(get(mid).envelope.listener == ALERT_LISTENER)
+        except Exception:
+            return False
+
+    def _remember(self, mid: object) -> object:
+        if isinstance(mid, int):
+            self._queued[mid] = None
+            while len(self._queued) > _REMEMBERED:
+                self._queued.popitem(last=False)
+        return mid
 
     def alert(self, alert: object) -> Deferred[Any]:
         """
         Commit the alert message into the store.
 
         @return: a L{Deferred} firing with the message's MID once it is
-            durable (C{None} when there was nobody to send it to), or
+            durable (C{None} when there was nobody to send it to, or
+            when the alert is of TLS failures of alert mail only), or
             failing with the store's error.
         """
         assert isinstance(alert, Alert)
         if not alert.recipients:
+            return succeed(None)
+        if alert.kind == AlertKind.TLS_FAILURE and alert.fields.get("alert_mail_only"):
+            # Its mail would go where the alert mail it is about is stuck.
             return succeed(None)
         now = self._now()
         envelope = Envelope(
@@ -155,4 +195,4 @@ class MailAlertHook:
                 raise
             return message.commit()
 
-        return maybeDeferred(queue)
+        return maybeDeferred(queue).addCallback(self._remember)
