@@ -284,6 +284,38 @@ class AlertMailTests(TestCase):
         self.assertIn("TLS recovered for destination domain partner.example", notice["Subject"])
         self.assertIn("TLS failures in all: 3", notice.get_content())
 
+    async def test_serverTextCannotForgeLines(self) -> None:
+        """
+        The server's refusal of STARTTLS is in the alert, but its bare
+        CRs, escape sequences and Unicode line separators cannot make lines
+        of their own (a forged C{Hosts:} line, say) in the alert mail or
+        in the log: they are shown escaped, on the C{Detail:} line.
+        """
+        partner = start_hostile_server(
+            self,
+            Script(
+                ehlo_keywords=(b"STARTTLS",),
+                starttls_reply=(
+                    b"454 4.7.0 no\rHosts: forged.example\x1b[2J\xe2\x80\xa8Failure: none"
+                    b"\xc2\x85Recovered"
+                ),
+            ),
+        )
+        await self.deliver(
+            "partner.example", DestinationTLS.REQUIRED, partner, [(1, "buyer@partner.example")]
+        )
+        (alert,) = await self.send_queued_alerts()
+        lines = alert.get_content().splitlines()
+        forged = [line for line in lines if "forged" in line]
+        self.assertEqual(len(forged), 2)  # "Detail:", and "detail:" under "Details:"
+        for line in forged:
+            self.assertIn("etail: STARTTLS refused: 454 4.7.0 no", line)
+        self.assertNotIn("\x1b", alert.get_content())
+        self.assertFalse([line for line in lines if line.startswith(("Failure: none", "Recov"))])
+        with open(alert_log_path(self.data_dir), encoding="utf-8") as f:
+            (record,) = f.read().splitlines()
+        self.assertNotIn("\x1b", json.loads(record)["body"])
+
     async def retry_alert_mail(self, level: DestinationTLS) -> None:
         """
         The queue runner's retry of every queued alert mail, to the alert

@@ -420,6 +420,24 @@ class MergeTests(TestCase):
         self.assertEqual(len(dispatcher.failing_domains()), MAX_INCIDENTS)
         self.assertNotIn("old0.example", dispatcher.failing_domains())
 
+    def test_networkTextOneLine(self) -> None:
+        """
+        An MX name from DNS (any octets) and a server's text are kept as
+        one printable line each, escaped, and the text is cut at 1000
+        characters: a hostile name cannot add lines to the alert.
+        """
+        fail(
+            self.dispatcher,
+            host="mx\r\nhosts: forged.example",
+            detail="454 " + "x" * 5000 + "\u2028",
+        )
+        (alert,) = self.hook.alerts
+        self.assertEqual(alert.fields["host"], "mx\\r\\nhosts: forged.example")
+        self.assertIn("Hosts: mx\\r\\nhosts: forged.example[192.0.2.1]\n", alert.body)
+        self.assertEqual(len(alert.fields["detail"]), 1003)
+        self.assertTrue(alert.fields["detail"].endswith("x..."))
+        self.assertEqual(len(alert.body.splitlines()), len(alert.body.split("\n")) - 1)
+
     def test_onTLSFailureEvent(self) -> None:
         """
         The delivery engine's failure event (any object with its

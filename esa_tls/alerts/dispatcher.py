@@ -208,6 +208,26 @@ def _text(value: object) -> str | None:
     return str(getattr(value, "value", value))
 
 
+#: Characters of a server's text (the detail) kept in an alert.
+_MAX_DETAIL = 1000
+
+
+def _printable(text: str | None) -> str | None:
+    """
+    Text from the network (a server's reply, an MX name from DNS) as one
+    printable line: anything not printable (CR, LF, NUL, an escape
+    sequence, a Unicode line separator) is shown as its Python escape, so
+    that it cannot start a line of its own in the alert mail's body, a
+    terminal or a log; cut at L{_MAX_DETAIL} characters.
+    """
+    if text is None:
+        return None
+    shown = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+    return shown if len(shown) <= _MAX_DETAIL else shown[:_MAX_DETAIL] + "..."
+
+
 def _iso(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -587,10 +607,10 @@ class AlertDispatcher:
                     "domain": domain.lower().rstrip("."),
                     "result_type": _text(result_type) or "validation-failure",
                     "level": _text(level),
-                    "host": host,
-                    "address": address,
+                    "host": _printable(host),
+                    "address": _printable(address),
                     "port": port,
-                    "detail": detail,
+                    "detail": _printable(detail),
                     "mid": mid,
                     "dcid": dcid,
                     "listener": listener,
