@@ -316,6 +316,56 @@ class _Receiver(Resource):
         return b"ok"
 
 
+class CommandBackgroundTests(TestCase):
+    """
+    A program that leaves a process of its own running, holding its
+    standard output and error (a script that starts a notifier in the
+    background, say).
+    """
+
+    @inlineCallbacks
+    def test_exitedProgramNotWaitedFor(self) -> Any:
+        """
+        The hook ends when the program exits, with its status, not when
+        its background process lets the pipes go: before, a program that
+        exited 0 at once was reported as "timed out and was killed", when
+        the background process ended, past the timeout.
+        """
+        hook = CommandAlertHook(reactor, ["/bin/sh", "-c", "sleep 4 & exit 0"], timeout=1)
+        started = reactor.seconds()
+        status = yield hook.alert(tls_alert())
+        self.assertEqual(status, 0)
+        self.assertLess(reactor.seconds() - started, 2.5)
+
+    @inlineCallbacks
+    def test_exitStatusAndStderrKept(self) -> Any:
+        """
+        Such a program's status and standard error are still told.
+        """
+        hook = CommandAlertHook(
+            reactor, ["/bin/sh", "-c", "echo no pager >&2; sleep 4 & exit 3"], timeout=1
+        )
+        started = reactor.seconds()
+        with self.assertRaises(CommandFailed) as caught:
+            yield hook.alert(tls_alert())
+        self.assertIn("exited with status 3: no pager", str(caught.exception))
+        self.assertLess(reactor.seconds() - started, 2.5)
+
+    @inlineCallbacks
+    def test_hungProgramBounded(self) -> Any:
+        """
+        A program that hangs while a background process of its own holds
+        the pipes fails at its timeout, not when the background process
+        ends.
+        """
+        hook = CommandAlertHook(reactor, ["/bin/sh", "-c", "sleep 4 & sleep 4"], timeout=0.5)
+        started = reactor.seconds()
+        with self.assertRaises(CommandFailed) as caught:
+            yield hook.alert(tls_alert())
+        self.assertIn("timed out", str(caught.exception))
+        self.assertLess(reactor.seconds() - started, 2.5)
+
+
 class _Endless(Protocol):
     """
     An HTTP server that answers any request with C{200} and a body that

@@ -10,7 +10,9 @@ C{ESA_TLS_ALERT_SEVERITY}, C{ESA_TLS_ALERT_TYPE} and
 C{ESA_TLS_ALERT_SUBJECT}, so that a one-line shell script need not parse
 JSON.  A program that runs past its timeout is killed (C{SIGKILL}); one
 that exits non-zero counts as a failed hook, and the end of what it wrote
-on standard error is in the log line.
+on standard error is in the log line.  The hook ends when the program
+exits, even if a process it left in the background still holds its
+standard output or error (our ends are closed then).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.interfaces import IProcessTransport, IReactorProcess, IReactorTime
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -32,6 +34,10 @@ from esa_tls.interfaces import IAlertHook
 __all__ = ["CommandAlertHook", "CommandFailed"]
 
 _KEEP_STDERR = 2048
+
+#: Seconds the end of a program's standard error may take to arrive once
+#: it has exited.
+_DRAIN = 0.5
 
 
 class CommandFailed(Exception):
@@ -49,11 +55,20 @@ class CommandFailed(Exception):
 
 
 class _AlertProcess(ProcessProtocol):
-    def __init__(self, data: bytes, done: Deferred[int]) -> None:
+    """
+    Feeds the alert to the program and tells how it ended: when it exits,
+    not when its pipes close (a background process of its own may hold
+    them for long after), and at the timeout at the latest.
+    """
+
+    def __init__(self, data: bytes, done: Deferred[int], clock: IReactorTime) -> None:
         self.data = data
         self.done = done
+        self.clock = clock
         self.stderr = b""
         self.timed_out = False
+        self.exited: Failure | None = None
+        self._drain: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -66,11 +81,56 @@ class _AlertProcess(ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         self.stderr = (self.stderr + data)[-_KEEP_STDERR:]
 
-    def processEnded(self, reason: Failure) -> None:
+    def processExited(self, reason: Failure) -> None:
+        self.exited = reason
         if self.done.called:
+            self._close()
+        else:
+            # What it wrote last may still be in the pipe: a moment for it.
+            self._drain = self.clock.callLater(_DRAIN, self._finish)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.exited = reason
+        self._finish()
+
+    def time_out(self) -> None:
+        """
+        The timeout: the program is killed (if it is still there) and the
+        hook fails now, whoever holds its pipes.
+        """
+        if self.exited is not None:
+            self._finish()
+            return
+        self.timed_out = True
+        self.kill()
+        if not self.done.called:
+            self.done.errback(CommandFailed("timed out and was killed", self.stderr))
+
+    def kill(self) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+        self._close()
+
+    def _close(self) -> None:
+        # Our ends of its pipes: a background process may keep its own.
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _finish(self) -> None:
+        if self._drain is not None and self._drain.active():
+            self._drain.cancel()
+        self._drain = None
+        self._close()
+        reason = self.exited
+        if self.done.called or reason is None:
             return
         if self.timed_out:
             self.done.errback(CommandFailed("timed out and was killed", self.stderr))
+        elif reason.check(ProcessDone, ProcessTerminated) is None:
+            self.done.errback(reason)
         elif reason.check(ProcessDone):
             self.done.callback(0)
         else:
@@ -132,24 +192,19 @@ class CommandAlertHook:
                 "ESA_TLS_ALERT_SUBJECT": alert.subject,
             }
         )
-        transport: list[IProcessTransport] = []
+        protocol: list[_AlertProcess] = []
 
-        def kill(d: Deferred[Any]) -> None:
-            protocol.timed_out = True
-            for t in transport:
-                try:
-                    t.signalProcess("KILL")
-                except ProcessExitedAlready:
-                    pass
+        def cancel(d: Deferred[Any]) -> None:
+            protocol[0].timed_out = True
+            protocol[0].kill()
 
-        done: Deferred[int] = Deferred(kill)
-        protocol = _AlertProcess(alert.to_json_bytes() + b"\n", done)
-        transport.append(
-            self._reactor.spawnProcess(
-                protocol, self.command[0], list(self.command), env=env, path=self.path
-            )
+        done: Deferred[int] = Deferred(cancel)
+        clock = IReactorTime(self._reactor)
+        protocol.append(_AlertProcess(alert.to_json_bytes() + b"\n", done, clock))
+        self._reactor.spawnProcess(
+            protocol[0], self.command[0], list(self.command), env=env, path=self.path
         )
-        timer = IReactorTime(self._reactor).callLater(self.timeout, kill, done)
+        timer = clock.callLater(self.timeout, protocol[0].time_out)
         done.addBoth(_cancel_timer, timer)
         return done
 
