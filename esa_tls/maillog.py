@@ -40,6 +40,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from esa_tls.printable import printable
 from esa_tls.values import HATVerdict, TLSInfo
 
 __all__ = [
@@ -71,20 +72,7 @@ def _clean(value: object) -> str:
     Render C{value} for a log line, escaping control characters (a CR or LF
     from a peer would otherwise forge a line) and backslashes.
     """
-    text = str(value)
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x100:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(f"\\u{ord(ch):04x}")
-    return "".join(out)
+    return printable(str(value), escape_backslash=True)
 
 
 def _brace_escape(text: str) -> str:

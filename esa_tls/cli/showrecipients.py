@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from esa_tls.cli.main import CommandContext
+from esa_tls.printable import printable
 from esa_tls.spool.fileformat import (
     MAX_HEADER_LENGTH,
     SpoolFormatError,
@@ -115,20 +116,6 @@ def read_queue(spool_dir: str, unreadable: list[int] | None = None) -> list[dict
     return sorted(messages, key=lambda m: int(m["mid"]))
 
 
-def _shown(text: str) -> str:
-    """
-    C{text} for the terminal, its control characters escaped (C{\\x1b}):
-    subjects come from senders and last errors from remote servers, and an
-    ESC from either would otherwise drive the administrator's terminal.
-    """
-    if text.isprintable():
-        return text
-    return "".join(
-        ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
-        for ch in text
-    )
-
-
 def _when(timestamp: float, now: float) -> str:
     if timestamp <= now:
         return "now"
@@ -172,8 +159,8 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
     print(f"{'MID/':<12}{'Bytes/':<10}{'Sender/':<32}Subject", file=out)
     print(f"{'[RID]':<12}{'[Atmps]':<10}{'Recipient':<32}State", file=out)
     for message in selected:
-        sender = _shown(message["sender"]) or "<>"
-        subject = _shown(message["subject"])
+        sender = printable(message["sender"]) or "<>"
+        subject = printable(message["subject"])
         print(f"{message['mid']:<12}{message['size']:<10}{sender:<32}{subject}", file=out)
         for r in message["recipients"]:
             state = r["status"]
@@ -181,11 +168,11 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
                 state += f", next try {_when(r['next_attempt'], now)}"
             print(
                 f"{'[' + str(r['rid']) + ']':<12}{'[' + str(r['attempts']) + ']':<10}"
-                f"{_shown(r['address']):<32}{state}",
+                f"{printable(r['address']):<32}{state}",
                 file=out,
             )
             if r["last_error"]:
-                print(f"{'':<22}last error: {_shown(r['last_error'])}", file=out)
+                print(f"{'':<22}last error: {printable(r['last_error'])}", file=out)
     total = sum(len(m["recipients"]) for m in selected)
     print(f"\n{len(selected)} message(s), {total} recipient(s) pending.", file=out)
     return 0

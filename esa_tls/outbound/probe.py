@@ -36,6 +36,7 @@ from esa_tls.outbound.mx import (
 from esa_tls.outbound.policy import TLSPlan, destination_for, effective_tls, trust_anchors
 from esa_tls.outbound.tlscontext import InspectingClientTLS
 from esa_tls.outbound.verify import NameMatch, verify_certificate_names
+from esa_tls.printable import printable
 
 __all__ = ["tls_verify", "verdict"]
 
@@ -75,22 +76,6 @@ def verdict(level: DestinationTLS, outcome: SessionOutcome) -> tuple[bool, str]:
             "clear on a new connection."
         )
     return True, f"{name}: mail would be delivered in the clear ({reason})."
-
-
-def _shown(text: str) -> str:
-    """
-    C{text} for the terminal, its control characters escaped (C{\\x1b}),
-    as C{showrecipients} does: certificate names, replies and errors come
-    from the remote server, and an ESC, CR or LF in a subject would
-    otherwise drive the administrator's terminal or forge a line such as
-    C{TLS certificate verified.}
-    """
-    if text.isprintable():
-        return text
-    return "".join(
-        ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
-        for ch in text
-    )
 
 
 async def _tls_verify(
@@ -265,7 +250,7 @@ def tls_verify(
             reactor,
             config,
             domain,
-            lambda line: write(_shown(line)),
+            lambda line: write(printable(line)),
             mx_resolver or MXResolver(resolver),
             port,
             timeouts or Timeouts.uniform(30),
