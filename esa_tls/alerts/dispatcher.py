@@ -464,10 +464,7 @@ class AlertDispatcher:
         Dispatch a TLS alert, or hold it for the window's summary when
         L{MAX_ALERTS_PER_INTERVAL} went out in this window already.
         """
-        now = self._clock.seconds()
-        if now >= self._window_end:
-            self._window_end = now + self.merge_interval
-            self._window_alerts = 0
+        self._current_window()
         if self._window_alerts < MAX_ALERTS_PER_INTERVAL:
             self._window_alerts += 1
             self.dispatch(alert)
@@ -480,12 +477,20 @@ class AlertDispatcher:
         A failure of a domain for which there is no room among the
         incidents: counted for the summary.
         """
-        now = self._clock.seconds()
-        if now >= self._window_end:
-            self._window_end = now + self.merge_interval
-            self._window_alerts = 0
+        self._current_window()
         self._held.untracked(domain)
         self._summary_due()
+
+    def _current_window(self) -> None:
+        """
+        Open a new window of the limit if the last one has ended.
+        """
+        if self._clock.seconds() >= self._window_end:
+            self._open_window()
+
+    def _open_window(self) -> None:
+        self._window_end = self._clock.seconds() + self.merge_interval
+        self._window_alerts = 0
 
     def _summary_due(self) -> None:
         if self._held_timer is None:
@@ -498,8 +503,7 @@ class AlertDispatcher:
         if not held.alerts and not held.untracked_failures:
             return
         # The summary opens the next window, as one of its alerts.
-        now = self._clock.seconds()
-        self._window_end = now + self.merge_interval
+        self._open_window()
         self._window_alerts = 1
         self.dispatch(self._held_alert(held))
 
