@@ -162,6 +162,7 @@ class _Failure:
     """
     A recipient that failed for good in a delivery, waiting for its DSN.
 
+    @ivar report: what the DSN says of it.
     @ivar state: its new (bounced) state, recorded once the DSN is spooled.
     @ivar gave_up: the reason, when it bounced for its age (for the log).
     """
