@@ -107,6 +107,8 @@ class ParseTests(TestCase):
             b"PROXY TCP4 192.0.2.1 127.0.0.1 40\r\n",
             b"PROXY UDP4 192.0.2.1 127.0.0.1 40 25\r\n",
             b"PROXY TCP4 192.0.2.1\n127.0.0.1 40 25\r\n",
+            b"PROXY TCP6 fe80::1%eth0 ::1 40 25\r\n",
+            b"PROXY TCP6 ::1 fe80::1%eth0 40 25\r\n",
             b"PROXY " + b"x" * 120,
             V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", 5000) + b"\x00" * 20,
             V2_SIGNATURE + b"\x31\x11" + struct.pack("!H", 12) + b"\x00" * 12,
@@ -249,6 +251,30 @@ class ProxiedSessionTests(TestCase):
         for data in (b"EHLO client.example\r\n", b"PROXY TCP4 192.0.2.1 x 1 2\r\n"):
             self.assertEqual((yield in_thread(attempt, data)), b"")
         self.assertEqual(proxied.gateway.lines, [])
+
+    @inlineCallbacks
+    def test_scopedAddressRefused(self) -> Any:
+        """
+        A version 1 address with an IPv6 zone (which Python's C{ipaddress}
+        would take, with any byte but a space in it) is refused like any
+        other bad header: the zone's bare LF would have put a line of the
+        sender's choosing in the C{Received:} header, and each zone would
+        have been a new address to the per-IP limits.
+        """
+        proxied = ProxiedListener(self)
+        header = b"PROXY TCP6 fe80::1%a\nX-Injected:yes ::1 40000 25\r\n"
+
+        def attempt() -> bytes:
+            raw = Raw(proxied.port)
+            try:
+                raw.send(header + b"".join(MESSAGE))
+                return raw.rest()
+            finally:
+                raw.close()
+
+        self.assertEqual((yield in_thread(attempt)), b"")
+        self.assertEqual(proxied.gateway.lines, [])
+        self.assertEqual(proxied.gateway.queued(), [])
 
     @inlineCallbacks
     def test_headerTimeout(self) -> Any:

@@ -147,6 +147,12 @@ def _parse_v1(line: bytes) -> tuple[IPv4Address | IPv6Address | None, ...]:
         return (None, None)
     if fields[1] not in (b"TCP4", b"TCP6") or len(fields) != 6:
         raise ProxyHeaderError(f"bad PROXY line {line[:40]!r}")
+    if b"%" in fields[2] or b"%" in fields[3]:
+        # Python's ipaddress takes an IPv6 zone ("fe80::1%eth0"), and any
+        # byte but a space in it: a bare LF would reach the Received:
+        # header, and "fe80::1%a", "%b", ... would be so many addresses
+        # to the per-IP limits.  The specification's addresses have none.
+        raise ProxyHeaderError(f"scoped address in {line[:60]!r}")
     try:
         source = ipaddress.ip_address(fields[2].decode("ascii"))
         destination = ipaddress.ip_address(fields[3].decode("ascii"))
