@@ -293,6 +293,29 @@ class ProxiedSessionTests(TestCase):
         self.assertEqual(proxied.gateway.factory.sessions, set())
 
     @inlineCallbacks
+    def test_headerAfterShutdown(self) -> Any:
+        """
+        A connection accepted before the gateway began to stop, whose
+        header comes only after every session was told 421, is told 421
+        too: not given a banner, a session the stop would wait for, and a
+        spool that is closing.
+        """
+        clock = Clock()
+        proxied = ProxiedListener(self, clock=clock)
+        raw = Raw(proxied.port)
+        self.addCleanup(raw.close)
+        yield in_thread(raw.send, b"PROXY TCP4 ")
+        yield in_thread(wait_until, lambda: bool(clock.getDelayedCalls()), 10)
+        yield proxied.gateway.factory.shutdown()
+        yield in_thread(raw.send, b"198.51.100.7 127.0.0.1 40000 25\r\n" + MESSAGE[0])
+        self.assertEqual(
+            (yield in_thread(raw.rest)),
+            b"421 4.3.2 Service shutting down, closing transmission channel\r\n",
+        )
+        self.assertEqual(proxied.gateway.factory.sessions, set())
+        self.assertEqual(proxied.gateway.lines, [])
+
+    @inlineCallbacks
     def test_starttlsThroughProxy(self) -> Any:
         """
         STARTTLS works through the proxy: the handshake completes, the

@@ -100,6 +100,18 @@ class _Closed(Busy):
     reply = b"421 4.3.2 Service not available on this listener\r\n"
 
 
+class _Stopping(Busy):
+    """
+    Says 421 and hangs up (as L{Busy} does): the gateway is stopping, and a
+    connection accepted before its port closed asks for a session only now
+    (its PROXY header came after the stop began).  A session started now
+    would get its banner after every other was told 421, keep the stop
+    waiting for it, and take a message for a spool that is closing.
+    """
+
+    reply = b"421 4.3.2 Service shutting down, closing transmission channel\r\n"
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class _ImplicitTLS:
     """
@@ -136,6 +148,7 @@ class ListenerFactory(ServerFactory):
     @ivar sessions: the sessions open now, so that shutdown can say 421 to
         each of them.
     @ivar closed: the listener was removed by a reload: no new session.
+    @ivar stopping: L{shutdown} was called: no new session either.
     """
 
     def __init__(
@@ -190,6 +203,7 @@ class ListenerFactory(ServerFactory):
         self._closing: list[Deferred[None]] = []
         self._creators: dict[tuple[str | None, bool] | None, tuple[Listener, Any]] = {}
         self.closed = False
+        self.stopping = False
 
     def reconfigure(
         self,
@@ -242,6 +256,10 @@ class ListenerFactory(ServerFactory):
         return listener_summary(self.config)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        if self.stopping:
+            stopping = _Stopping()
+            stopping.factory = self
+            return stopping
         if self.closed:
             closed = _Closed()
             closed.factory = self
@@ -365,8 +383,11 @@ class ListenerFactory(ServerFactory):
 
     def shutdown(self) -> Deferred[None]:
         """
-        Say 421 to every open session and fire once all have closed.
+        Say 421 to every open session and fire once all have closed; a
+        session asked for from now on (a connection whose PROXY header
+        comes only now) is told 421 at once.
         """
+        self.stopping = True
         if not self.sessions:
             return succeed(None)
         d: Deferred[None] = Deferred()
