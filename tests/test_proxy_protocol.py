@@ -221,6 +221,22 @@ class ProxiedSessionTests(TestCase):
         self.assertFalse(any("address 127.0.0.1" in line for line in lines), lines)
 
     @inlineCallbacks
+    def test_ipv6ReceivedHeader(self) -> Any:
+        """
+        An IPv6 client's address in the C{Received:} header is an RFC 5321
+        address literal, C{[IPv6:...]}; an IPv4 one is bare.
+        """
+        proxied = ProxiedListener(self)
+        for source, literal in (
+            ("2001:db8::7", b"[IPv6:2001:db8::7]"),
+            ("192.0.2.7", b"[192.0.2.7]"),
+        ):
+            replies = yield in_thread(converse, proxied.port, v2(source), MESSAGE)
+            self.assertTrue(replies[5].startswith(b"250 2.0.0 Ok: Message "), replies[5])
+            head = proxied.gateway.body(int(replies[5].split()[4])).split(b"\r\n")[0]
+            self.assertEqual(head, b"Received: from client.example (unknown " + literal + b")")
+
+    @inlineCallbacks
     def test_localHeaderUsesConnection(self) -> Any:
         """
         A version 2 C{LOCAL} header (the proxy's own health check) and a

@@ -1055,8 +1055,11 @@ class InboundSession(ESMTP):
         with_ = "ESMTPS" if self.secure else ("ESMTP" if self._esmtp else "SMTP")
         if self.user is not None:
             with_ += "A"
+        # RFC 5321 4.4: TCP-info is an address-literal, whose IPv6 form is
+        # tagged (4.1.3), as Postfix writes it.
+        literal = f"IPv6:{envelope.peer_ip}" if ":" in envelope.peer_ip else envelope.peer_ip
         lines = [
-            f"Received: from {envelope.helo} ({rdns} [{envelope.peer_ip}])",
+            f"Received: from {envelope.helo} ({rdns} [{literal}])",
             f"\tby {self._hostname} (esa_tls) with {with_}",
             f"\tid MID {mid} ICID {self.icid} listener {envelope.listener}",
         ]
