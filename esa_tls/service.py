@@ -191,6 +191,12 @@ class GatewayService(MultiService):
         self.reactor: Any = reactor
         self.loaded = loaded
         config = loaded.config
+        #: The file a reload reads, made absolute now: C{twistd --rundir}
+        #: (or C{--chroot}) changes the directory after the service is
+        #: made, and a relative name would then name another file, or none.
+        self.config_path: str | None = (
+            None if config.source.startswith("<") else os.path.abspath(config.source)
+        )
         #: What the listeners serve that a reload did not yet change, kept
         #: here to be said at start-up.
         self._not_started: list[str] = []
@@ -445,7 +451,7 @@ class GatewayService(MultiService):
         The files a change of which should reload the gateway.
         """
         config = self.config
-        paths = [] if config.source.startswith("<") else [config.source]
+        paths = [] if self.config_path is None else [self.config_path]
         for certificate in config.certificates.values():
             paths += [p for p in (certificate.cert, certificate.key, certificate.chain) if p]
         for listener in config.listeners.values():
@@ -483,11 +489,11 @@ class GatewayService(MultiService):
         @return: the problems found, one per line (empty: all applied).
         """
         problems: list[str] = []
-        if self.config.source.startswith("<"):
+        if self.config_path is None:
             new_config = self.config
         else:
             try:
-                new_config = load_config_with_warnings(self.config.source).config
+                new_config = load_config_with_warnings(self.config_path).config
             except ConfigError as e:
                 log.error("reload refused, configuration unchanged:\n{error}", error=str(e))
                 return [str(e)]

@@ -76,7 +76,15 @@ class ReloadingGateway:
     changes the file and reloads.
     """
 
-    def __init__(self, case: TestCase, text: str, resolver: Any = "inject") -> None:
+    def __init__(
+        self, case: TestCase, text: str, resolver: Any = "inject", relative: bool = False
+    ) -> None:
+        """
+        @param relative: load the file by a name relative to its directory,
+            from that directory, and go back to the test's own directory
+            once the service is made, as C{twistd --rundir} does after
+            C{twistd -n esa-tls --config gateway.toml} made it.
+        """
         self.directory = os.path.abspath(case.mktemp())
         os.makedirs(self.directory)
         self.path = os.path.join(self.directory, "gateway.toml")
@@ -86,11 +94,17 @@ class ReloadingGateway:
         self.events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
         case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        self.service = GatewayService(
-            load_config_with_warnings(self.path),
-            resolver=Resolver(servers=[("127.0.0.1", 53)]) if resolver == "inject" else None,
-            watch_interval=0,
-        )
+        started_in = os.getcwd()
+        if relative:
+            os.chdir(self.directory)
+        try:
+            self.service = GatewayService(
+                load_config_with_warnings("gateway.toml" if relative else self.path),
+                resolver=Resolver(servers=[("127.0.0.1", 53)]) if resolver == "inject" else None,
+                watch_interval=0,
+            )
+        finally:
+            os.chdir(started_in)
         self.service.startService()
         case.addCleanup(self.service.stopService)
 
@@ -245,6 +259,22 @@ class ListenerReloadTests(TestCase):
         self.assertEqual(gw.service.reload(), [])
         self.assertEqual(sum("listener Relay: removed" in line for line in gw.log()), 1)
         self.assertTrue(refused(relay_port))
+
+    @inlineCallbacks
+    def test_relativeFileAfterChangingDirectory(self) -> Any:
+        """
+        A gateway started with a relative C{--config} reloads that file
+        after the process changed directory (C{twistd --rundir}): a reload
+        making TLS Required applies, where it used to be refused because
+        the name no longer named a file (C{gateway.toml: cannot read}).
+        """
+        port = free_port()
+        gw = ReloadingGateway(self, SYSTEM + INBOUND.format(port=port) + ROUTES, relative=True)
+        self.assertEqual(
+            gw.rewrite('smtp_auth = "allow"', 'smtp_auth = "allow"\ntls = "required"'), []
+        )
+        replies = yield in_thread(converse, port, RELAY_SESSION[:2])
+        self.assertEqual(replies[2], b"530 5.7.0 Must issue a STARTTLS command first\r\n")
 
     @inlineCallbacks
     def test_listenerAdded(self) -> Any:
