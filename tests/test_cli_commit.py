@@ -17,7 +17,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from esa_tls.cli._pending import PendingConfig, PendingError
-from esa_tls.cli.commit import reload_gateway
+from esa_tls.cli.commit import UNKNOWN, reload_gateway, running_configuration
 from esa_tls.cli.main import main
 from esa_tls.config.errors import ConfigError
 from esa_tls.config.load import load_config
@@ -434,3 +434,86 @@ class ReloadGatewayTests(SynchronousTestCase):
                     break
         self.assertIn("is not an esa-tls gateway", reload_gateway(path))
         self.assertIsNone(child.poll())
+
+    def fake_gateway(self, *args: str, cwd: str | None = None) -> tuple[int, str]:
+        """
+        A process whose command line reads as C{twistd -n esa-tls ARGS}
+        (it handles C{SIGHUP} by writing a file, so a signal shows), and
+        its pid file.
+
+        @return: its pid and the pid file.
+        """
+        code = (
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGHUP, lambda *a: open('hupped', 'w').close())\n"
+            "open('ready', 'w').close()\n"
+            "time.sleep(60)\n"
+        )
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, "twistd", "-n", "esa-tls", *args],
+            cwd=cwd or directory,
+        )
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(cwd or directory, "ready")):
+            self.assertLess(time.monotonic(), deadline, "the fake gateway never started")
+            time.sleep(0.01)
+        self.hupped = os.path.join(cwd or directory, "hupped")
+        pidfile = os.path.join(directory, "twistd.pid")
+        with open(pidfile, "w") as f:
+            f.write(f"{child.pid}\n")
+        return child.pid, pidfile
+
+    def test_embedded_default_not_told(self) -> None:
+        """
+        A gateway started without C{--config} (C{make run}) runs the
+        embedded default: committing a file does not claim it reloaded
+        that file, and it is not signalled.
+        """
+        config = os.path.abspath(self.mktemp())
+        pid, pidfile = self.fake_gateway("--workers", "1")
+        self.assertIsNone(running_configuration(pid))
+        message = reload_gateway(pidfile, config)
+        self.assertEqual(
+            message,
+            f"The gateway (pid {pid}) runs the embedded default configuration, not {config}: "
+            f"it was not told to reload. Start it with 'twistd -n esa-tls --config {config}' "
+            "to run this file.",
+        )
+        self.assertFalse(os.path.exists(self.hupped))
+
+    def test_other_file_not_told(self) -> None:
+        """
+        A gateway running another file (in any of the option's spellings)
+        is not told to reload the one committed; one running this file is.
+        """
+        config = os.path.realpath(self.mktemp())
+        other = os.path.realpath(self.mktemp())
+        for args in (["--config", other], [f"--config={other}"], ["-c", other], [f"-c{other}"]):
+            pid, pidfile = self.fake_gateway(*args)
+            self.assertEqual(running_configuration(pid), other)
+            message = reload_gateway(pidfile, config)
+            self.assertIn(f"runs {other}, not {config}: it was not told to reload", message)
+            self.assertFalse(os.path.exists(self.hupped))
+        pid, pidfile = self.fake_gateway("-w", "2", "--conf", config)
+        self.assertEqual(
+            reload_gateway(pidfile, config),
+            f"The gateway (pid {pid}) was told to reload its configuration.",
+        )
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.hupped):
+            self.assertLess(time.monotonic(), deadline, "the gateway was not signalled")
+            time.sleep(0.01)
+
+    def test_relative_file_told(self) -> None:
+        """
+        A relative C{--config} cannot be compared (the gateway resolved it
+        before C{twistd --rundir} moved it): the gateway is signalled, as
+        without the check.
+        """
+        pid, pidfile = self.fake_gateway("--config", "gateway.toml")
+        self.assertEqual(running_configuration(pid), UNKNOWN)
+        self.assertIn("was told to reload", reload_gateway(pidfile, self.mktemp()))

@@ -157,6 +157,42 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(before.mail("sender@example.org")[0], 250)
         self.assertIn("configuration reloaded from", self.log())
 
+    def test_commit_of_another_file(self) -> None:
+        """
+        Committing a file the running gateway does not run (here a copy
+        beside it) does not claim that the gateway reloaded it: the output
+        names the file the gateway runs, and the gateway is not signalled.
+        """
+        other = os.path.join(self.directory, "other.toml")
+        with open(self.config) as source, open(other, "w") as copy:
+            copy.write(source.read())
+        done = subprocess.run(
+            [program("esa-tls"), "--config", other, "set", "listeners.Inboundmail.tcp_queue", "9"],
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        done = subprocess.run(
+            [program("esa-tls"), "--config", other, "commit", "--pidfile", self.pidfile],
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn(
+            f"The gateway (pid {self.gateway.pid}) runs {os.path.realpath(self.config)}, "
+            f"not {other}: it was not told to reload.",
+            done.stdout,
+        )
+        self.assertNotIn("told to reload its configuration", done.stdout)
+        time.sleep(1)
+        self.assertNotIn("configuration reloaded from", self.log())
+
     def test_invalid_commit_leaves_gateway_alone(self) -> None:
         """
         A pending configuration with a fault is refused by C{commit}: the

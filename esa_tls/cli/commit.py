@@ -34,7 +34,14 @@ from esa_tls.cli._session import (
 from esa_tls.cli.main import EXIT_CONFIG_ERROR, CommandContext
 from esa_tls.config.errors import ConfigError
 
-__all__ = ["DEFAULT_PIDFILE", "add_arguments", "reload_gateway", "run"]
+__all__ = [
+    "DEFAULT_PIDFILE",
+    "UNKNOWN",
+    "add_arguments",
+    "reload_gateway",
+    "run",
+    "running_configuration",
+]
 
 #: Where C{twistd} writes its process id unless told otherwise.
 DEFAULT_PIDFILE = "twistd.pid"
@@ -72,10 +79,71 @@ def _looks_like_gateway(pid: int) -> bool:
     return b"twistd" in command or b"esa" in command
 
 
-def reload_gateway(pidfile: str) -> str:
+#: L{running_configuration}'s answer when C{/proc} does not tell.
+UNKNOWN = "<unknown>"
+
+
+def running_configuration(pid: int) -> str | None:
+    """
+    The configuration file the C{twistd ... esa-tls} process C{pid} was
+    started with, from its command line (C{--config FILE}, C{--config=FILE},
+    C{-c FILE}, C{-cFILE}), so that C{commit} does not tell a gateway
+    running another file (or the embedded default, as C{make run} does) that
+    it reloaded the one just committed.
+
+    @return: the file's real path; C{None} for the embedded default (no
+        C{--config}); L{UNKNOWN} when the process's command line cannot be
+        read or understood, or names a relative file (the gateway resolved
+        it before C{twistd --rundir} changed its directory, so where the
+        process is now says nothing).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [os.fsdecode(a) for a in f.read().split(b"\0")]
+    except OSError:
+        return UNKNOWN
+    if "esa-tls" not in argv:
+        return UNKNOWN
+    args = argv[argv.index("esa-tls") + 1 :]
+    config: str | None = None
+    index = 0
+    while index < len(args):
+        arg, value = args[index], None
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name, equals, given = arg[2:].partition("=")
+            wanted = name and "config".startswith(name)
+            if wanted or (name and "workers".startswith(name)):
+                if equals:
+                    value = given
+                else:
+                    index += 1
+                    value = args[index] if index < len(args) else None
+            if wanted:
+                config = value
+        elif arg.startswith("-") and len(arg) > 1 and arg[1] in "cw":
+            value = arg[2:]
+            if not value:
+                index += 1
+                value = args[index] if index < len(args) else None
+            if arg[1] == "c":
+                config = value
+        index += 1
+    if config is None:
+        return None
+    if not os.path.isabs(config):
+        return UNKNOWN
+    return os.path.realpath(config)
+
+
+def reload_gateway(pidfile: str, config: str | None = None) -> str:
     """
     Send C{SIGHUP} to the gateway named by C{pidfile}.
 
+    @param config: the file just committed: a gateway whose command line
+        shows that it runs another file, or the embedded default, is not
+        signalled (a reload would not run C{config}) and the line says so.
     @return: one line saying what happened, for the administrator.
     """
     try:
@@ -96,6 +164,14 @@ def reload_gateway(pidfile: str) -> str:
             f"Process {pid} named by {pidfile} is not an esa-tls gateway (stale pid file); "
             "it was not signalled."
         )
+    if config is not None:
+        running = running_configuration(pid)
+        if running != UNKNOWN and running != os.path.realpath(config):
+            what = "the embedded default configuration" if running is None else running
+            return (
+                f"The gateway (pid {pid}) runs {what}, not {config}: it was not told to "
+                f"reload. Start it with 'twistd -n esa-tls --config {config}' to run this file."
+            )
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
@@ -169,7 +245,7 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
                     "there (a reload does not open or close ports)."
                 )
     if not options.no_reload:
-        prompter.say(reload_gateway(options.pidfile))
+        prompter.say(reload_gateway(options.pidfile, pending.path))
     return 0
 
 
