@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from esa_tls.alerts.certificates import CertificateWatch
 from esa_tls.alerts.dispatcher import AlertDispatcher
 from esa_tls.alerts.hooks import HookConfigError, build_hooks
-from esa_tls.config.errors import ConfigError, ConfigFault
+from esa_tls.config.errors import ConfigError, ConfigFault, render_path
 from esa_tls.config.load import LoadResult, load_config_with_warnings
 from esa_tls.config.model import GatewayConfig, Listener, SpoolSync
 from esa_tls.hat.table import HostAccessTable
@@ -47,7 +47,7 @@ from esa_tls.report.storage import report_directory
 from esa_tls.spool import DurableSpool
 from esa_tls.spool.fs import WholeFileSystemSync
 from esa_tls.tls.demo import demo_warning_lines, uses_demo_with_tls
-from esa_tls.tls.store import CertificateStore, certificate_faults
+from esa_tls.tls.store import CertificateStore, certificate_faults, source_lines
 from esa_tls.watch import FileWatcher
 from esa_tls.workers import SharedListenerFactory, WorkerPool, WorkerRole, listen_error_text
 
@@ -260,10 +260,6 @@ class GatewayService(MultiService):
         self.rates: RecipientRateLimiter = (
             worker.rates(reactor) if worker is not None else RecipientRateLimiter(reactor)
         )
-        self._own_resolver = resolver is None
-        self.resolver = resolver if resolver is not None else resolver_from_config(config, reactor)
-        users = config.system.smtp_auth_users
-        self.auth_checker = PasswordFile(users) if users else None
         try:
             hooks = build_hooks(
                 config.alerts.hooks,
@@ -273,7 +269,14 @@ class GatewayService(MultiService):
                 hostname=config.system.hostname,
             )
         except HookConfigError as e:
-            raise ConfigError([ConfigFault(config.source, None, "alerts.hooks", str(e))]) from None
+            path = e.path or ("alerts", "hooks")
+            line = source_lines(config).line_of(path)
+            fault = ConfigFault(config.source, line, render_path(path), e.reason)
+            raise ConfigError([fault]) from None
+        self._own_resolver = resolver is None
+        self.resolver = resolver if resolver is not None else resolver_from_config(config, reactor)
+        users = config.system.smtp_auth_users
+        self.auth_checker = PasswordFile(users) if users else None
         self.alerts = AlertDispatcher(
             config.alerts, hooks, reactor, merge_interval=config.alerts.merge_interval
         )

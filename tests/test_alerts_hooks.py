@@ -49,10 +49,14 @@ from esa_tls.alerts.hooks import (
 from esa_tls.alerts.loghook import LogAlertHook, alert_log_path
 from esa_tls.alerts.mailhook import ALERT_LISTENER, MailAlertHook
 from esa_tls.alerts.webhook import WebhookAlertHook, WebhookFailed
+from esa_tls.config.errors import ConfigError
 from esa_tls.config.model import AlertRecipient, AlertSettings
 from esa_tls.interfaces import IAlertHook
+from esa_tls.service import GatewayService
 from esa_tls.spool import DurableSpool
 from esa_tls.values import Envelope
+from tests.support import free_port
+from tests.test_service_reload import INBOUND, ROUTES, SYSTEM, ReloadingGateway
 
 SETTINGS = AlertSettings(
     tls_failure_alert=True,
@@ -104,6 +108,10 @@ def make_hook(context: HookContext) -> ThirdPartyHook:
 
 def not_a_hook(context: HookContext) -> object:
     return object()
+
+
+def failing_hook(context: HookContext) -> object:
+    return context.config.options["channel"]
 
 
 class MailHookTests(TestCase):
@@ -560,3 +568,87 @@ class BuildTests(TestCase):
                 hostname="h",
             )
         self.assertTrue(str(caught.exception).startswith("alerts.hooks[1] (command): "))
+
+
+PYTHON_HOOKS = """
+[[alerts.hooks]]
+type = "log"
+
+[[alerts.hooks]]
+type = "python"
+object = "{object}"
+"""
+
+
+class GatewayHookTests(TestCase):
+    """
+    A python hook the gateway cannot build, named as the loader names its
+    own faults: at start-up C{FILE:LINE: KEY: reason}; at a reload, refused
+    while the hooks in service stay.
+    """
+
+    def start(self, target: str) -> str:
+        """
+        @return: the start-up error for a gateway whose second hook is the
+            python object C{target}.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "gateway.toml")
+        text = SYSTEM.replace("{data_dir}", os.path.join(directory, "var"))
+        text += INBOUND.format(port=free_port()) + PYTHON_HOOKS.format(object=target)
+        with open(path, "w") as f:
+            f.write(text)
+        with self.assertRaises(ConfigError) as caught:
+            GatewayService.from_file(path)
+        line = text.splitlines().index(f'object = "{target}"') + 1
+        self.assertTrue(str(caught.exception).startswith(f"{path}:{line}: "), caught.exception)
+        return str(caught.exception)
+
+    def test_startUnimportable(self) -> None:
+        """
+        A module that cannot be imported: the fault names the line and the
+        key C{alerts.hooks[1].object}.
+        """
+        message = self.start("no_such_module_x:f")
+        self.assertTrue(
+            message.endswith(
+                ": alerts.hooks[1].object: cannot import 'no_such_module_x': "
+                "No module named 'no_such_module_x'"
+            ),
+            message,
+        )
+
+    def test_startFactoryFails(self) -> None:
+        """
+        A factory that raises is a fault too, not a traceback.
+        """
+        message = self.start("tests.test_alerts_hooks:failing_hook")
+        self.assertTrue(
+            message.endswith(
+                ": alerts.hooks[1].object: 'tests.test_alerts_hooks:failing_hook' failed: "
+                "KeyError('channel')"
+            ),
+            message,
+        )
+
+    def test_reloadFactoryFails(self) -> None:
+        """
+        A reload bringing a hook whose factory raises is refused for the
+        hooks alone: the rest of the file applies.
+        """
+        gw = ReloadingGateway(self, SYSTEM + INBOUND.format(port=free_port()) + ROUTES)
+        problems = gw.rewrite(
+            ROUTES,
+            ROUTES.replace('"127.0.0.1:9"', '"127.0.0.1:10"')
+            + PYTHON_HOOKS.format(object="tests.test_alerts_hooks:failing_hook"),
+        )
+        self.assertEqual(
+            problems,
+            [
+                "alerts.hooks refused: alerts.hooks[1] (python): "
+                "'tests.test_alerts_hooks:failing_hook' failed: KeyError('channel'); "
+                "the hooks in service stay"
+            ],
+        )
+        self.assertIn("reload: smtp_routes changed; applied", gw.log())

@@ -47,6 +47,7 @@ from esa_tls.alerts.commandhook import CommandAlertHook
 from esa_tls.alerts.dispatcher import FilteredHook
 from esa_tls.alerts.loghook import LogAlertHook, alert_log_path
 from esa_tls.alerts.mailhook import MailAlertHook
+from esa_tls.config.errors import KeyPath
 from esa_tls.config.model import AlertHookConfig
 from esa_tls.interfaces import IAlertHook, IMessageStore
 
@@ -67,11 +68,25 @@ ENTRY_POINT_GROUP = "esa_tls.alert_hooks"
 
 HOOK_TYPES = ("mail", "log", "command", "webhook", "python")
 
+#: The key a hook of each type is refused for at build time (the loader
+#: has checked the rest): what to name in the fault.
+_KEY_AT_FAULT = {"python": "object", "command": "command", "webhook": "url"}
+
 
 class HookConfigError(ValueError):
     """
     A hook's configuration cannot be used; the message says why.
+
+    @ivar path: the key at fault, when known (C{("alerts", "hooks", 1,
+        "object")}), so that start-up names its file and line as the
+        loader does for its own faults.
+    @ivar reason: what is wrong, without the key.
     """
+
+    def __init__(self, reason: str, path: KeyPath = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path = path
 
 
 #: One C{[[alerts.hooks]]} table (the configuration value lives with the
@@ -114,7 +129,8 @@ def load_factory(name: str) -> Callable[[HookContext], object]:
         module_name, _, attribute = name.partition(":")
         try:
             target: Any = importlib.import_module(module_name)
-        except ImportError as e:
+        except Exception as e:
+            # ImportError, and the module's own errors (SyntaxError, ...).
             raise HookConfigError(f"cannot import {module_name!r}: {e}") from e
         for part in attribute.split("."):
             try:
@@ -189,7 +205,14 @@ def build_hook(
     elif config.type == "python":
         if not config.object:
             raise HookConfigError('a python hook needs object = "package.module:factory"')
-        made = load_factory(config.object)(HookContext(reactor, store, data_dir, hostname, config))
+        factory = load_factory(config.object)
+        try:
+            made = factory(HookContext(reactor, store, data_dir, hostname, config))
+        except Exception as e:
+            # The factory is someone else's code: whatever it raises is a
+            # refused hook (a start-up fault, or a reload that keeps the
+            # hooks in service), never a traceback that stops a reload.
+            raise HookConfigError(f"{config.object!r} failed: {e!r}") from e
         if not IAlertHook.providedBy(made):
             raise HookConfigError(f"{config.object!r} made {made!r}, which is not an IAlertHook")
         hook = made
@@ -227,5 +250,9 @@ def build_hooks(
                 )
             )
         except HookConfigError as e:
-            raise HookConfigError(f"alerts.hooks[{index}] ({config.type}): {e}") from None
+            key = _KEY_AT_FAULT.get(config.type)
+            path: KeyPath = ("alerts", "hooks", index, *([key] if key else []))
+            error = HookConfigError(f"alerts.hooks[{index}] ({config.type}): {e}", path)
+            error.reason = str(e)
+            raise error from None
     return hooks

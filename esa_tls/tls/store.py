@@ -37,7 +37,7 @@ from esa_tls.tls.certificates import (
 from esa_tls.tls.demo import DEMO_NAME, ensure_demo_certificate, load_demo_certificate
 from esa_tls.tls.server import ClientCertificates, ServerConnectionCreator
 
-__all__ = ["CertificateStore", "certificate_faults", "served_certificates"]
+__all__ = ["CertificateStore", "certificate_faults", "served_certificates", "source_lines"]
 
 log = Logger()
 
@@ -54,7 +54,7 @@ def served_certificates(config: GatewayConfig) -> dict[str, list[str]]:
     return served
 
 
-def _source_lines(config: GatewayConfig, text: str | None) -> SourceMap:
+def source_lines(config: GatewayConfig, text: str | None = None) -> SourceMap:
     """
     The lines of C{text}, else of the file C{config} was read from (best
     effort, like L{SourceMap} itself: line 1 when it cannot be read).
@@ -104,7 +104,7 @@ def certificate_faults(
             continue
         except CertificateError as e:
             if lines is None:
-                lines = _source_lines(config, text)
+                lines = source_lines(config, text)
             path: KeyPath = ("certificates", name, e.setting)
             which = "listener" if len(listeners) == 1 else "listeners"
             faults.append(
