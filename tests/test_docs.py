@@ -111,3 +111,38 @@ class SecurityTests(SynchronousTestCase):
                 if len(parts) > 1 and parts[1] not in classes[current]:
                     missing.append(name)
         self.assertEqual(missing, [])
+
+
+class AdministratorDocsTests(SynchronousTestCase):
+    """
+    What the README and C{docs/CLI.md} tell an administrator to type or
+    copy works as written.
+    """
+
+    def test_everyCommandDocumented(self) -> None:
+        """
+        Every C{esa-tls} command (C{esa-tls --help}) is described in
+        C{docs/CLI.md}, where the README sends administrators, in a heading
+        or a list item of its own.
+        """
+        from esa_tls.cli.main import command_names
+
+        text = read("docs", "CLI.md")
+        described = set(re.findall(r"^\* `(\w+)", text, re.MULTILINE))
+        for heading in re.findall(r"^#+ (.*)$", text, re.MULTILINE):
+            for code in re.findall(r"`([^`]+)`", heading):
+                described |= set(code.split())
+        missing = [name for name in command_names() if name not in described]
+        self.assertEqual(missing, [])
+
+    def test_readmeConfigurationLoads(self) -> None:
+        """
+        The README's configuration example loads, without a fault or a
+        warning.
+        """
+        from esa_tls.config.load import parse_config_with_warnings
+
+        (block,) = re.findall(r"```toml\n(.*?)```", read("README.md"), re.DOTALL)
+        result = parse_config_with_warnings(block, "README.md")
+        self.assertEqual(result.warnings, ())
+        self.assertEqual(list(result.config.listeners), ["Inboundmail"])
