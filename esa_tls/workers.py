@@ -1061,6 +1061,11 @@ class WorkerPool(Service):
         self._sockets = list(sockets)
         self.role = role
         self.config_path = os.path.abspath(config_path) if config_path else None
+        #: Where workers run: the directory the gateway started in, not
+        #: the one C{twistd --rundir} moves the parent to afterwards, so
+        #: that a relative C{data_dir} (the embedded default's C{var})
+        #: names the parent's spool, counters and logs in every worker.
+        self.directory = os.getcwd()
         self.executable = executable
         self.processes: dict[int, Any] = {}
         self._protocols: dict[int, _WorkerProtocol] = {}
@@ -1122,7 +1127,12 @@ class WorkerPool(Service):
         protocol = _WorkerProtocol(self, index)
         self._protocols[index] = protocol
         self.processes[index] = self.reactor.spawnProcess(
-            protocol, self.executable, args, env=dict(os.environ), childFDs=fds
+            protocol,
+            self.executable,
+            args,
+            env=dict(os.environ),
+            path=self.directory,
+            childFDs=fds,
         )
         log.info("started worker {index} (pid {pid})", index=index, pid=self.processes[index].pid)
 

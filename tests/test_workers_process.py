@@ -22,7 +22,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from esa_tls.config.model import WorkerCPUAffinity
-from esa_tls.workers import WorkerPool, cpu_plan
+from esa_tls.workers import SharedLimits, WorkerPool, WorkerRole, cpu_plan
 from tests.support import TWISTD, Raw, free_port, in_thread, wait_until
 from tests.test_gateway import Child
 
@@ -776,6 +776,44 @@ class PipeTests(TestCase):
             "still heard", [e.get("log_format") for e in heard if e.get("log_system") == "worker 1"]
         )
         self.assertEqual(pool.announced, [17])
+
+
+class DirectoryTests(TestCase):
+    @inlineCallbacks
+    def test_workersRunWhereTheGatewayStarted(self) -> Any:
+        """
+        Workers run in the directory the gateway was started in, even after
+        the parent moved (C{twistd --rundir}): the embedded default's
+        relative C{data_dir} then names one spool for every process, where
+        it used to give the workers a spool (and MID counter) of their own
+        under the run directory, handing out MIDs the parent also used.
+        """
+        from twisted.internet import reactor
+
+        started = os.path.abspath(self.mktemp())
+        moved = os.path.abspath(self.mktemp())
+        os.makedirs(started)
+        os.makedirs(moved)
+        # A stand-in for the worker program: it says where it runs.
+        worker = os.path.join(started, "worker")
+        with open(worker, "w") as f:
+            f.write("#!/bin/sh\npwd > where\n")
+        os.chmod(worker, 0o755)
+        limits = SharedLimits.create({}, 2)
+        self.addCleanup(limits.close)
+        here = os.getcwd()
+        os.chdir(started)
+        try:
+            pool = WorkerPool(reactor, WorkerRole(0, 2, {}, {}, limits), None, executable=worker)
+        finally:
+            os.chdir(moved)
+            self.addCleanup(os.chdir, here)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        yield in_thread(wait_until, lambda: os.path.exists(os.path.join(started, "where")), 30)
+        self.assertFalse(os.path.exists(os.path.join(moved, "where")))
+        with open(os.path.join(started, "where")) as f:
+            self.assertEqual(os.path.realpath(f.read().strip()), os.path.realpath(started))
 
 
 class CPUPlanTests(SynchronousTestCase):
