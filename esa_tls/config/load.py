@@ -745,6 +745,7 @@ class _Loader:
                 "idle_timeout": self.seconds,
                 "bad_command_limit": self.integer(1),
                 "reject_at_rcpt": self.boolean,
+                "max_received_headers": self.integer(1, 10_000),
             },
         )
         return None if values is None else ListenerSettings(**values)

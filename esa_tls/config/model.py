@@ -329,6 +329,10 @@ class ListenerSettings:
     @ivar bad_command_limit: unrecognised commands before 421.
     @ivar reject_at_rcpt: REJECT policies answer at RCPT TO instead of at
         the banner, so that the sender and recipients are logged.
+    @ivar max_received_headers: a message arriving with this many
+        C{Received:} fields is in a mail loop and is refused (C{554 5.4.6});
+        RFC 5321 6.3 asks for a threshold of at least 100 (Postfix's
+        C{hopcount_limit} is 50).
     """
 
     unsuccessful_timeout: float = 300.0
@@ -336,6 +340,7 @@ class ListenerSettings:
     idle_timeout: float = 300.0
     bad_command_limit: int = 5
     reject_at_rcpt: bool = False
+    max_received_headers: int = 100
 
 
 @frozen

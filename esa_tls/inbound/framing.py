@@ -7,7 +7,8 @@ on an over-long line, falls back to command mode in the middle of a message
 (twisted.md 1.6: an SMTP smuggling primitive).  L{DataReader} instead scans
 whole chunks with C-speed C{bytes} methods, never leaves DATA before the one
 true terminator C{CRLF.CRLF}, and notes (rather than acts on) everything
-wrong on the way: bare CR or LF, NUL, over-long lines, oversize messages.
+wrong on the way: bare CR or LF, NUL, over-long lines, oversize messages,
+and a header with as many C{Received:} fields as a mail loop leaves.
 The session decides the reply once the terminator arrives.
 """
 
@@ -28,7 +29,13 @@ BARE_LINE_END = (550, b"5.6.11 Message contains bare CR or LF characters")
 NUL = (550, b"5.6.0 Message contains NUL characters")
 LINE_TOO_LONG = (500, b"5.5.2 Line too long (RFC 5321 limit is 1000 octets)")
 TOO_BIG = (552, b"5.3.4 Message size exceeds fixed maximum message size")
-_PRECEDENCE = (BARE_LINE_END, NUL, LINE_TOO_LONG, TOO_BIG)
+#: RFC 3463 X.4.6, "routing loop detected"; the text is Postfix's.
+TOO_MANY_HOPS = (554, b"5.4.6 Too many hops")
+_PRECEDENCE = (BARE_LINE_END, NUL, LINE_TOO_LONG, TOO_BIG, TOO_MANY_HOPS)
+
+#: RFC 5321 6.3: a server counting C{Received:} fields to detect loops
+#: "SHOULD use a large rejection threshold, normally at least 100".
+MAX_RECEIVED_HEADERS = 100
 
 
 def _rank(fault: tuple[int, bytes]) -> int:
@@ -46,11 +53,22 @@ class DataReader:
         end: the most serious problem found (see L{_PRECEDENCE}); among
         others (a store failure the session notes), the first.
     @ivar size: octets of message content seen (after unstuffing).
+    @ivar hops: the C{Received:} fields in the message's header so far.
     """
 
-    def __init__(self, sink: Callable[[bytes], None], max_size: int) -> None:
+    def __init__(
+        self,
+        sink: Callable[[bytes], None],
+        max_size: int,
+        max_hops: int = MAX_RECEIVED_HEADERS,
+    ) -> None:
         self._sink = sink
         self._max_size = max_size
+        self._max_hops = max_hops
+        # Until the empty line that ends the header, each region's field
+        # names are looked at; the body costs nothing more.
+        self._in_header = True
+        self.hops = 0
         # The buffer always starts with the CRLF that ended the previous
         # line (a virtual one before the first line), so that a terminator
         # or a dot at the start of a line is found by one search.
@@ -119,10 +137,27 @@ class DataReader:
             and max(map(len, region.split(b"\r\n"))) > MAX_TEXT_LINE - 2
         ):
             self.note(*LINE_TOO_LONG)
+        if self._in_header:
+            self._count_hops(region)
         content = region.replace(b"\r\n.", b"\r\n")[2:]
         self._count(len(content))
         if self.fault is None and content:
             self._sink(content)
+
+    def _count_hops(self, region: bytes) -> None:
+        """
+        Count the C{Received:} fields of the header part of C{region} (whose
+        lines each follow a CRLF, the region's first line included): field
+        names are case-insensitive, and a folded field's further lines start
+        with white space, so that only field starts can match.
+        """
+        end = region.find(b"\r\n\r\n")
+        if end >= 0:
+            self._in_header = False
+            region = region[: end + 2]
+        self.hops += region.lower().count(b"\r\nreceived:")
+        if self.hops >= self._max_hops:
+            self.note(*TOO_MANY_HOPS)
 
     def _count(self, octets: int) -> None:
         self.size += octets

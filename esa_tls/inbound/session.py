@@ -957,7 +957,11 @@ class InboundSession(ESMTP):
             )
             return
         self._store_fault = None
-        self._reader = DataReader(self._write_body, self.policy.max_message_size)
+        self._reader = DataReader(
+            self._write_body,
+            self.policy.max_message_size,
+            self.factory.settings.max_received_headers,
+        )
         self.state = State.DATA
         self._envelope = envelope
         self._reply(354, b"End data with <CR><LF>.<CR><LF>")
