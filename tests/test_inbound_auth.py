@@ -255,3 +255,59 @@ class PasswordTests(SynchronousTestCase):
         user, _, stored = result.stdout.decode().strip().partition(":")
         self.assertEqual(user, "bob")
         self.assertTrue(verify_password(b"hunter2", stored))
+
+    def _passwd_on_terminal(self, first: bytes, second: bytes) -> tuple[int, bytes, bytes]:
+        """
+        Run C{esa-tls passwd carol} with a pseudo-terminal as its standard
+        input (no controlling terminal: getpass then reads the terminal on
+        standard input, without echo), answer both prompts, and return the
+        exit status, standard output and what the terminal showed.
+        """
+        primary, secondary = os.openpty()
+        try:
+            child = subprocess.Popen(
+                [os.path.join(os.path.dirname(sys.executable), "esa-tls"), "passwd", "carol"],
+                stdin=secondary,
+                stdout=subprocess.PIPE,
+                stderr=secondary,
+                start_new_session=True,
+            )
+            os.close(secondary)
+            shown = b""
+            for prompt, answer in ((b"Password: ", first), (b"Password again: ", second)):
+                while prompt not in shown:
+                    shown += os.read(primary, 1024)
+                shown = shown.split(prompt, 1)[1]
+                os.write(primary, answer + b"\n")
+            out, _ = child.communicate(timeout=60)
+            try:
+                while True:
+                    chunk = os.read(primary, 1024)
+                    if not chunk:
+                        break
+                    shown += chunk
+            except OSError:  # EIO once the child has closed the terminal
+                pass
+            return child.returncode, out, shown
+        finally:
+            os.close(primary)
+
+    def test_passwdTerminalAsksTwice(self) -> None:
+        """
+        On a terminal the password is asked for twice, without echo; the
+        same answer twice prints the line.
+        """
+        code, out, shown = self._passwd_on_terminal(b"s3cret", b"s3cret")
+        self.assertEqual(code, 0, shown)
+        self.assertNotIn(b"s3cret", shown)
+        user, _, stored = out.decode().strip().partition(":")
+        self.assertEqual(user, "carol")
+        self.assertTrue(verify_password(b"s3cret", stored))
+
+    def test_passwdTerminalMismatch(self) -> None:
+        """
+        Two different answers print nothing and exit 1, saying why.
+        """
+        code, out, shown = self._passwd_on_terminal(b"s3cret", b"s3cert")
+        self.assertEqual((code, out), (1, b""))
+        self.assertIn(b"the passwords differ", shown)

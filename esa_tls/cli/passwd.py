@@ -4,8 +4,9 @@ Print a password file line (user:hash) for SMTP AUTH users.
 
 Append the line to the file named by C{[system] smtp_auth_users}; the
 gateway reads the file at each login, so no restart is needed.  The
-password is read from standard input (one line), or asked for without echo
-when standard input is a terminal.
+password is read from standard input (one line), or asked for twice without
+echo when standard input is a terminal: a typo nobody saw would otherwise
+become the password.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
         return EXIT_CONFIG_ERROR
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
+        if password and getpass.getpass("Password again: ") != password:
+            print("esa-tls passwd: the passwords differ; nothing printed", file=context.stderr)
+            return 1  # refused, as a dialog's refusal is (docs/CLI.md)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
