@@ -49,6 +49,12 @@ RECORDS: dict[str, list[Any]] = {
         dns.Record_MX(10, b"mx.halfgarbled.example"),
     ],
     "mx.halfgarbled.example": [dns.Record_A("127.0.0.40")],
+    "literal.example": [dns.Record_MX(10, b"127.0.0.50")],
+    "halfliteral.example": [
+        dns.Record_MX(5, b"127.0.0.51"),
+        dns.Record_MX(10, b"mx.halfliteral.example"),
+    ],
+    "mx.halfliteral.example": [dns.Record_A("127.0.0.52")],
 }
 
 
@@ -151,6 +157,27 @@ class MXResolutionTests(TestCase):
         self.assertTrue(caught.exception.permanent)
         self.assertIn("not ASCII", str(caught.exception))
         self.assertNotIn(("garbled.example", dns.A), self.server.queries)
+
+    async def test_ip_literal_exchange(self) -> None:
+        """
+        An MX whose exchange is an IP address (C{10 127.0.0.50}) names no
+        host (RFC 5321 section 5.1 wants a domain name there): it is
+        passed over as Postfix and Exim do, never connected to at that
+        address, which DNS data alone would otherwise turn into any
+        address, loopback and private networks included.  As the only
+        exchanger it is a permanent failure naming it.
+        """
+        route = await self.mx.resolve("halfliteral.example")
+        self.assertEqual([h.name for h in route.hosts], ["mx.halfliteral.example"])
+        self.assertEqual(route.hosts[0].addresses, ("127.0.0.52",))
+        self.assertEqual(len(route.skipped), 1)
+        self.assertIn("IP address", route.skipped[0][1])
+        with self.assertRaises(RouteError) as caught:
+            await self.mx.resolve("literal.example")
+        self.assertTrue(caught.exception.permanent)
+        self.assertIn("127.0.0.50", str(caught.exception))
+        self.assertIn("IP address", str(caught.exception))
+        self.assertNotIn(("literal.example", dns.A), self.server.queries)
 
     async def test_exists_without_mx_or_address(self) -> None:
         """

@@ -16,7 +16,9 @@ with C{ANY} queries.  Here:
     and has no MX records (NOERROR with no data), never on NXDOMAIN;
   - a null MX (RFC 7505) and NXDOMAIN are permanent failures: the message
     bounces at once instead of sitting in the queue for days;
-  - SERVFAIL, REFUSED and timeouts are temporary: the message is deferred.
+  - SERVFAIL, REFUSED and timeouts are temporary: the message is deferred;
+  - an MX whose exchange is an IP address (or not ASCII) names no host and
+    is passed over, never connected to at that address.
 
 An C{[smtp_routes]} entry overrides DNS MX for its domain: its hosts are
 tried in the order written, and a route host name is resolved for addresses
@@ -398,18 +400,29 @@ class MXResolver:
         except Exception as e:
             raise self._lookup_error(domain, "MX", e) from e
         exchanges: list[tuple[int, str]] = []
-        # Exchange names that are no host name (DNS carries any octets):
-        # hosts without an address, never a reason to use the implicit MX.
+        # Exchange names that are no host name (DNS carries any octets, and
+        # an IP address is no name): hosts without an address, never a
+        # reason to use the implicit MX.
         malformed: list[_Addresses] = []
         for rr in answers:
             if rr.type != dns.MX:
                 continue
             raw = rr.payload.name.name
             try:
-                exchanges.append((rr.payload.preference, normalize_name(raw.decode("ascii"))))
+                name = normalize_name(raw.decode("ascii"))
             except UnicodeDecodeError:
                 text = raw.decode("ascii", "backslashreplace")
                 malformed.append(_Addresses(text, (), None, f"MX host name {text!r} is not ASCII"))
+                continue
+            if is_ip_literal(name):
+                # An exchange is a domain name (RFC 5321 section 5.1); taken
+                # as an address, DNS data alone would send mail to any
+                # address (loopback, private networks).  Postfix and Exim
+                # pass such a record over too.
+                reason = f"MX host name {name} is an IP address, not a host name"
+                malformed.append(_Addresses(name, (), None, reason))
+                continue
+            exchanges.append((rr.payload.preference, name))
         if not exchanges and not malformed:
             # NOERROR/NODATA: the domain exists but has no MX, so it is its
             # own mail exchanger (RFC 5321 section 5.1).
