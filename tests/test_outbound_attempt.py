@@ -6,14 +6,22 @@ deferrals.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from io import BytesIO
 
+import attrs
 from twisted.internet import reactor
 from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
-from esa_tls.config.model import GatewayConfig, SystemSettings
+from esa_tls.config.model import (
+    GatewayConfig,
+    Interface,
+    Listener,
+    ListenerType,
+    SystemSettings,
+)
 from esa_tls.maillog import MailLog, MailLogCollector
 from esa_tls.outbound.attempt import address_problem, deliver_message
 from esa_tls.outbound.client import Timeouts
@@ -90,6 +98,105 @@ class DeliverThroughDNSTests(TestCase):
         self.assertTrue(result.recipients[0].text.startswith("4.4.3"))
         self.assertIsNone(result.dcid)
         self.assertTrue(self.collector.lines[0].startswith("MID 9 RID [1, 2] deferred: 451 4.4.3"))
+
+
+class SelfAsMXTests(TestCase):
+    """
+    RFC 5321 section 5.1: a gateway that finds itself among a domain's mail
+    exchangers uses only those preferred to it.  Here the capturing
+    server's address and port are the gateway's own listener's, so that
+    whatever reaches it is mail the gateway sent to itself.
+    """
+
+    def setUp(self) -> None:
+        self.server = start_hostile_server(self, Script())
+        self.dns = start_dns_server(
+            self,
+            {
+                # This gateway is the backup MX; the primary is down (nothing
+                # listens on 127.0.0.2).
+                "backup.example": [
+                    dns.Record_MX(10, b"primary.backup.example"),
+                    dns.Record_MX(20, b"gw.backup.example"),
+                ],
+                "primary.backup.example": [dns.Record_A("127.0.0.2")],
+                "gw.backup.example": [dns.Record_A("127.0.0.1")],
+                # This gateway is the only MX, under another name.
+                "only.example": [dns.Record_MX(10, b"mail.only.example")],
+                "mail.only.example": [dns.Record_A("127.0.0.1")],
+                # No MX: the domain's own address (implicit MX) is ours.
+                "implicit.example": [dns.Record_A("127.0.0.1")],
+            },
+        )
+        loopback = Interface("Loopback", ipaddress.ip_interface("127.0.0.1/8"))
+        self.config = GatewayConfig(
+            system=SystemSettings(hostname="gw.test"),
+            interfaces={"Loopback": loopback},
+            listeners={
+                "InboundMail": Listener(
+                    "InboundMail", ListenerType.PUBLIC, loopback, self.server.port
+                )
+            },
+        )
+
+    async def deliver(self, domain: str) -> DeliveryResult:
+        return await deliver_message(
+            reactor,
+            None,
+            self.config,
+            domain,
+            "sender@gw.test",
+            [(1, f"a@{domain}")],
+            BytesIO(b"Subject: x\r\n\r\nx\r\n"),
+            dcid_allocator=itertools.count(1).__next__,
+            mid=9,
+            timeouts=Timeouts.uniform(5),
+            port=self.server.port,
+            mx_resolver=MXResolver(self.dns.resolver(), timeout=(1,)),
+        )
+
+    async def test_backup_mx_defers(self) -> None:
+        """
+        As the backup MX of a domain whose primary is down, the gateway
+        keeps the mail (deferred) instead of sending it to itself, where it
+        went round, a copy through the spool each time, until the hop
+        count refused it and the sender got a bounce.
+        """
+        result = await self.deliver("backup.example")
+        [outcome] = result.recipients
+        self.assertEqual(outcome.status, RecipientStatus.DEFERRED)
+        self.assertIn("127.0.0.2", outcome.text)
+        self.assertEqual(self.server.capture.commands, [])
+
+    async def test_best_mx_loops(self) -> None:
+        """
+        As the best (or only) MX, or the implicit MX, of a domain it has
+        no route for, the gateway bounces at once with Postfix's "mail for
+        ... loops back to myself" (554 5.4.6), connecting to nothing.
+        """
+        for domain in ("only.example", "implicit.example"):
+            result = await self.deliver(domain)
+            [outcome] = result.recipients
+            self.assertEqual(outcome.status, RecipientStatus.BOUNCED, domain)
+            self.assertEqual(outcome.code, 554)
+            self.assertEqual(outcome.text, f"5.4.6 mail for {domain} loops back to myself")
+        self.assertEqual(self.server.capture.commands, [])
+
+    async def test_other_port_is_not_self(self) -> None:
+        """
+        Our address at another port is another MTA (a content filter on
+        the same machine): it is delivered to.
+        """
+        self.config = attrs.evolve(
+            self.config,
+            listeners={
+                "InboundMail": attrs.evolve(
+                    self.config.listeners["InboundMail"], port=self.server.port + 1
+                )
+            },
+        )
+        result = await self.deliver("only.example")
+        self.assertEqual([r.status for r in result.recipients], [RecipientStatus.DELIVERED])
 
 
 class AddressTests(TestCase):

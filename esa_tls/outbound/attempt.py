@@ -32,7 +32,14 @@ from twisted.logger import Logger
 from esa_tls.config.model import GatewayConfig
 from esa_tls.maillog import MailLog
 from esa_tls.outbound.client import DeliveryClient, SessionOutcome, Timeouts
-from esa_tls.outbound.mx import SMTP_PORT, MailHost, MailRoute, MXResolver, RouteError
+from esa_tls.outbound.mx import (
+    SMTP_PORT,
+    LocalHost,
+    MailHost,
+    MailRoute,
+    MXResolver,
+    RouteError,
+)
 from esa_tls.outbound.policy import TLSPlan, destination_for, effective_tls, trust_anchors
 from esa_tls.outbound.result import (
     DeliveryResult,
@@ -188,7 +195,12 @@ class _Attempt:
 
     async def _deliver(self, recipients: Recipients) -> list[RecipientOutcome]:
         try:
-            route = await self.mx.resolve(self.domain, self.config.smtp_routes, port=self.port)
+            route = await self.mx.resolve(
+                self.domain,
+                self.config.smtp_routes,
+                port=self.port,
+                local=LocalHost.from_config(self.config),
+            )
         except RouteError as e:
             status = RecipientStatus.BOUNCED if e.permanent else RecipientStatus.DEFERRED
             self.last_error = str(e)

@@ -18,7 +18,12 @@ with C{ANY} queries.  Here:
     bounces at once instead of sitting in the queue for days;
   - SERVFAIL, REFUSED and timeouts are temporary: the message is deferred;
   - an MX whose exchange is an IP address (or not ASCII) names no host and
-    is passed over, never connected to at that address.
+    is passed over, never connected to at that address;
+  - given how the gateway itself is reached (L{LocalHost}), an exchanger
+    that is the gateway and every one not preferred to it are dropped (RFC
+    5321 section 5.1): a backup MX keeps the mail while the primary is
+    down, and the best MX of a domain it has no route for bounces it at
+    once ("loops back to myself", 5.4.6) instead of sending it to itself.
 
 An C{[smtp_routes]} entry overrides DNS MX for its domain: its hosts are
 tried in the order written, and a route host name is resolved for addresses
@@ -150,6 +155,84 @@ class RouteError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code} {self.status} {self.text}"
+
+
+@frozen
+class LocalHost:
+    """
+    Where this gateway takes SMTP, to recognize itself among a domain's
+    mail exchangers.
+
+    @ivar endpoints: each listener's C{(address, port)}.
+    @ivar every_address_ports: the ports of listeners bound to every
+        address (C{0.0.0.0}, C{::}), where any of L{addresses} (and any
+        loopback address) is this gateway.
+    @ivar addresses: the machine's addresses (C{[interfaces]}).
+    @ivar names: each listener's banner name with its port.
+    """
+
+    endpoints: frozenset[tuple[str, int]] = frozenset()
+    every_address_ports: frozenset[int] = frozenset()
+    addresses: frozenset[str] = frozenset()
+    names: frozenset[tuple[str, int]] = frozenset()
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> LocalHost:
+        """
+        The listeners of C{config}, made once per configuration (every
+        delivery asks).  A listener behind a proxy (whose port the world
+        does not see) is recognized by neither; the hop count of the
+        listeners stops such a loop.
+        """
+        cached = _local_hosts.get(id(config))
+        if cached is not None and cached[0] is config:
+            return cached[1]
+        local = cls._of(config)
+        _local_hosts.clear()
+        _local_hosts[id(config)] = (config, local)
+        return local
+
+    @classmethod
+    def _of(cls, config: GatewayConfig) -> LocalHost:
+        endpoints = set()
+        every_address = set()
+        names = set()
+        for listener in config.listeners.values():
+            ip = listener.interface.address.ip
+            if ip.is_unspecified:
+                every_address.add(listener.port)
+            else:
+                endpoints.add((str(ip), listener.port))
+            name = normalize_name(listener.hostname or config.system.hostname)
+            if name:
+                names.add((name, listener.port))
+        return cls(
+            frozenset(endpoints),
+            frozenset(every_address),
+            frozenset(i.ip for i in config.interfaces.values()),
+            frozenset(names),
+        )
+
+    def is_self(self, host: MailHost) -> bool:
+        """
+        Whether C{host} is this gateway: its name is a listener's banner
+        name, or one of its addresses a listener's, at the listener's port.
+        """
+        if (host.name, host.port) in self.names:
+            return True
+        for address in host.addresses:
+            if (address, host.port) in self.endpoints:
+                return True
+            if host.port in self.every_address_ports and (
+                address in self.addresses or ipaddress.ip_address(address).is_loopback
+            ):
+                return True
+        return False
+
+
+#: L{LocalHost.from_config}'s one configuration (kept in the value, so
+#: that its identity stays valid).
+_local_hosts: dict[int, tuple[GatewayConfig, LocalHost]] = {}
 
 
 def is_ip_literal(name: str) -> bool:
@@ -330,6 +413,7 @@ class MXResolver:
         routes: Mapping[str, Sequence[str]] | None = None,
         *,
         port: int = SMTP_PORT,
+        local: LocalHost | None = None,
     ) -> Deferred[MailRoute]:
         """
         Find the hosts to try for C{domain}.
@@ -338,6 +422,8 @@ class MXResolver:
             (or its parent, or C{ALL}) replaces the MX lookup.
         @param port: the port of hosts found through DNS (routes carry
             their own).
+        @param local: this gateway: of hosts found through DNS, it and
+            those not preferred to it are dropped (routes are as written).
 
         @return: a L{Deferred} firing with a L{MailRoute}, or failing with
             L{RouteError}.
@@ -347,7 +433,7 @@ class MXResolver:
         literal = self._literal_route(domain, routes)
         if literal is not None:
             return succeed(literal)
-        return Deferred.fromCoroutine(self._resolve(domain, routes, port))
+        return Deferred.fromCoroutine(self._resolve(domain, routes, port, local))
 
     def _literal_route(self, domain: str, routes: Mapping[str, Sequence[str]]) -> MailRoute | None:
         """
@@ -381,7 +467,11 @@ class MXResolver:
         return route
 
     async def _resolve(
-        self, domain: str, routes: Mapping[str, Sequence[str]], port: int
+        self,
+        domain: str,
+        routes: Mapping[str, Sequence[str]],
+        port: int,
+        local: LocalHost | None = None,
     ) -> MailRoute:
         route = find_route(routes, domain)
         if is_discard_route(route):
@@ -429,10 +519,10 @@ class MXResolver:
             found = await self._addresses(domain)
             if not found.addresses:
                 raise self._no_address_error(domain, [found])
-            return MailRoute(
-                domain,
-                (MailHost(domain, port, found.addresses, 0, HostSource.IMPLICIT_MX),),
-            )
+            host = MailHost(domain, port, found.addresses, 0, HostSource.IMPLICIT_MX)
+            if local is not None and local.is_self(host):
+                raise _loop_error(domain)
+            return MailRoute(domain, (host,))
         if len(exchanges) == 1 and exchanges[0][1] == "" and not malformed:
             raise RouteError(
                 f"Domain {domain} does not accept mail (null MX)",
@@ -451,11 +541,28 @@ class MXResolver:
             for (pref, name), found in zip(ordered, results, strict=True)
             if found.addresses
         )
+        mine = [host.preference for host in hosts if local is not None and local.is_self(host)]
+        dropped: tuple[tuple[str, str], ...] = ()
+        if mine:
+            # RFC 5321 section 5.1: "it MUST discard MX records with equal
+            # or greater preference value" than its own.
+            cutoff = min(mine)
+            dropped = tuple(
+                (host.name, f"preference {host.preference}, not better than this gateway's")
+                for host in hosts
+                if host.preference >= cutoff
+            )
+            hosts = tuple(host for host in hosts if host.preference < cutoff)
+            results = [
+                found for (pref, _), found in zip(ordered, results, strict=True) if pref < cutoff
+            ]
+            if not hosts and not results:
+                raise _loop_error(domain)
         results = [*malformed, *results]
         skipped = tuple(_skip_reason(found) for found in results if not found.addresses)
         if not hosts:
             raise self._no_address_error(domain, results)
-        return MailRoute(domain, hosts, False, skipped)
+        return MailRoute(domain, hosts, False, skipped + dropped)
 
     async def _resolve_route(self, domain: str, route: Sequence[str]) -> MailRoute:
         targets = [parse_route_host(entry) for entry in route]
@@ -579,6 +686,17 @@ class MXResolver:
             code=550,
             status="5.4.4",
         )
+
+
+def _loop_error(domain: str) -> RouteError:
+    """
+    This gateway is the best mail exchanger of C{domain} (and no route
+    says where its mail goes): Postfix's words and RFC 3463's "routing
+    loop detected".
+    """
+    return RouteError(
+        f"mail for {domain} loops back to myself", permanent=True, code=554, status="5.4.6"
+    )
 
 
 def _ttl(answers: Sequence[Any], authority: Sequence[Any]) -> float | None:
