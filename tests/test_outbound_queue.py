@@ -269,6 +269,25 @@ class DeliveryTests(QueueTestCase):
         self.assertIn(f"line 39 5.7.1 {'x' * 900}", diagnostic)
         self.assertEqual(diagnostic.count("x"), 1500)
 
+    async def test_bounce_status_not_from_an_address(self) -> None:
+        """
+        A refusal without an enhanced status code gets C{Status: 5.0.0}
+        from its reply code, even when its text holds an IP address such
+        as C{192.5.1.1}: its tail was taken for the code, and a bounce
+        saying 5.1.1 (no such mailbox) has mailing lists drop a
+        subscriber who exists.
+        """
+        self.server.script.rcpt_replies = {
+            "gone@partner.example": b"550 Mail from 192.5.1.1 refused, see 5.7.1.example"
+        }
+        await inject(self.spool, "a@sender.example", ["gone@partner.example"])
+        manager = self.manager()
+        await manager.run_once()
+        await manager.run_once()
+        [(_, _, dsn)] = self.server.capture.messages
+        self.assertIn(b"Status: 5.0.0\r\n", dsn)
+        self.assertIn(b"Diagnostic-Code: smtp; 550 Mail from 192.5.1.1 refused", dsn)
+
     async def test_bounce_8bit_headers(self) -> None:
         """
         The original's headers are returned as they were, 8-bit octets
@@ -878,3 +897,7 @@ class DSNTests(TestCase):
         self.assertEqual(status_of("550 5.7.1 Denied", 550), "5.7.1")
         self.assertEqual(status_of("550 Denied", 550), "5.0.0")
         self.assertEqual(status_of("4.2.1 busy", 550), "5.0.0")
+        self.assertEqual(status_of("MAIL FROM: 5.1.8 Bad sender", 553), "5.1.8")
+        self.assertEqual(status_of("Relay 10.5.2.1 denied", 554), "5.0.0")
+        self.assertEqual(status_of("Host 5.2.2.1 denied", 554), "5.0.0")
+        self.assertEqual(status_of("Denied by policy 5.7.1.", 554), "5.7.1")

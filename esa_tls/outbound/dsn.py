@@ -26,7 +26,9 @@ from attrs import frozen
 
 __all__ = ["FailedRecipient", "build_dsn", "status_of"]
 
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+#: An RFC 3463 code standing as a word of its own: not the tail or the head
+#: of a dotted number (an IP address, C{192.5.1.1}) or of a name.
+_STATUS = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\w|\.\w)")
 
 
 @frozen
