@@ -49,6 +49,11 @@ RECORDS: dict[str, list[Any]] = {
         dns.Record_MX(10, b"mx.halfgarbled.example"),
     ],
     "mx.halfgarbled.example": [dns.Record_A("127.0.0.40")],
+    "alias.example": [dns.Record_CNAME(b"alias2.example")],
+    "alias2.example": [dns.Record_CNAME(b"multi.example")],
+    "hostalias.example": [dns.Record_CNAME(b"nomx.example")],
+    "loop1.example": [dns.Record_CNAME(b"loop2.example")],
+    "loop2.example": [dns.Record_CNAME(b"loop1.example")],
     "literal.example": [dns.Record_MX(10, b"127.0.0.50")],
     "halfliteral.example": [
         dns.Record_MX(5, b"127.0.0.51"),
@@ -157,6 +162,29 @@ class MXResolutionTests(TestCase):
         self.assertTrue(caught.exception.permanent)
         self.assertIn("not ASCII", str(caught.exception))
         self.assertNotIn(("garbled.example", dns.A), self.server.queries)
+
+    async def test_cname_chain(self) -> None:
+        """
+        A domain that is an alias (here of an alias) is delivered as its
+        target would be (RFC 5321 section 5.1), even when the server
+        answers the MX question with the CNAME alone, as an authoritative
+        server does: that is no "no MX" answer, which sent the mail to the
+        target's address record (implicit MX) instead of its MX hosts, or
+        bounced it when it had none.  An alias of a host without MX still
+        gets the implicit MX; a CNAME loop is a temporary DNS failure.
+        """
+        route = await self.mx.resolve("alias.example")
+        self.assertEqual([h.preference for h in route.hosts], [10, 10, 20])
+        self.assertEqual(route.hosts[2].name, "mx-c.multi.example")
+        self.assertEqual(route.hosts[2].source, HostSource.MX)
+        route = await self.mx.resolve("hostalias.example")
+        self.assertEqual([h.name for h in route.hosts], ["hostalias.example"])
+        self.assertEqual(route.hosts[0].addresses, ("127.0.0.20",))
+        self.assertEqual(route.hosts[0].source, HostSource.IMPLICIT_MX)
+        with self.assertRaises(RouteError) as caught:
+            await self.mx.resolve("loop1.example")
+        self.assertFalse(caught.exception.permanent)
+        self.assertIn("CNAME", str(caught.exception))
 
     async def test_ip_literal_exchange(self) -> None:
         """

@@ -13,7 +13,8 @@ with C{ANY} queries.  Here:
     preferences so that load spreads as RFC 5321 section 5.1 asks;
   - addresses come from separate A and AAAA queries, never C{ANY} (RFC 8482);
   - the implicit MX (the domain itself) is used only when the domain exists
-    and has no MX records (NOERROR with no data), never on NXDOMAIN;
+    and has no MX records (NOERROR with no data), never on NXDOMAIN; an
+    answer holding only a CNAME is no such answer: the target's MX is asked;
   - a null MX (RFC 7505) and NXDOMAIN are permanent failures: the message
     bounces at once instead of sitting in the queue for days;
   - SERVFAIL, REFUSED and timeouts are temporary: the message is deferred;
@@ -486,7 +487,9 @@ class MXResolver:
         if route is not None:
             return await self._resolve_route(domain, route)
         try:
-            answers = await self._lookup(domain, dns.MX)
+            answers = await self._mx_answers(domain)
+        except RouteError:
+            raise
         except Exception as e:
             raise self._lookup_error(domain, "MX", e) from e
         exchanges: list[tuple[int, str]] = []
@@ -563,6 +566,38 @@ class MXResolver:
         if not hosts:
             raise self._no_address_error(domain, results)
         return MailRoute(domain, hosts, False, skipped + dropped)
+
+    async def _mx_answers(self, domain: str) -> list[Any]:
+        """
+        The answer to the MX question of C{domain}, asked again of the
+        alias's target when it holds a CNAME and no MX: an authoritative
+        server answers with the CNAME alone, which is no "no MX" answer
+        (RFC 5321 section 5.1: the target "is processed as if it were the
+        initial domain").  C{twisted}'s C{MXCalculator} follows such
+        chains too.
+
+        @raise RouteError: a CNAME loop, or a chain longer than
+            L{_MAX_CNAMES} (temporary, as a recursive server's SERVFAIL).
+        """
+        name = domain
+        seen = {domain}
+        for _ in range(_MAX_CNAMES):
+            answers = await self._lookup(name, dns.MX)
+            if any(rr.type == dns.MX for rr in answers):
+                return answers
+            target = _alias_target(answers, name)
+            if target is None:
+                return answers
+            if target in seen:
+                break
+            seen.add(target)
+            name = target
+        raise RouteError(
+            f"Temporary DNS failure looking up MX of {domain}: CNAME chain loops or is too long",
+            permanent=False,
+            code=451,
+            status="4.4.3",
+        )
 
     async def _resolve_route(self, domain: str, route: Sequence[str]) -> MailRoute:
         targets = [parse_route_host(entry) for entry in route]
@@ -686,6 +721,31 @@ class MXResolver:
             code=550,
             status="5.4.4",
         )
+
+
+#: How many names an MX question follows through CNAMEs (C{twisted}'s
+#: C{MXCalculator} follows 3; resolvers give up near 8-16).
+_MAX_CNAMES = 8
+
+
+def _alias_target(answers: Sequence[Any], name: str) -> str | None:
+    """
+    Where the CNAME records of C{answers} lead from C{name}, or C{None}
+    when C{name} is no alias there.
+    """
+    aliases = {
+        normalize_name(rr.name.name.decode("ascii", "replace")): normalize_name(
+            rr.payload.name.name.decode("ascii", "replace")
+        )
+        for rr in answers
+        if rr.type == dns.CNAME
+    }
+    current = name
+    for _ in range(len(aliases)):
+        if current not in aliases:
+            break
+        current = aliases[current]
+    return None if current == name else current
 
 
 def _loop_error(domain: str) -> RouteError:
