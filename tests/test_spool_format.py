@@ -92,6 +92,15 @@ class HeaderTests(SynchronousTestCase):
         ]:
             self.assertRaises(SpoolFormatError, decode_message_header, bad)
 
+    def test_deepNestingRefused(self) -> None:
+        """
+        A header nested deeper than the JSON decoder recurses is refused as
+        malformed (and so quarantined), not a L{RecursionError} that stops
+        the gateway's start-up at every try.
+        """
+        line = b'{"format":"esa_tls-spool","version":1,"envelope":' + b"[" * 100_000 + b"\n"
+        self.assertRaises(SpoolFormatError, decode_message_header, line)
+
 
 class StateTests(SynchronousTestCase):
     def test_roundTrip(self) -> None:
@@ -106,6 +115,14 @@ class StateTests(SynchronousTestCase):
         self.assertEqual(decode_recipient_states(data, 7), states)
         self.assertRaises(SpoolFormatError, decode_recipient_states, data, 8)
         self.assertRaises(SpoolFormatError, decode_recipient_states, data[:-10], 7)
+
+    def test_deepNestingRefused(self) -> None:
+        """
+        A state file nested deeper than the JSON decoder recurses is
+        refused as malformed, not a L{RecursionError}.
+        """
+        data = b'{"format":"esa_tls-state","recipients":' + b"[" * 100_000
+        self.assertRaises(SpoolFormatError, decode_recipient_states, data, 7)
 
     def test_unknownStatusRefused(self) -> None:
         """

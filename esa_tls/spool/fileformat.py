@@ -223,7 +223,9 @@ def decode_message_header(line: bytes) -> MessageHeader:
     _require(line.startswith(_SIZE_PREFIX[: len(b'{"format":')]), "not a spool file")
     try:
         data = json.loads(line)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
+        # RecursionError: nested deeper than the decoder goes, which no
+        # file this code wrote is.
         raise SpoolFormatError(f"header is not JSON: {e}") from None
     _require(isinstance(data, dict), "header is not an object")
     _require(data.get("format") == MESSAGE_FORMAT, "not a spool file")
@@ -282,7 +284,7 @@ def decode_recipient_states(data: bytes, mid: int) -> dict[int, RecipientState]:
     """
     try:
         obj = json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise SpoolFormatError(f"state is not JSON: {e}") from None
     _require(isinstance(obj, dict), "state is not an object")
     _require(obj.get("format") == STATE_FORMAT, "not a state file")
