@@ -27,7 +27,11 @@ from zope.interface.verify import verifyObject
 from esa_tls.ids import IdAllocator
 from esa_tls.interfaces import IIncomingMessage, IMessageStore, StoreError
 from esa_tls.spool import DurableSpool, FileSystem, IncomingMessage
-from esa_tls.spool.fileformat import encode_message_header, encode_size_field
+from esa_tls.spool.fileformat import (
+    SIZE_FIELD_OFFSET,
+    encode_message_header,
+    encode_size_field,
+)
 from esa_tls.spool.fs import WholeFileSystemSync, syncfs_unsupported
 from esa_tls.spool.values import DELIVERED, RecipientState
 from esa_tls.values import Envelope, TLSInfo
@@ -125,6 +129,48 @@ def _tmp_files(directory: str) -> list[str]:
     for root, _, files in os.walk(os.path.join(directory, "tmp")):
         found += [os.path.join(root, f) for f in files if not f.endswith(".lock")]
     return found
+
+
+def _complete(mid: int) -> bytes:
+    """
+    The file of a committed message C{mid} holding L{BODY}.
+    """
+    header = encode_message_header(mid, ENVELOPE)
+    size = encode_size_field(len(BODY))
+    return header[:SIZE_FIELD_OFFSET] + size + header[SIZE_FIELD_OFFSET + len(size) :] + BODY
+
+
+class FIFOWatch:
+    """
+    Makes FIFOs where the spool expects files, and frees a reader that
+    blocks opening one (after C{patience} seconds) so that a spool that
+    does so fails the test instead of hanging it.
+    """
+
+    def __init__(self, patience: float = 5.0) -> None:
+        self.patience = patience
+        self.blocked: list[str] = []
+        self._timers: list[threading.Timer] = []
+
+    def make(self, path: str) -> None:
+        os.mkfifo(path)
+        timer = threading.Timer(self.patience, self._free, (path,))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def _free(self, path: str) -> None:
+        try:
+            # Succeeds only if a reader is waiting in open().
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return
+        self.blocked.append(path)
+        os.close(fd)
+
+    def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
 
 
 class SpoolTestMixin:
@@ -747,6 +793,68 @@ class RecoveryTests(SpoolTestMixin, TestCase):
         quarantined = [e for e in events if "quarantined" in e.get("log_format", "")]
         self.assertEqual(len(quarantined), len(files))
         self.assertGreater(spool.new_message(ENVELOPE).mid, 5000)
+
+    def test_oddEntriesSetAside(self) -> None:
+        """
+        What an operator or a restore may leave in the spool's directories
+        that is not a file the spool wrote (a directory, a FIFO, a symbolic
+        link loop where a message or a state file would be; a directory
+        where a lock file would be) neither stops nor blocks start-up: each
+        is moved to C{corrupt/} with an error naming it, or left alone in
+        C{tmp/}, and the messages beside it are delivered.
+        """
+        directory = self.mktemp()
+        queue = os.path.join(directory, "queue")
+        state = os.path.join(directory, "state")
+        tmp = os.path.join(directory, "tmp")
+        for d in (queue, state, tmp):
+            os.makedirs(d)
+        fifos = FIFOWatch()
+        self.addCleanup(fifos.stop)
+        os.mkdir(os.path.join(queue, "50.msg"))
+        fifos.make(os.path.join(queue, "51.msg"))
+        os.symlink("52.msg", os.path.join(queue, "52.msg"))
+        os.mkdir(os.path.join(state, "53.json"))
+        os.mkdir(os.path.join(state, "lost+found"))
+        os.mkdir(os.path.join(tmp, "odd.lock"))
+        # A good message whose state file is a FIFO: its delivery state is
+        # unknown, so both are kept for an operator.
+        with open(os.path.join(queue, "54.msg"), "wb") as f:
+            f.write(_complete(54))
+        fifos.make(os.path.join(state, "54.json"))
+        with open(os.path.join(queue, "55.msg"), "wb") as f:
+            f.write(_complete(55))
+        events = self.capture_log()
+        spool = self.make_spool(directory)
+        self.assertEqual(fifos.blocked, [])
+        self.assertEqual([q.mid for q in spool.queued()], [55])
+        with spool.open_body(55) as f:
+            self.assertEqual(f.read(), BODY)
+        set_aside = ["50.msg", "51.msg", "52.msg", "53.json", "54.json", "54.msg", "lost+found"]
+        self.assertEqual(sorted(os.listdir(os.path.join(directory, "corrupt"))), set_aside)
+        quarantined = [e for e in events if "quarantined" in e.get("log_format", "")]
+        self.assertEqual(sorted(os.path.basename(e["path"]) for e in quarantined), set_aside)
+        self.assertGreater(spool.new_message(ENVELOPE).mid, 55)
+
+    def test_oddEntryAppearsWhileRunning(self) -> None:
+        """
+        A directory or a FIFO that appears in C{queue/} while the gateway
+        runs is set aside by the next scan, which lists the other messages
+        as before.
+        """
+        spool = self.make_spool()
+        queue = os.path.join(spool.directory, "queue")
+        with open(os.path.join(queue, "60.msg"), "wb") as f:
+            f.write(_complete(60))
+        os.mkdir(os.path.join(queue, "61.msg"))
+        fifos = FIFOWatch()
+        self.addCleanup(fifos.stop)
+        fifos.make(os.path.join(queue, "62.msg"))
+        self.assertEqual([q.mid for q in spool.queued()], [60])
+        self.assertEqual(fifos.blocked, [])
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(spool.directory, "corrupt"))), ["61.msg", "62.msg"]
+        )
 
     @inlineCallbacks
     def test_largeHeader(self) -> Any:

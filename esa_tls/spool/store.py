@@ -33,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
@@ -81,6 +82,43 @@ def _store_error(failure: Failure, what: str) -> StoreError:
 _HEADER_READ = 8192
 
 
+def _open_regular(path: str) -> tuple[int, int]:
+    """
+    Open C{path} for reading if it is a regular file, as every file the
+    spool writes is.  Anything else in its place (a directory, a FIFO, a
+    socket, a symbolic link loop), left by an operator or a restore, is
+    L{SpoolFormatError}, to be quarantined: read as a file it would stop
+    start-up with an exception, or, a FIFO, block it for ever.
+
+    @return: the open descriptor and the file's size.
+    @raise FileNotFoundError: there is no such file.
+    @raise SpoolFormatError: C{path} is not a regular file.
+    @raise OSError: it is one, and could not be opened (permissions, too
+        many open files): it may be fine, and is left where it is.
+    """
+    try:
+        # Non-blocking: opening a FIFO for reading waits for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            raise e from None
+        if regular:
+            raise
+        raise SpoolFormatError(f"not a regular file ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpoolFormatError("not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
 def _read_header_line(path: str) -> tuple[bytes, int]:
     """
     The first line of message file C{path} (newline included; at most
@@ -89,10 +127,10 @@ def _read_header_line(path: str) -> tuple[bytes, int]:
     every message its workers commit.
 
     @raise FileNotFoundError: the file is gone.
+    @raise SpoolFormatError: it is not a regular file.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd, size = _open_regular(path)
     try:
-        size = os.fstat(fd).st_size
         head = os.pread(fd, min(size, _HEADER_READ), 0)
         end = head.find(b"\n")
         if end < 0 and len(head) < min(size, MAX_HEADER_LENGTH):
@@ -571,15 +609,22 @@ class DurableSpool:
             if self._load(mid) is not None:
                 mids.add(mid)
         for name in sorted(os.listdir(self._state_dir)):
+            path = os.path.join(self._state_dir, name)
             mid = self._mid_of(name, ".json")
-            if mid is not None:
-                highest = max(highest, mid)
+            if mid is None:
+                self._quarantine(path, "not a state file name")
+                continue
+            highest = max(highest, mid)
             # A finished message's state (removal is: unlink message, sync,
-            # unlink state) or a stray file.  Look again right before: a
-            # worker sharing the spool may have committed the message after
-            # the queue was listed.
-            if mid is None or (mid not in mids and not os.path.exists(self.message_path(mid))):
-                _unlink_quietly(os.path.join(self._state_dir, name))
+            # unlink state).  Look again right before: a worker sharing the
+            # spool may have committed the message after the queue was
+            # listed.
+            if mid not in mids and not os.path.exists(self.message_path(mid)):
+                try:
+                    _unlink_quietly(path)
+                except OSError as e:
+                    # A directory, say: not something this code wrote.
+                    self._quarantine(path, f"cannot remove it: {e.strerror}")
         for name in os.listdir(self._corrupt_dir):
             digits = name.split(".", 1)[0]
             if digits.isdigit():
@@ -616,6 +661,11 @@ class DurableSpool:
             try:
                 fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
+                continue
+            except OSError as e:
+                # Not a lock file this code made (a directory, say): left
+                # alone, and start-up goes on.
+                self.log.warn("Spool: ignored {path}, not a lock file: {error}", path=path, error=e)
                 continue
             try:
                 try:
@@ -661,7 +711,7 @@ class DurableSpool:
         can look at it; it is never delivered.
         """
         target = os.path.join(self._corrupt_dir, os.path.basename(path))
-        if os.path.exists(target):
+        if os.path.lexists(target):
             target = f"{target}.{uuid.uuid4().hex[:8]}"
         try:
             os.rename(path, target)
@@ -703,7 +753,12 @@ class DurableSpool:
             )
             return None
         recipients = _initial_states(header.envelope)
-        data = self._read_state_file(mid) if states else None
+        try:
+            data = self._read_state_file(mid) if states else None
+        except SpoolFormatError as e:
+            self._quarantine(self._state_path(mid), str(e))
+            self._quarantine_message(mid, "its state file is malformed")
+            return None
         if data is not None:
             try:
                 stored = decode_recipient_states(data, mid)
@@ -728,10 +783,11 @@ class DurableSpool:
             if it has none (no recipient state recorded yet).
         """
         try:
-            with open(self._state_path(mid), "rb") as f:
-                return f.read()
+            fd, _ = _open_regular(self._state_path(mid))
         except FileNotFoundError:
             return None
+        with open(fd, "rb") as f:
+            return f.read()
 
     def _quarantine_message(self, mid: int, reason: str) -> None:
         self._entries.pop(mid, None)
