@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar, cast
@@ -138,6 +142,39 @@ def _complete(mid: int) -> bytes:
     header = encode_message_header(mid, ENVELOPE)
     size = encode_size_field(len(BODY))
     return header[:SIZE_FIELD_OFFSET] + size + header[SIZE_FIELD_OFFSET + len(size) :] + BODY
+
+
+def _without_file_permission_override(case: TestCase, script: str, *args: str) -> Any:
+    """
+    Run Python C{script} in a process that file permissions apply to: this
+    one's, or, for root, one without C{CAP_DAC_OVERRIDE} and
+    C{CAP_DAC_READ_SEARCH}.
+
+    @return: what the script printed, as JSON.
+    """
+    command = [sys.executable, "-c", script, *args]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise SkipTest("root, and no setpriv to drop CAP_DAC_OVERRIDE")
+        command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *command]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    done = subprocess.run(command, capture_output=True, timeout=60, check=False, env=env)
+    case.assertEqual(done.returncode, 0, done.stderr.decode(errors="replace"))
+    return json.loads(done.stdout)
+
+
+def _immutable(case: TestCase, path: str) -> None:
+    """
+    Make directory C{path} immutable (nothing may be added to or removed
+    from it, even by root) until the test ends.
+    """
+    try:
+        subprocess.run(["chattr", "+i", path], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SkipTest(f"cannot make {path} immutable: {e}") from None
+    case.addCleanup(subprocess.run, ["chattr", "-i", path], check=False)
 
 
 class FIFOWatch:
@@ -855,6 +892,70 @@ class RecoveryTests(SpoolTestMixin, TestCase):
         self.assertEqual(
             sorted(os.listdir(os.path.join(spool.directory, "corrupt"))), ["61.msg", "62.msg"]
         )
+
+    def test_unreadableMessageLeftInQueue(self) -> None:
+        """
+        A message file the gateway may not read (its mode or owner wrong
+        after a restore) neither stops start-up nor is quarantined (the
+        message may be fine): the error names it, once however many scans
+        find it, the other messages are listed, and once it can be read
+        it is listed too.
+        """
+        directory = self.mktemp()
+        queue = os.path.join(directory, "queue")
+        os.makedirs(queue)
+        for mid in (70, 71):
+            with open(os.path.join(queue, f"{mid}.msg"), "wb") as f:
+                f.write(_complete(mid))
+        os.chmod(os.path.join(queue, "70.msg"), 0)
+        seen = _without_file_permission_override(
+            self,
+            "import json, os, sys\n"
+            "from twisted.internet import reactor\n"
+            "from twisted.logger import formatEvent, globalLogPublisher\n"
+            "from esa_tls.spool import DurableSpool\n"
+            "said = []\n"
+            "globalLogPublisher.addObserver(lambda e: said.append(formatEvent(e)))\n"
+            "spool = DurableSpool(sys.argv[1], reactor)\n"
+            "queued = [[q.mid for q in spool.queued()] for _ in range(3)]\n"
+            "corrupt = os.listdir(os.path.join(sys.argv[1], 'corrupt'))\n"
+            "print(json.dumps({'queued': queued, 'corrupt': corrupt, 'said': said}))\n",
+            directory,
+        )
+        self.assertEqual(seen["queued"], [[71]] * 3)
+        self.assertEqual(seen["corrupt"], [])
+        about = [line for line in seen["said"] if "70.msg" in line]
+        self.assertEqual(len(about), 1, seen["said"])
+        self.assertIn("Permission denied", about[0])
+        os.chmod(os.path.join(queue, "70.msg"), 0o600)
+        spool = self.make_spool(directory)
+        self.assertEqual([q.mid for q in spool.queued()], [70, 71])
+        with spool.open_body(70) as f:
+            self.assertEqual(f.read(), BODY)
+
+    def test_quarantineRefused(self) -> None:
+        """
+        A malformed message that cannot be moved to C{corrupt/} (here an
+        immutable directory) does not stop start-up: it stays where it is,
+        is said in the log, and is not delivered.
+        """
+        directory = self.mktemp()
+        queue = os.path.join(directory, "queue")
+        corrupt = os.path.join(directory, "corrupt")
+        os.makedirs(queue)
+        os.makedirs(corrupt)
+        with open(os.path.join(queue, "80.msg"), "wb") as f:
+            f.write(b"garbage\n")
+        with open(os.path.join(queue, "81.msg"), "wb") as f:
+            f.write(_complete(81))
+        _immutable(self, corrupt)
+        events = self.capture_log()
+        spool = self.make_spool(directory)
+        self.assertEqual([q.mid for q in spool.queued()], [81])
+        self.assertEqual(_queue_files(directory), ["80.msg", "81.msg"])
+        refused = [e for e in events if "could not be moved" in e.get("log_format", "")]
+        self.assertTrue(refused)
+        self.assertEqual(refused[0]["path"], os.path.join(os.path.abspath(queue), "80.msg"))
 
     @inlineCallbacks
     def test_largeHeader(self) -> Any:

@@ -557,6 +557,8 @@ class DurableSpool:
         self._removing: set[int] = set()
         self._subscribers: list[Callable[[int], None]] = []
         self._state_serial = 0
+        # Messages whose files could not be read, and why (L{_unreadable}).
+        self._unreadable_said: dict[int, str] = {}
         self._lock_fd, self._tmp_dir = self._claim_temporary_directory()
         self.recover()
 
@@ -717,6 +719,18 @@ class DurableSpool:
             os.rename(path, target)
         except FileNotFoundError:
             return  # another process quarantined it first
+        except OSError as e:
+            # It stays where it is, and is still not delivered: whoever
+            # asked skips it.
+            self.log.error(
+                "Spool: malformed file {path} ({reason}) could not be moved to {target}"
+                " ({error}); it is skipped, not delivered",
+                path=path,
+                target=target,
+                reason=reason,
+                error=e,
+            )
+            return
         self.log.error(
             "Spool: quarantined malformed file {path} as {target}: {reason}",
             path=path,
@@ -746,6 +760,9 @@ class DurableSpool:
         except SpoolFormatError as e:
             self._quarantine_message(mid, str(e))
             return None
+        except OSError as e:
+            self._unreadable(mid, self.message_path(mid), e)
+            return None
         if length != header.body_offset + header.body_size:
             self._quarantine_message(
                 mid,
@@ -759,6 +776,10 @@ class DurableSpool:
             self._quarantine(self._state_path(mid), str(e))
             self._quarantine_message(mid, "its state file is malformed")
             return None
+        except OSError as e:
+            self._unreadable(mid, self._state_path(mid), e)
+            return None
+        self._unreadable_said.pop(mid, None)
         if data is not None:
             try:
                 stored = decode_recipient_states(data, mid)
@@ -788,6 +809,27 @@ class DurableSpool:
             return None
         with open(fd, "rb") as f:
             return f.read()
+
+    def _unreadable(self, mid: int, path: str, error: OSError) -> None:
+        """
+        A file of message C{mid} could not be read, for a reason that may
+        not be the file's (its permissions, too many open files, an I/O
+        error): the message is skipped, neither delivered nor quarantined,
+        and tried again at the next scan.  Said once per message and
+        reason, not at every scan.
+        """
+        self._entries.pop(mid, None)
+        said = f"{path}: {error.strerror or error}"
+        if self._unreadable_said.get(mid) == said:
+            return
+        self._unreadable_said[mid] = said
+        self.log.error(
+            "Spool: cannot read {path} ({error}); MID {mid} is left in the queue,"
+            " not delivered until it can be read",
+            path=path,
+            error=error.strerror or error,
+            mid=mid,
+        )
 
     def _quarantine_message(self, mid: int, reason: str) -> None:
         self._entries.pop(mid, None)
