@@ -11,6 +11,7 @@ import email
 import errno
 import itertools
 import os
+import resource
 import sys
 import time
 from typing import Any, BinaryIO
@@ -780,6 +781,81 @@ class SpoolFaultTests(QueueTestCase):
         self.assertEqual(self.copies(b"ok@partner.example"), 1)
         self.assertEqual(self.copies(b"busy@partner.example"), 1)
         self.assertEqual(self.spool.queued(), [])
+
+
+class _OutOfDescriptors:
+    """
+    While in effect, this process can open no descriptor: every C{open},
+    C{listdir} and C{socket} fails with a real C{EMFILE}, as in a busy
+    gateway at its C{ulimit -n}.
+    """
+
+    def __enter__(self) -> None:
+        self._saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest = os.open(os.devnull, os.O_RDONLY)
+        os.close(lowest)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, self._saved[1]))
+
+    def __exit__(self, *exc_info: object) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, self._saved)
+
+
+class RunningTests(QueueTestCase):
+    """
+    The manager's own timers (the queue scan, the delivernow check) keep
+    running whatever one round of them met.
+    """
+
+    timeout = 60
+
+    async def test_scan_survives_a_failed_scan(self) -> None:
+        """
+        A scan that cannot list the queue (out of descriptors) is logged,
+        and the next scan, once the descriptors are back, delivers a
+        deferred recipient that came due: one failure does not stop the
+        scans for the life of the process.
+        """
+        await inject(self.spool, "a@sender.example", ["busy@partner.example"])
+        manager = self.manager(scan_interval=30)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        while self.server.verbs().count(b"RCPT") < 1 or manager.in_flight:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.server.script.rcpt_replies = {}
+        self.clock.advance(270)
+        with _OutOfDescriptors():
+            self.clock.advance(30)
+        self.assertTrue(self.flushLoggedErrors(OSError))
+        self.assertEqual(manager.in_flight, {})
+        self.clock.advance(30)
+        self.assertTrue(manager.in_flight, "the scan after the failed one started nothing")
+        while self.spool.queued():
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.server.capture.messages), 1)
+
+    async def test_delivernow_survives_a_failed_check(self) -> None:
+        """
+        A delivernow check that cannot list its directory (out of
+        descriptors) is said, and the next check takes the request.
+        """
+        await inject(self.spool, "a@sender.example", ["busy@partner.example"])
+        manager = self.manager(scan_interval=3600)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        while self.server.verbs().count(b"RCPT") < 1 or manager.in_flight:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.server.script.rcpt_replies = {}
+        request_delivery_now(make_config(self.server.port, self.data_dir))
+        with _OutOfDescriptors():
+            self.clock.advance(1)
+        self.flushLoggedErrors(OSError)
+        self.assertEqual(manager.in_flight, {})
+        self.clock.advance(1)
+        self.assertEqual(os.listdir(os.path.join(self.data_dir, "delivernow")), [])
+        self.assertTrue(manager.in_flight, "the check after the failed one started nothing")
+        while self.spool.queued():
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.server.capture.messages), 1)
 
 
 class _Child(ProcessProtocol):

@@ -55,7 +55,7 @@ from typing import Any
 
 from attrs import evolve, frozen
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -359,7 +359,16 @@ class QueueManager(Service):
         log.failure("Delivery of MID {mid} failed", failure, mid=mid)
 
     def _scan_logged(self) -> None:
-        self.run_once().addErrback(lambda f: log.failure("Queue scan failed", f))
+        # maybeDeferred: an exception raised by the scan itself (the queue
+        # could not be listed: out of descriptors, an I/O error) is logged
+        # like any other failure.  Raised from here, it would stop the
+        # LoopingCall for the life of the process: no retry would ever
+        # come due again.
+        maybeDeferred(self.run_once).addErrback(
+            lambda f: log.failure(
+                "Queue scan failed; next scan in {interval} s", f, interval=self.scan_interval
+            )
+        )
 
     def _slot_free(self, domain: str) -> None:
         """
@@ -400,6 +409,11 @@ class QueueManager(Service):
         try:
             names = [n for n in os.listdir(directory) if n.endswith(".request")]
         except FileNotFoundError:
+            return
+        except OSError as e:
+            # Out of descriptors, say: raised, it would end these checks
+            # for the life of the process.
+            log.error("delivernow: cannot read {directory}: {error}", directory=directory, error=e)
             return
         for name in names:
             path = os.path.join(directory, name)
