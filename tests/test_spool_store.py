@@ -893,6 +893,29 @@ class RecoveryTests(SpoolTestMixin, TestCase):
             sorted(os.listdir(os.path.join(spool.directory, "corrupt"))), ["61.msg", "62.msg"]
         )
 
+    def test_namesNeverFoundSetAside(self) -> None:
+        """
+        A message file whose name is not the one the spool gives its MID
+        (C{0090.msg} for MID 90), and a symbolic link to nothing, are set
+        aside in C{corrupt/} with an error, not passed over in silence at
+        every scan while the message is never delivered.
+        """
+        directory = self.mktemp()
+        queue = os.path.join(directory, "queue")
+        os.makedirs(queue)
+        with open(os.path.join(queue, "0090.msg"), "wb") as f:
+            f.write(_complete(90))
+        os.symlink(os.path.join(directory, "gone"), os.path.join(queue, "91.msg"))
+        events = self.capture_log()
+        spool = self.make_spool(directory)
+        self.assertEqual(spool.queued(), [])
+        self.assertEqual(_queue_files(directory), [])
+        set_aside = ["0090.msg", "91.msg"]
+        self.assertEqual(sorted(os.listdir(os.path.join(directory, "corrupt"))), set_aside)
+        quarantined = [e for e in events if "quarantined" in e.get("log_format", "")]
+        self.assertEqual(sorted(os.path.basename(e["path"]) for e in quarantined), set_aside)
+        self.assertGreater(spool.new_message(ENVELOPE).mid, 91)
+
     def test_unreadableMessageLeftInQueue(self) -> None:
         """
         A message file the gateway may not read (its mode or owner wrong

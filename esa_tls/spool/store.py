@@ -92,7 +92,8 @@ def _open_regular(path: str) -> tuple[int, int]:
 
     @return: the open descriptor and the file's size.
     @raise FileNotFoundError: there is no such file.
-    @raise SpoolFormatError: C{path} is not a regular file.
+    @raise SpoolFormatError: C{path} is not a regular file (a symbolic
+        link to nothing included).
     @raise OSError: it is one, and could not be opened (permissions, too
         many open files): it may be fine, and is left where it is.
     """
@@ -100,6 +101,10 @@ def _open_regular(path: str) -> tuple[int, int]:
         # Non-blocking: opening a FIFO for reading waits for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
+        if os.path.lexists(path):
+            # There, but it leads nowhere: looked for again at every scan
+            # and never found, it would be passed over in silence.
+            raise SpoolFormatError("a symbolic link to nothing") from None
         raise
     except OSError as e:
         try:
@@ -705,7 +710,10 @@ class DurableSpool:
         digits = name[: -len(suffix)]
         if not digits.isdigit() or not digits.isascii():
             return None
-        return int(digits)
+        mid = int(digits)
+        # Only the name message_path() gives the MID: 0005.msg would be
+        # listed as MID 5, looked for as 5.msg, and never found.
+        return mid if str(mid) == digits else None
 
     def _quarantine(self, path: str, reason: str) -> None:
         """
