@@ -199,6 +199,82 @@ class SelfAsMXTests(TestCase):
         self.assertEqual([r.status for r in result.recipients], [RecipientStatus.DELIVERED])
 
 
+class AddressLiteralTests(TestCase):
+    """
+    A recipient at an address literal (C{a@[127.0.0.1]}, which the listeners
+    take from a client allowed to relay) is delivered to that address with
+    no lookup, as RFC 5321 section 5.1 says and Postfix does; it used to go
+    to DNS as a name and bounce as "not found".
+    """
+
+    def setUp(self) -> None:
+        self.server = start_hostile_server(self, Script())
+        # A DNS server that knows nothing: any question would fail.
+        self.dns = start_dns_server(self, {})
+        loopback = Interface("Loopback", ipaddress.ip_interface("127.0.0.1/8"))
+        self.config = GatewayConfig(
+            system=SystemSettings(hostname="gw.test"),
+            interfaces={"Loopback": loopback},
+            listeners={"InboundMail": Listener("InboundMail", ListenerType.PUBLIC, loopback, 2525)},
+        )
+
+    async def deliver(self, domain: str, config: GatewayConfig | None = None) -> DeliveryResult:
+        return await deliver_message(
+            reactor,
+            None,
+            config or self.config,
+            domain,
+            "sender@gw.test",
+            [(1, f"a@{domain}")],
+            BytesIO(b"Subject: x\r\n\r\nx\r\n"),
+            dcid_allocator=itertools.count(1).__next__,
+            mid=9,
+            timeouts=Timeouts.uniform(5),
+            port=self.server.port,
+            mx_resolver=MXResolver(self.dns.resolver(), timeout=(1,)),
+        )
+
+    async def test_delivered_to_the_address(self) -> None:
+        """
+        The mail reaches the server at the literal's address, with no DNS
+        question asked.
+        """
+        result = await self.deliver("[127.0.0.1]")
+        [outcome] = result.recipients
+        self.assertEqual(outcome.status, RecipientStatus.DELIVERED, outcome.text)
+        self.assertIn((False, b"RCPT TO:<a@[127.0.0.1]>"), self.server.capture.commands)
+        self.assertEqual(result.address, "127.0.0.1")
+        self.assertEqual(self.dns.queries, [])
+
+    async def test_no_host(self) -> None:
+        """
+        An address that names no single host bounces at once, saying so.
+        """
+        for domain in ("[0.0.0.0]", "[224.0.0.1]", "[255.255.255.255]", "[IPv6:ff02::1]"):
+            result = await self.deliver(domain)
+            [outcome] = result.recipients
+            self.assertEqual(outcome.status, RecipientStatus.BOUNCED, domain)
+            self.assertEqual(outcome.code, 550, domain)
+            self.assertIn("names no host", outcome.text)
+        self.assertEqual(self.server.capture.commands, [])
+
+    async def test_self(self) -> None:
+        """
+        A literal that is this gateway (its listener's address and port)
+        bounces as a loop, connecting to nothing.
+        """
+        listener = self.config.listeners["InboundMail"]
+        config = attrs.evolve(
+            self.config,
+            listeners={"InboundMail": attrs.evolve(listener, port=self.server.port)},
+        )
+        result = await self.deliver("[127.0.0.1]", config)
+        [outcome] = result.recipients
+        self.assertEqual(outcome.status, RecipientStatus.BOUNCED)
+        self.assertEqual(outcome.text, "5.4.6 mail for [127.0.0.1] loops back to myself")
+        self.assertEqual(self.server.capture.commands, [])
+
+
 class AddressTests(TestCase):
     """
     Stored addresses that must not reach an SMTP command line.

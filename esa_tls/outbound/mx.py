@@ -20,6 +20,8 @@ with C{ANY} queries.  Here:
   - SERVFAIL, REFUSED and timeouts are temporary: the message is deferred;
   - an MX whose exchange is an IP address (or not ASCII) names no host and
     is passed over, never connected to at that address;
+  - an address-literal domain (C{user@[192.0.2.1]}) is delivered to that
+    address, with no lookup;
   - given how the gateway itself is reached (L{LocalHost}), an exchanger
     that is the gateway and every one not preferred to it are dropped (RFC
     5321 section 5.1): a backup MX keeps the mail while the primary is
@@ -486,6 +488,8 @@ class MXResolver:
             )
         if route is not None:
             return await self._resolve_route(domain, route)
+        if domain.startswith("["):
+            return _address_literal_route(domain, port, local)
         try:
             answers = await self._mx_answers(domain)
         except RouteError:
@@ -746,6 +750,47 @@ def _alias_target(answers: Sequence[Any], name: str) -> str | None:
             break
         current = aliases[current]
     return None if current == name else current
+
+
+def _address_literal_route(domain: str, port: int, local: LocalHost | None) -> MailRoute:
+    """
+    The one host of an address-literal domain (C{user@[192.0.2.1]},
+    C{user@[IPv6:2001:db8::1]}, as the listeners write them): RFC 5321
+    section 5.1 has the mail go to that address, with no lookup, as
+    Postfix does.  An address that names no single host (unspecified,
+    multicast, broadcast, reserved), or this gateway, is a permanent
+    failure: the listeners take such a recipient only from a client
+    allowed to relay, and its mail must end in a bounce that says why, not
+    in "domain not found".
+    """
+    inner = domain[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(
+                inner[5:]
+            )
+        else:
+            address = ipaddress.IPv4Address(inner)
+    except ValueError:
+        raise RouteError(
+            f"{domain} is not an address literal", permanent=True, code=550, status="5.1.2"
+        ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if (
+        address.is_unspecified
+        or address.is_multicast
+        or address.is_reserved  # 240.0.0.0/4, the broadcast address too
+    ):
+        raise RouteError(
+            f"{domain} names no host to deliver to", permanent=True, code=550, status="5.1.2"
+        )
+    # Named by its address: no SNI, and no name for a certificate to match
+    # (a Verify setting cannot be met by an address literal).
+    host = MailHost(str(address), port, (str(address),), 0, HostSource.IMPLICIT_MX)
+    if local is not None and local.is_self(host):
+        raise _loop_error(domain)
+    return MailRoute(domain, (host,))
 
 
 def _loop_error(domain: str) -> RouteError:
