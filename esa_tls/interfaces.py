@@ -65,6 +65,13 @@ class IHostAccessTable(Interface):
         @return: a L{Deferred} firing with an L{esa_tls.values.HATVerdict}.
             It never fails: when nothing matches, the verdict carries the
             listener's fallback policy (REJECT on the ESA's predefined tables).
+            Should it fail or raise all the same, the listener logs it and
+            answers the client C{421 4.3.0} (try again later).
+
+        An implementation may also have a C{lookup_sync(address)} method
+        (not part of this interface): the verdict at once, or C{None} when
+        it needs DNS or a reputation score.  The listener asks it first, so
+        that a TCPREFUSE host is dropped before anything is read.
         """
 
 

@@ -16,7 +16,7 @@ from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -313,16 +313,29 @@ class ListenerFactory(ServerFactory):
     def classify_now(self, ip: str) -> HATVerdict | None:
         """
         A verdict without waiting, when the HAT can give one from the
-        address alone (so TCPREFUSE closes before any byte is read).
+        address alone (so TCPREFUSE closes before any byte is read): from
+        its optional C{lookup_sync} (see L{IHostAccessTable}).  One that
+        raises is logged and asked again through L{classify}.
         """
         lookup_sync = getattr(self.hat, "lookup_sync", None)
         if lookup_sync is None:
             return None
-        verdict: HATVerdict | None = lookup_sync(ip)
+        try:
+            verdict: HATVerdict | None = lookup_sync(ip)
+        except Exception:
+            log.failure("Listener {listener}: HAT lookup_sync failed", listener=self.name)
+            return None
         return verdict
 
     def classify(self, ip: str) -> Deferred[HATVerdict]:
-        d: Deferred[HATVerdict] = self.hat.lookup(ip)  # type: ignore[assignment]
+        """
+        The HAT's verdict on C{ip}.  The HAT may be someone else's code:
+        one that raises (rather than returning a failed L{Deferred}) fails
+        this L{Deferred}, which the session answers with a 421, instead of
+        an exception that would leave the connection without a banner.
+        """
+        lookup: Any = self.hat.lookup
+        d: Deferred[HATVerdict] = maybeDeferred(lookup, ip)
         return d
 
     def tls_creator(self, policy: MailFlowPolicy) -> Any:
