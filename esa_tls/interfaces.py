@@ -177,7 +177,7 @@ class IIncomingMessage(Interface):
         """
         Append message bytes: CRLF line endings, already dot-unstuffed.
         May raise L{StoreError}; the session then answers 4xx at the end of
-        DATA.
+        DATA (so it does for any other exception, which it logs).
         """
 
     def commit() -> object:
@@ -188,7 +188,8 @@ class IIncomingMessage(Interface):
         session say 250.
 
         @return: a L{Deferred} firing with the message ID (MID, C{int}), or
-            failing with L{StoreError}.
+            failing with L{StoreError}; any other failure (or exception) is
+            taken as a transient one: C{451}.
         """
 
     def abort() -> None:
@@ -206,13 +207,15 @@ class IMessageStore(Interface):
     def new_message(envelope: object) -> IIncomingMessage:
         """
         Start a message with the given L{esa_tls.values.Envelope}.
-        May raise L{StoreError}.
+        May raise L{StoreError}: the session answers DATA with C{451}.  Any
+        other exception is logged and answered the same way.
         """
 
     def has_space(size: int) -> bool:
         """
         Whether a message of C{size} bytes can be taken now (a MAIL FROM on
-        a nearly full disk is answered 452 4.3.1).
+        a nearly full disk is answered 452 4.3.1).  An exception counts as
+        C{False} and is logged.
         """
 
 

@@ -154,3 +154,102 @@ class HostAccessTablePluginTests(TestCase):
         banner = yield in_thread(talk)
         self.assertTrue(banner.startswith(b"220 "), banner)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+@implementer(IMessageStore)
+class FaultyStore(MemoryStore):
+    """
+    A store with a bug of its own: C{fault} names the method that raises
+    something other than L{StoreError}.
+    """
+
+    def __init__(self, fault: str) -> None:
+        super().__init__()
+        self.fault = fault
+
+    def new_message(self, envelope: object) -> IIncomingMessage:
+        if self.fault == "new_message":
+            raise OSError("store unreachable")
+        message = MemoryMessage(self, self.count + 1)
+        self.count += 1
+        if self.fault == "write":
+
+            def write(data: bytes) -> None:
+                if data.startswith(b"Received:"):
+                    message.chunks.append(data)
+                    return
+                raise OSError("store unreachable")
+
+            message.write = write  # type: ignore[method-assign]
+        return message
+
+    def has_space(self, size: int) -> bool:
+        if self.fault == "has_space":
+            raise OSError("store unreachable")
+        return True
+
+
+class MessageStorePluginTests(TestCase):
+    """
+    A store that raises something other than L{StoreError} gets the client
+    a 4xx and the session goes on, as L{IMessageStore} says; before, the
+    exception dropped the connection with no reply at all.
+    """
+
+    @inlineCallbacks
+    def converse(self, fault: str) -> Any:
+        self.store = FaultyStore(fault)
+        port = listen(self, hat=AcceptAll(), store=self.store)
+
+        def talk() -> list[bytes]:
+            client = Raw(port, timeout=5)
+            try:
+                replies = [client.reply(), client.chat(b"HELO client.test\r\n")]
+                replies.append(client.chat(b"MAIL FROM:<a@sender.test>\r\n"))
+                if replies[-1].startswith(b"250"):
+                    replies.append(client.chat(b"RCPT TO:<u@example.com>\r\n"))
+                    replies.append(client.chat(b"DATA\r\n"))
+                    if replies[-1].startswith(b"354"):
+                        replies.append(client.chat(b"Subject: x\r\n\r\nhello\r\n.\r\n"))
+                replies.append(client.chat(b"QUIT\r\n"))
+                return replies
+            finally:
+                client.close()
+
+        replies = yield in_thread(talk)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        return replies
+
+    @inlineCallbacks
+    def test_hasSpaceRaises(self) -> Any:
+        """
+        C{has_space} raising counts as no space: C{452 4.3.1}.
+        """
+        replies = yield self.converse("has_space")
+        self.assertEqual(replies[2], b"452 4.3.1 Insufficient system storage\r\n")
+        self.assertEqual(replies[-1], b"221 2.0.0 Bye\r\n")
+
+    @inlineCallbacks
+    def test_newMessageRaises(self) -> Any:
+        """
+        C{new_message} raising answers DATA with C{451 4.3.0}.
+        """
+        replies = yield self.converse("new_message")
+        self.assertEqual(
+            replies[4], b"451 4.3.0 Temporary error storing the message, try again later\r\n"
+        )
+        self.assertEqual(replies[-1], b"221 2.0.0 Bye\r\n")
+
+    @inlineCallbacks
+    def test_writeRaises(self) -> Any:
+        """
+        An C{IIncomingMessage.write} raising answers the end of DATA with
+        C{451 4.3.0}, and nothing is committed.
+        """
+        replies = yield self.converse("write")
+        self.assertEqual(replies[4], b"354 End data with <CR><LF>.<CR><LF>\r\n")
+        self.assertEqual(
+            replies[5], b"451 4.3.0 Temporary error storing the message, try again later\r\n"
+        )
+        self.assertEqual(replies[-1], b"221 2.0.0 Bye\r\n")
+        self.assertEqual(self.store.committed, [])

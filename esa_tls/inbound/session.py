@@ -871,11 +871,23 @@ class InboundSession(ESMTP):
         if refusal is not None:
             self._reply(*refusal)
             return
-        if not self.factory.store.has_space(size):
+        if not self._store_has_space(size):
             self._reply(452, b"4.3.1 Insufficient system storage")
             return
         self._sender = sender
         self._reply(250, b"2.1.0 Ok")
+
+    def _store_has_space(self, size: int) -> bool:
+        """
+        The store's L{IMessageStore.has_space}; a store that fails to tell
+        (it may be someone else's code) has none, as the spool's own
+        answer is when it cannot ask the disk: 452, try later.
+        """
+        try:
+            return bool(self.factory.store.has_space(size))
+        except Exception:
+            log.failure("ICID {icid}: asking the message store for space failed", icid=self.icid)
+            return False
 
     def smtp_RCPT(self, argument: str) -> None:
         if self._sender is None:
@@ -956,6 +968,13 @@ class InboundSession(ESMTP):
                 b"4.3.0 Temporary error storing the message: " + str(e).encode("utf-8", "replace"),
             )
             return
+        except Exception:
+            # Not the contract's StoreError: a fault of a plug-in store,
+            # still a 451 (as at commit), not a dropped connection.
+            log.failure("ICID {icid}: starting a message failed", icid=self.icid)
+            self._abort_message()
+            self._reply(451, b"4.3.0 Temporary error storing the message, try again later")
+            return
         self._store_fault = None
         self._reader = DataReader(
             self._write_body,
@@ -978,8 +997,13 @@ class InboundSession(ESMTP):
                 451,
                 b"4.3.0 Temporary error storing the message: " + str(e).encode("utf-8", "replace"),
             )
-            assert self._reader is not None
-            self._reader.note(*self._store_fault)
+        except Exception:
+            log.failure("ICID {icid}: writing a message failed", icid=self.icid)
+            self._store_fault = (451, b"4.3.0 Temporary error storing the message, try again later")
+        else:
+            return
+        assert self._reader is not None
+        self._reader.note(*self._store_fault)
 
     def _endOfData(self) -> None:
         reader, message = self._reader, self._message
