@@ -92,6 +92,13 @@ class ITLSPolicy(Interface):
     """
     The inbound TLS rules of one session, decided from its mail flow policy.
     The session asks; the policy decides.  Pure: no I/O.
+
+    The built-in one is L{esa_tls.inbound.tlspolicy.InboundTLSPolicy}; to
+    plug in another, give L{esa_tls.inbound.listener.ListenerFactory} a
+    C{tls_policy} callable taking the session's
+    L{esa_tls.config.model.MailFlowPolicy} and whether the listener can do
+    TLS now, and returning the provider.  It is called when the HAT has
+    placed the session, so it must be cheap (the built-in one caches).
     """
 
     def offer_starttls(secure: bool) -> bool:

@@ -8,17 +8,26 @@ when the plug-in itself misbehaves.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from esa_tls.config.load import parse_config
 from esa_tls.config.model import AccessRule, MailFlowPolicy
 from esa_tls.inbound.listener import ListenerFactory
-from esa_tls.interfaces import IHostAccessTable, IIncomingMessage, IMessageStore
+from esa_tls.inbound.tlspolicy import InboundTLSPolicy
+from esa_tls.interfaces import (
+    IHostAccessTable,
+    IIncomingMessage,
+    IMessageStore,
+    ITLSPolicy,
+)
+from esa_tls.tls.store import CertificateStore
 from esa_tls.values import HATVerdict
 from tests.support import Raw, in_thread
 
@@ -105,6 +114,10 @@ def listen(testcase: TestCase, **kwargs: Any) -> int:
     @return: the port.
     """
     config = parse_config(CONFIG, "api.toml")
+    if kwargs.pop("tls", False):
+        data_dir = os.path.abspath(testcase.mktemp())
+        os.makedirs(data_dir)
+        kwargs["certificates"] = CertificateStore(config, data_dir)
     factory = ListenerFactory(config.listeners["Custom"], clock=reactor, **kwargs)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     testcase.addCleanup(factory.shutdown)
@@ -253,3 +266,80 @@ class MessageStorePluginTests(TestCase):
         )
         self.assertEqual(replies[-1], b"221 2.0.0 Bye\r\n")
         self.assertEqual(self.store.committed, [])
+
+
+@implementer(ITLSPolicy)
+class TLSForEveryone:
+    """
+    A TLS policy of one's own: whatever the mail flow policy says, TLS
+    before any mail, with its own words; AUTH never.
+    """
+
+    def __init__(self, policy: MailFlowPolicy, available: bool) -> None:
+        self.available = available
+
+    def offer_starttls(self, secure: bool) -> bool:
+        return self.available and not secure
+
+    def command_refusal(self, verb: bytes, secure: bool) -> tuple[int, bytes] | None:
+        if secure or verb in (b"EHLO", b"NOOP", b"QUIT", b"STARTTLS"):
+            return None
+        return (530, b"5.7.0 This site wants STARTTLS first")
+
+    def sender_refusal(self, mail_from: str, secure: bool) -> tuple[int, bytes] | None:
+        return None if secure else (530, b"5.7.0 This site wants STARTTLS first")
+
+    def offer_auth(self, secure: bool) -> bool:
+        return False
+
+
+class TLSPolicyPluginTests(TestCase):
+    @inlineCallbacks
+    def test_customPolicyRequiresTLS(self) -> Any:
+        """
+        An L{ITLSPolicy} of one's own, given to L{ListenerFactory} as
+        C{tls_policy}, decides: on a listener whose mail flow policy has
+        TLS off, it has STARTTLS offered, MAIL refused in the clear with
+        its reply, and the message taken once TLS is up.
+        """
+        store = MemoryStore()
+        port = listen(self, hat=AcceptAll(), store=store, tls=True, tls_policy=TLSForEveryone)
+
+        def talk() -> list[bytes]:
+            client = Raw(port, timeout=5)
+            try:
+                replies = [client.reply(), client.chat(b"EHLO client.test\r\n")]
+                replies.append(client.chat(b"MAIL FROM:<a@sender.test>\r\n"))
+                replies.append(client.chat(b"STARTTLS\r\n"))
+                client.starttls()
+                replies.append(client.chat(b"EHLO client.test\r\n"))
+                for line in (
+                    b"MAIL FROM:<a@sender.test>\r\n",
+                    b"RCPT TO:<u@example.com>\r\n",
+                    b"DATA\r\n",
+                    b"Subject: tls\r\n\r\nhello\r\n.\r\n",
+                    b"QUIT\r\n",
+                ):
+                    replies.append(client.chat(line))
+                return replies
+            finally:
+                client.close()
+
+        replies = yield in_thread(talk)
+        self.assertTrue(replies[1].endswith(b"250 STARTTLS\r\n"), replies[1])
+        self.assertEqual(replies[2], b"530 5.7.0 This site wants STARTTLS first\r\n")
+        self.assertTrue(replies[3].startswith(b"220 "), replies[3])
+        self.assertNotIn(b"STARTTLS", replies[4])
+        self.assertEqual([r[:3] for r in replies[5:]], [b"250", b"250", b"354", b"250", b"221"])
+        (message,) = store.committed
+        self.assertIn(b"with ESMTPS", message)
+        self.assertTrue(message.endswith(b"Subject: tls\r\n\r\nhello\r\n"))
+
+    def test_builtInProvides(self) -> None:
+        """
+        The built-in policy, the default of C{tls_policy}, provides
+        L{ITLSPolicy}, as does the one above.
+        """
+        policy = MailFlowPolicy(name="P")
+        self.assertTrue(verifyObject(ITLSPolicy, InboundTLSPolicy.from_policy(policy, True)))
+        self.assertTrue(verifyObject(ITLSPolicy, TLSForEveryone(policy, True)))

@@ -11,6 +11,7 @@ globals and a test can build one with fakes of its own choosing.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -32,7 +33,14 @@ from esa_tls.config.model import Listener, ListenerSettings, MailFlowPolicy, TLS
 from esa_tls.inbound.address import Mailbox
 from esa_tls.inbound.limits import ConnectionCounter, RecipientRateLimiter
 from esa_tls.inbound.session import InboundSession
-from esa_tls.interfaces import ICertificateStore, IHostAccessTable, IListener, IMessageStore
+from esa_tls.inbound.tlspolicy import InboundTLSPolicy
+from esa_tls.interfaces import (
+    ICertificateStore,
+    IHostAccessTable,
+    IListener,
+    IMessageStore,
+    ITLSPolicy,
+)
 from esa_tls.maillog import MailLog
 from esa_tls.report.counters import TLSCounters
 from esa_tls.summary import listener_summary
@@ -166,6 +174,7 @@ class ListenerFactory(ServerFactory):
         certificates: ICertificateStore | None = None,
         auth_checker: ICredentialsChecker | None = None,
         counters: TLSCounters | None = None,
+        tls_policy: Callable[[MailFlowPolicy, bool], ITLSPolicy] | None = None,
     ) -> None:
         """
         @param hat: classifies each connecting host.
@@ -184,6 +193,10 @@ class ListenerFactory(ServerFactory):
             without it AUTH is not offered, whatever the policies say.
         @param counters: the TLS Connections report; each session is
             counted when it ends.
+        @param tls_policy: makes each session's L{ITLSPolicy} from the
+            mail flow policy the HAT placed it under and whether the
+            listener can do TLS now (it has certificates in service);
+            default: L{InboundTLSPolicy.from_policy}, the ESA's rules.
         """
         self.config = config
         self.name = config.name
@@ -198,6 +211,9 @@ class ListenerFactory(ServerFactory):
         self.certificates = certificates
         self.auth_checker = auth_checker
         self.counters = counters
+        self.tls_policy: Callable[[MailFlowPolicy, bool], ITLSPolicy] = (
+            tls_policy if tls_policy is not None else InboundTLSPolicy.from_policy
+        )
         self.connections = ConnectionCounter()
         self.sessions: set[InboundSession] = set()
         self._closing: list[Deferred[None]] = []

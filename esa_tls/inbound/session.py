@@ -51,8 +51,7 @@ from esa_tls.config.model import (
 from esa_tls.inbound.address import AddressError, Mailbox, parse_mail_from, parse_rcpt_to
 from esa_tls.inbound.auth import MECHANISMS, SASLError, decode_response, parse_plain
 from esa_tls.inbound.framing import DataReader
-from esa_tls.inbound.tlspolicy import InboundTLSPolicy
-from esa_tls.interfaces import IIncomingMessage, StoreError
+from esa_tls.interfaces import IIncomingMessage, ITLSPolicy, StoreError
 from esa_tls.spool.fileformat import MAX_HEADER_LENGTH
 from esa_tls.tls.server import TLSConfigurationError, peer_certificate_status, tls_info
 from esa_tls.values import Envelope, HATVerdict, TLSInfo
@@ -155,7 +154,7 @@ class InboundSession(ESMTP):
         self.state = State.CLASSIFYING
         self.verdict: HATVerdict | None = None
         self.policy: MailFlowPolicy = factory.config.default_policy
-        self.tls_policy: InboundTLSPolicy = InboundTLSPolicy.from_policy(self.policy)
+        self.tls_policy: ITLSPolicy = factory.tls_policy(self.policy, True)
         self.peer_ip = ""
         self.secure = False
         self.tls_info: TLSInfo | None = None
@@ -250,9 +249,7 @@ class InboundSession(ESMTP):
             return
         self.verdict = verdict
         self.policy = verdict.policy
-        self.tls_policy = InboundTLSPolicy.from_policy(
-            self.policy, available=self.factory.tls_available
-        )
+        self.tls_policy = self.factory.tls_policy(self.policy, self.factory.tls_available)
         listener = self.factory.config
         maillog = self.factory.maillog
         maillog.new_icid(
@@ -686,7 +683,7 @@ class InboundSession(ESMTP):
             self._reply(503, b"5.5.1 TLS already active")
             return
         if not self.tls_policy.offer_starttls(self.secure):
-            if self.tls_policy.mode is TLSMode.OFF or self.factory.certificates is None:
+            if self.policy.tls is TLSMode.OFF or self.factory.certificates is None:
                 self._reply(502, b"5.5.1 STARTTLS not available")
             else:
                 # TLS is on but the certificate is not in service (yet).
