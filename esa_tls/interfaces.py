@@ -10,7 +10,12 @@ against these statements with C{verifyObject}.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:  # pragma: no cover
+    from esa_tls.config.model import GatewayConfig
 
 
 class StoreError(Exception):
@@ -84,7 +89,10 @@ class IReputationSource(Interface):
     def score(address: str) -> object:
         """
         @return: a L{Deferred} firing with a score from -10.0 to 10.0, or
-            C{None} when the address has no score.
+            C{None} when the address has no score.  A failure, an exception,
+            a value outside that range or no answer within the HAT's
+            timeout all mean "unknown": then neither C{SBRS[a:b]} nor
+            C{SBRS[none]} matches (no answer is not the same as no score).
         """
 
 
@@ -159,11 +167,17 @@ class ICertificateStore(Interface):
         @param verify_client_certificate: clients are asked for a
             certificate even without C{client_ca}; it is then verified
             against the system's trusted CAs.
+        @raise esa_tls.tls.server.TLSConfigurationError: the listener's
+            certificate is not in service (unknown, or expired when it was
+            loaded).  The listener then offers no STARTTLS and answers one
+            with C{454 4.7.0}; an implicit TLS listener fails the
+            handshake.  Nothing else may be raised.
         """
 
-    def reload() -> list[str]:
+    def reload(config: GatewayConfig | None = None) -> list[str]:
         """
-        Re-read every certificate.  One that fails validation is not
+        Re-read every certificate, and take the certificates of C{config}
+        when it is given (a configuration reload).  One that fails validation is not
         installed: the old one stays in service.
 
         @return: one message per certificate refused.
@@ -234,7 +248,12 @@ class IAlertHook(Interface):
 
     def alert(alert: object) -> object:
         """
-        Deliver one alert.  May return a L{Deferred}.  A hook that raises or
-        hangs must never hold up mail: callers bound the time they wait and
-        log the failure.
+        Deliver one alert: an L{esa_tls.alerts.Alert}, whose C{subject}
+        and C{body} are for people and C{kind} and C{fields} for programs
+        (a TLS failure is C{kind} C{"tls-failure"} with the C{domain}
+        field).  May return a L{Deferred}.  A hook that raises or hangs
+        must never hold up mail: the dispatcher bounds the time it waits
+        (its C{hook_timeout}, or the hook's own C{timeout} attribute and a
+        second, when that is a longer number of seconds) and logs the
+        failure under the hook's C{name} attribute, else its class name.
         """

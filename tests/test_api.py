@@ -18,15 +18,17 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from esa_tls.config.load import parse_config
-from esa_tls.config.model import AccessRule, MailFlowPolicy
+from esa_tls.config.model import AccessRule, GatewayConfig, MailFlowPolicy, TLSMode
 from esa_tls.inbound.listener import ListenerFactory
 from esa_tls.inbound.tlspolicy import InboundTLSPolicy
 from esa_tls.interfaces import (
+    ICertificateStore,
     IHostAccessTable,
     IIncomingMessage,
     IMessageStore,
     ITLSPolicy,
 )
+from esa_tls.tls.server import TLSConfigurationError
 from esa_tls.tls.store import CertificateStore
 from esa_tls.values import HATVerdict
 from tests.support import Raw, in_thread
@@ -343,3 +345,77 @@ class TLSPolicyPluginTests(TestCase):
         policy = MailFlowPolicy(name="P")
         self.assertTrue(verifyObject(ITLSPolicy, InboundTLSPolicy.from_policy(policy, True)))
         self.assertTrue(verifyObject(ITLSPolicy, TLSForEveryone(policy, True)))
+
+
+@implementer(IHostAccessTable)
+class PreferTLS:
+    """
+    A HAT that places every host under a policy with Preferred TLS.
+    """
+
+    def lookup(self, address: str) -> object:
+        policy = MailFlowPolicy(name="TLS", rule=AccessRule.ACCEPT, tls=TLSMode.PREFERRED)
+        return succeed(HATVerdict("ALL", policy, address))
+
+
+@implementer(ICertificateStore)
+class NotIssuedYet:
+    """
+    A certificate store whose certificate has not been issued yet: it says
+    so as the contract asks, with L{TLSConfigurationError}.
+    """
+
+    def names(self) -> list[str]:
+        return ["Demo"]
+
+    def server_creator(
+        self,
+        listener: object,
+        client_ca: str | None = None,
+        *,
+        require_client_certificate: bool = False,
+        verify_client_certificate: bool = False,
+    ) -> object:
+        raise TLSConfigurationError("the certificate has not been issued yet")
+
+    def reload(self, config: GatewayConfig | None = None) -> list[str]:
+        return []
+
+
+class CertificateStorePluginTests(TestCase):
+    def test_provides(self) -> None:
+        """
+        The built-in store and the one above provide L{ICertificateStore},
+        C{reload}'s optional configuration included (the service passes
+        one at each reload).
+        """
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        store = CertificateStore(parse_config(CONFIG, "api.toml"), data_dir)
+        self.assertTrue(verifyObject(ICertificateStore, store))
+        self.assertTrue(verifyObject(ICertificateStore, NotIssuedYet()))
+
+    @inlineCallbacks
+    def test_certificateNotInService(self) -> Any:
+        """
+        A store that raises L{TLSConfigurationError} from
+        C{server_creator} (its certificate is not in service) gets a
+        Preferred session no STARTTLS offer and a C{454} to a STARTTLS
+        sent anyway, and the session goes on in the clear.
+        """
+        port = listen(self, hat=PreferTLS(), store=MemoryStore(), certificates=NotIssuedYet())
+
+        def talk() -> list[bytes]:
+            client = Raw(port, timeout=5)
+            try:
+                replies = [client.reply(), client.chat(b"EHLO client.test\r\n")]
+                replies.append(client.chat(b"STARTTLS\r\n"))
+                replies.append(client.chat(b"MAIL FROM:<a@sender.test>\r\n"))
+                return replies
+            finally:
+                client.close()
+
+        replies = yield in_thread(talk)
+        self.assertNotIn(b"STARTTLS", replies[1])
+        self.assertEqual(replies[2], b"454 4.7.0 TLS not available due to temporary reason\r\n")
+        self.assertEqual(replies[3], b"250 2.1.0 Ok\r\n")
