@@ -8,7 +8,10 @@ when the plug-in itself misbehaves.
 
 from __future__ import annotations
 
+import importlib
 import os
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet import reactor
@@ -17,6 +20,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+import esa_tls
 from esa_tls.config.load import parse_config
 from esa_tls.config.model import AccessRule, GatewayConfig, MailFlowPolicy, TLSMode
 from esa_tls.inbound.listener import ListenerFactory
@@ -419,3 +423,36 @@ class CertificateStorePluginTests(TestCase):
         self.assertNotIn(b"STARTTLS", replies[1])
         self.assertEqual(replies[2], b"454 4.7.0 TLS not available due to temporary reason\r\n")
         self.assertEqual(replies[3], b"250 2.1.0 Ok\r\n")
+
+
+class PublicNamesTests(TestCase):
+    """
+    C{esa_tls} itself names the public API, so that a developer need not
+    know the module layout: C{from esa_tls import ListenerFactory, ...}.
+    """
+
+    def test_everyNameImports(self) -> None:
+        """
+        Every name in C{esa_tls.__all__} is the object of that name in the
+        module it comes from, and the plug-in interfaces are among them.
+        """
+        public = dict(esa_tls._PUBLIC)
+        self.assertEqual(sorted(esa_tls.__all__), sorted([*public, "__version__"]))
+        for name, module in public.items():
+            self.assertIs(getattr(esa_tls, name), getattr(importlib.import_module(module), name))
+        interfaces = importlib.import_module("esa_tls.interfaces")
+        declared = [n for n in vars(interfaces) if n.startswith("I") and n[1:2].isupper()]
+        self.assertEqual([n for n in declared if n not in esa_tls.__all__], [])
+        with self.assertRaises(AttributeError):
+            esa_tls.NoSuchThing  # noqa: B018
+
+    def test_importIsLight(self) -> None:
+        """
+        C{import esa_tls} (every gateway process and the CLI do it) still
+        imports none of the library until a name is asked for.
+        """
+        probe = "import sys, esa_tls; print(sorted(m for m in sys.modules if 'esa_tls' in m))"
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        self.assertEqual(done.stdout.strip(), "['esa_tls']")
