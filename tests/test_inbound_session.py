@@ -632,9 +632,11 @@ class WriteErrorTests(TestCase):
             b"x\r\n.\r\n",
             b"NOOP\r\n",
         )
+        # The reason is the log's: spool paths and OS errors are not the
+        # client's business.
         self.assertEqual(
             replies[5],
-            b"451 4.3.0 Temporary error storing the message: No space left on device\r\n",
+            b"451 4.3.0 Temporary error storing the message, try again later\r\n",
         )
         self.assertEqual(replies[6], b"250 2.0.0 Ok\r\n")
         self.assertEqual(gw.queued(), [])

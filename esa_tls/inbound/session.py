@@ -120,6 +120,11 @@ _TLS_UNAVAILABLE = (454, b"4.7.0 TLS not available due to temporary reason")
 _MAX_COLLECTED = 32
 
 
+#: The reply to a message the store could not take: the same whatever the
+#: reason, which names spool paths and OS errors and goes to the log.
+_STORE_FAULT = (451, b"4.3.0 Temporary error storing the message, try again later")
+
+
 def _format_reply(code: int, text: bytes) -> bytes:
     """
     The reply C{code} with C{text} on the wire: one line per line of text,
@@ -959,18 +964,18 @@ class InboundSession(ESMTP):
             self._message = self.factory.store.new_message(envelope)
             self._message.write(self._received_header(envelope, self._message.mid))
         except StoreError as e:
+            # The reason (an OS error, a spool path) is for the log: a
+            # client learns only that it should try again.
+            log.warn("ICID {icid}: cannot start a message: {error}", icid=self.icid, error=str(e))
             self._abort_message()
-            self._reply(
-                451,
-                b"4.3.0 Temporary error storing the message: " + str(e).encode("utf-8", "replace"),
-            )
+            self._reply(*_STORE_FAULT)
             return
         except Exception:
             # Not the contract's StoreError: a fault of a plug-in store,
             # still a 451 (as at commit), not a dropped connection.
             log.failure("ICID {icid}: starting a message failed", icid=self.icid)
             self._abort_message()
-            self._reply(451, b"4.3.0 Temporary error storing the message, try again later")
+            self._reply(*_STORE_FAULT)
             return
         self._store_fault = None
         self._reader = DataReader(
@@ -990,13 +995,11 @@ class InboundSession(ESMTP):
         try:
             self._message.write(data)
         except StoreError as e:
-            self._store_fault = (
-                451,
-                b"4.3.0 Temporary error storing the message: " + str(e).encode("utf-8", "replace"),
-            )
+            log.warn("ICID {icid}: cannot store a message: {error}", icid=self.icid, error=str(e))
+            self._store_fault = _STORE_FAULT
         except Exception:
             log.failure("ICID {icid}: writing a message failed", icid=self.icid)
-            self._store_fault = (451, b"4.3.0 Temporary error storing the message, try again later")
+            self._store_fault = _STORE_FAULT
         else:
             return
         assert self._reader is not None
@@ -1043,7 +1046,7 @@ class InboundSession(ESMTP):
             transient = not isinstance(error, StoreError) or error.transient
             log.failure("ICID {icid}: storing a message failed", reason, icid=self.icid)
             if transient:
-                self._reply(451, b"4.3.0 Temporary error storing the message, try again later")
+                self._reply(*_STORE_FAULT)
             else:
                 self._reply(554, b"5.3.0 Message could not be stored")
 
