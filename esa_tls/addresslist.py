@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_addresslist -*-
+# -*- test-case-name: tests.test_inbound_tls,tests.test_config_load -*-
 """
 ESA address lists (C{addresslistconfig}), used by "TLS is mandatory for
 address list": which envelope senders must only ever arrive over TLS.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_alertconfig -*-
+# -*- test-case-name: tests.test_cli_destconfig -*-
 """
 Who receives alerts, of which severities and types (ESA alertconfig).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_shell -*-
+# -*- test-case-name: tests.test_cli_terminal -*-
 """
 Interactive shell: the ESA commands at a hostname prompt, changes pending until commit (cli).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.test_config_load,tests.test_config_errors -*-
 """
 The configuration as immutable values.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_inbound_address -*-
+# -*- test-case-name: tests.attacks.test_fuzz_parsers,tests.test_inbound_session -*-
 """
 Strict parsing of SMTP paths (RFC 5321 4.1.2) and of their parameters.
 

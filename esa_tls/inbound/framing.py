@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_inbound_framing -*-
+# -*- test-case-name: tests.attacks.test_smuggling,tests.attacks.test_fuzz_parsers,tests.attacks.test_mail_loop -*-
 """
 The DATA phase as a byte scanner.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_inbound_limits -*-
+# -*- test-case-name: tests.test_workers_admission,tests.attacks.test_floods -*-
 """
 Counters that outlive one session: concurrent connections per remote IP and
 recipients per hour per remote IP.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_inbound_tlspolicy -*-
+# -*- test-case-name: tests.test_inbound_tls,tests.test_api -*-
 """
 The inbound TLS rules of a mail flow policy, as a pure decision table.
 
