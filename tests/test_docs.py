@@ -67,6 +67,30 @@ class ArchitectureTests(SynchronousTestCase):
         self.assertEqual(unnamed, [])
 
 
+class TestCaseNameTests(SynchronousTestCase):
+    def test_everyTestCaseNameExists(self) -> None:
+        """
+        Each module's C{test-case-name} line (what C{trial --testmodule}
+        and editors run for it) names test modules that exist.
+        """
+        missing = []
+        for directory, _, files in os.walk(os.path.join(TOP, "esa_tls")):
+            for name in sorted(files):
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(directory, name)
+                with open(path) as f:
+                    first = f.readline()
+                found = re.search(r"test-case-name:\s*([\w., ]+?)\s*-\*-", first)
+                if found is None:
+                    continue
+                for test in found.group(1).split(","):
+                    module = os.path.join(TOP, *test.strip().split("."))
+                    if not (os.path.isfile(module + ".py") or os.path.isdir(module)):
+                        missing.append(f"{os.path.relpath(path, TOP)}: {test.strip()}")
+        self.assertEqual(missing, [])
+
+
 class SecurityTests(SynchronousTestCase):
     def test_everyTestExists(self) -> None:
         """
