@@ -296,6 +296,24 @@ class NotOfferedTests(DeliveryTestCase):
         result = await self.deliver(REQUIRED_VERIFY, server)
         self.assertTLSDeferred(result, server, TLSResultType.STARTTLS_NOT_SUPPORTED)
 
+    async def test_required_then_host_down(self) -> None:
+        """
+        C{required}, a first host without STARTTLS and a second that is
+        down: the deferral (and so a bounce, and the mail log) still says
+        that the first was passed over for TLS, not only that the second
+        refused the connection.
+        """
+        server = self.serve()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            down = s.getsockname()[1]
+        result = await self.deliver(REQUIRED, [f"127.0.0.1:{server.port}", f"127.0.0.1:{down}"])
+        self.assertStatuses(result, DEFERRED)
+        text = result.recipients[0].text
+        self.assertTrue(text.startswith("4.4.1 connection to 127.0.0.1[127.0.0.1]"), text)
+        self.assertIn("; before that, TLS required (required) but 127.0.0.1[127.0.0.1]", text)
+        self.assertNothingSent(server)
+
     async def test_required_verify_hosted(self) -> None:
         """
         C{required-verify-hosted}: deferred with nothing sent.

@@ -173,6 +173,9 @@ class _Attempt:
         self.plan = TLSPlan.for_level(effective_tls(config, self.domain))
         self.tls_failures: list[TLSFailureEvent] = []
         self.last_error = "no host tried"
+        #: The last host's TLS failure, kept when a later host fails
+        #: otherwise.
+        self.tls_error: str | None = None
         self.last: tuple[SessionOutcome, MailHost, str, int] | None = None
 
     async def run(self) -> DeliveryResult:
@@ -219,9 +222,17 @@ class _Attempt:
         ]
 
     def _deferral_text(self) -> str:
-        if self.tls_failures and self.last_error.startswith("TLS"):
+        """
+        Why no host took the mail: the last error, and the last TLS failure
+        when a later host failed otherwise, so that a sender's bounce and
+        the mail log say that a host was passed over for TLS (Postfix keeps
+        only the last error, which would read as a plain outage).
+        """
+        if self.tls_error is None:
+            return f"4.4.1 {self.last_error}"
+        if self.last_error == self.tls_error:
             return f"4.7.5 {self.last_error}"
-        return f"4.4.1 {self.last_error}"
+        return f"4.4.1 {self.last_error}; before that, {self.tls_error}"
 
     def _follow_config(self) -> None:
         """
@@ -391,7 +402,7 @@ class _Attempt:
             dcid=dcid,
         )
         self.tls_failures.append(event)
-        self.last_error = (
+        self.last_error = self.tls_error = (
             f"TLS required ({plan.level.value}) but {host.name}[{address}]: {event.detail}"
         )
         if self.on_tls_failure is not None:
