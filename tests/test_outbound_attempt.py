@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import socket
 from io import BytesIO
 
 import attrs
 from twisted.internet import reactor
 from twisted.names import dns
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from esa_tls.config.model import (
     GatewayConfig,
@@ -272,6 +273,83 @@ class AddressLiteralTests(TestCase):
         [outcome] = result.recipients
         self.assertEqual(outcome.status, RecipientStatus.BOUNCED)
         self.assertEqual(outcome.text, "5.4.6 mail for [127.0.0.1] loops back to myself")
+        self.assertEqual(self.server.capture.commands, [])
+
+
+def machine_address() -> str:
+    """
+    An address of this machine's that is not a loopback one: the source it
+    would send from to a documentation address (a UDP connect sends nothing).
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("198.51.100.1", 9))
+            address: str = probe.getsockname()[0]
+    except OSError:
+        raise SkipTest("no route off this machine: no address of its own to try") from None
+    if ipaddress.ip_address(address).is_loopback:
+        raise SkipTest("this machine has only loopback addresses")
+    return address
+
+
+class SelfOnEveryAddressTests(TestCase):
+    """
+    A gateway whose listener is bound to every address (its interface is
+    C{0.0.0.0/0}) takes mail at each of the machine's addresses, which its
+    C{[interfaces]} need not name: an MX at any of them is the gateway.
+    The capturing server listens on every address, as that listener does,
+    so that what reaches it is mail the gateway sent to itself.
+    """
+
+    def setUp(self) -> None:
+        address = machine_address()
+        self.server = start_hostile_server(self, Script(), interface="0.0.0.0")
+        self.dns = start_dns_server(
+            self,
+            {
+                "only.example": [dns.Record_MX(10, b"mx.only.example")],
+                "mx.only.example": [dns.Record_A(address)],
+                # The address as an IPv4-mapped IPv6 one reaches it too.
+                "mapped.example": [dns.Record_MX(10, b"mx.mapped.example")],
+                "mx.mapped.example": [dns.Record_AAAA(f"::ffff:{address}")],
+            },
+        )
+        every = Interface("All", ipaddress.ip_interface("0.0.0.0/0"))
+        self.config = GatewayConfig(
+            system=SystemSettings(hostname="gw.test"),
+            interfaces={"All": every},
+            listeners={
+                "InboundMail": Listener("InboundMail", ListenerType.PUBLIC, every, self.server.port)
+            },
+        )
+
+    async def deliver(self, domain: str) -> DeliveryResult:
+        return await deliver_message(
+            reactor,
+            None,
+            self.config,
+            domain,
+            "sender@gw.test",
+            [(1, f"a@{domain}")],
+            BytesIO(b"Subject: x\r\n\r\nx\r\n"),
+            dcid_allocator=itertools.count(1).__next__,
+            mid=9,
+            timeouts=Timeouts.uniform(5),
+            port=self.server.port,
+            mx_resolver=MXResolver(self.dns.resolver(), timeout=(1,)),
+        )
+
+    async def test_machine_address_is_self(self) -> None:
+        """
+        The only MX at one of the machine's addresses loops back (554
+        5.4.6, no connection made), where the gateway used to deliver the
+        mail to itself until the hop count bounced it.
+        """
+        for domain in ("only.example", "mapped.example"):
+            result = await self.deliver(domain)
+            [outcome] = result.recipients
+            self.assertEqual(outcome.status, RecipientStatus.BOUNCED, domain)
+            self.assertEqual(outcome.text, f"5.4.6 mail for {domain} loops back to myself")
         self.assertEqual(self.server.capture.commands, [])
 
 

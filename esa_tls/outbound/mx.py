@@ -38,6 +38,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import random
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -168,9 +169,9 @@ class LocalHost:
 
     @ivar endpoints: each listener's C{(address, port)}.
     @ivar every_address_ports: the ports of listeners bound to every
-        address (C{0.0.0.0}, C{::}), where any of L{addresses} (and any
-        loopback address) is this gateway.
-    @ivar addresses: the machine's addresses (C{[interfaces]}).
+        address (C{0.0.0.0}, C{::}), where any of L{addresses}, and any
+        address of the machine's (L{is_local_address}), is this gateway.
+    @ivar addresses: the C{[interfaces]} addresses.
     @ivar names: each listener's banner name with its port.
     """
 
@@ -192,6 +193,9 @@ class LocalHost:
             return cached[1]
         local = cls._of(config)
         _local_hosts.clear()
+        # The machine's addresses are looked at again with a new
+        # configuration (a reload), so that one added since counts.
+        _local_addresses.clear()
         _local_hosts[id(config)] = (config, local)
         return local
 
@@ -227,7 +231,7 @@ class LocalHost:
             if (address, host.port) in self.endpoints:
                 return True
             if host.port in self.every_address_ports and (
-                address in self.addresses or ipaddress.ip_address(address).is_loopback
+                address in self.addresses or is_local_address(address)
             ):
                 return True
         return False
@@ -236,6 +240,46 @@ class LocalHost:
 #: L{LocalHost.from_config}'s one configuration (kept in the value, so
 #: that its identity stays valid).
 _local_hosts: dict[int, tuple[GatewayConfig, LocalHost]] = {}
+
+#: L{is_local_address}'s answers, for the configuration in L{_local_hosts}.
+_local_addresses: dict[str, bool] = {}
+
+
+def is_local_address(address: str) -> bool:
+    """
+    Whether a connection to C{address} reaches this machine: a loopback or
+    unspecified address (C{0.0.0.0} connects to the machine itself), in
+    its IPv4-mapped form too, or one of the machine's own addresses.  A
+    listener on every address takes mail at all of them, and the
+    C{[interfaces]} of such a gateway need not name them (its listener's
+    interface is C{0.0.0.0/0}).
+
+    The kernel is asked where it would send a datagram (a UDP C{connect},
+    which sends nothing): to an address of its own, from that same
+    address.  Binding instead would say yes to every address on a machine
+    that allows non-local binds (C{ip_nonlocal_bind}, common with VRRP),
+    and then every MX would be taken for this gateway.
+    """
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    text = str(ip)
+    known = _local_addresses.get(text)
+    if known is not None:
+        return known
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((text, 9))
+            local = probe.getsockname()[0] == text
+    except OSError:
+        local = False  # no route to it: not here either
+    if len(_local_addresses) >= 1024:
+        _local_addresses.clear()
+    _local_addresses[text] = local
+    return local
 
 
 def is_ip_literal(name: str) -> bool:
