@@ -127,6 +127,10 @@ class SelfAsMXTests(TestCase):
                 "mail.only.example": [dns.Record_A("127.0.0.1")],
                 # No MX: the domain's own address (implicit MX) is ours.
                 "implicit.example": [dns.Record_A("127.0.0.1")],
+                # Our address in its IPv4-mapped IPv6 form, which an IPv6
+                # socket connects to at the IPv4 address.
+                "mapped.example": [dns.Record_MX(10, b"mail.mapped.example")],
+                "mail.mapped.example": [dns.Record_AAAA("::ffff:127.0.0.1")],
             },
         )
         loopback = Interface("Loopback", ipaddress.ip_interface("127.0.0.1/8"))
@@ -175,7 +179,7 @@ class SelfAsMXTests(TestCase):
         no route for, the gateway bounces at once with Postfix's "mail for
         ... loops back to myself" (554 5.4.6), connecting to nothing.
         """
-        for domain in ("only.example", "implicit.example"):
+        for domain in ("only.example", "implicit.example", "mapped.example"):
             result = await self.deliver(domain)
             [outcome] = result.recipients
             self.assertEqual(outcome.status, RecipientStatus.BOUNCED, domain)

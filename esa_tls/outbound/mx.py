@@ -227,7 +227,7 @@ class LocalHost:
         """
         if (host.name, host.port) in self.names:
             return True
-        for address in host.addresses:
+        for address in map(_unmapped, host.addresses):
             if (address, host.port) in self.endpoints:
                 return True
             if host.port in self.every_address_ports and (
@@ -245,6 +245,17 @@ _local_hosts: dict[int, tuple[GatewayConfig, LocalHost]] = {}
 _local_addresses: dict[str, bool] = {}
 
 
+def _unmapped(address: str) -> str:
+    """
+    C{address}, an IPv4-mapped IPv6 one (C{::ffff:192.0.2.10}) as the IPv4
+    address it connects to.
+    """
+    if ":" not in address:
+        return address
+    mapped = ipaddress.IPv6Address(address).ipv4_mapped
+    return address if mapped is None else str(mapped)
+
+
 def is_local_address(address: str) -> bool:
     """
     Whether a connection to C{address} reaches this machine: a loopback or
@@ -260,9 +271,7 @@ def is_local_address(address: str) -> bool:
     that allows non-local binds (C{ip_nonlocal_bind}, common with VRRP),
     and then every MX would be taken for this gateway.
     """
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = ipaddress.ip_address(_unmapped(address))
     if ip.is_loopback or ip.is_unspecified:
         return True
     text = str(ip)
