@@ -22,6 +22,7 @@ from esa_tls.outbound.queue import QueueManager, delivernow_directory
 from esa_tls.spool import DurableSpool
 from esa_tls.values import Envelope
 from tests.peers.hostile import Script, start_hostile_server
+from tests.test_spool_store import FIFOWatch
 
 #: A listener, which every configuration file needs.
 LISTENER = (
@@ -175,6 +176,34 @@ class QueueCommandTests(TestCase):
             f"warning: 2 queued message(s) could not be read (MID {mids[0]}, {mids[1]}) and "
             "are not listed; the gateway moves such files to spool/corrupt/ and logs why\n",
         )
+
+    async def test_showrecipients_fifo(self) -> None:
+        """
+        A FIFO where a message or state file should be (left by an
+        operator or a restore; the gateway quarantines it) is an unreadable
+        message, never a command that waits for ever for a writer.
+        """
+        config = self.context.load_config()
+        spool, _ = self.queue(config)
+        mids = [
+            await queue_message(spool, ("new@partner.example",), b"Subject: x\r\n\r\nbody\r\n")
+            for _ in range(2)
+        ]
+        directory = os.path.join(config.system.data_dir, "spool")
+        watch = FIFOWatch(patience=1.0)
+        self.addCleanup(watch.stop)
+        # One at a time: the watch frees one reader per FIFO, once.
+        for path, listed in (
+            (os.path.join(directory, "queue", f"{mids[1] + 1}.msg"), mids),
+            (os.path.join(directory, "state", f"{mids[0]}.json"), mids[1:]),
+        ):
+            watch.make(path)
+            out, err = StringIO(), StringIO()
+            context = CommandContext(self.config_path, out, err)
+            showrecipients.run(argparse.Namespace(domain=None, sender=None, json=True), context)
+            self.assertEqual(watch.blocked, [])
+            self.assertEqual([m["mid"] for m in json.loads(out.getvalue())], listed)
+            self.assertIn("could not be read", err.getvalue())
 
     def test_showrecipients_empty(self) -> None:
         """

@@ -29,6 +29,7 @@ from esa_tls.spool.fileformat import (
     decode_recipient_states,
     recipient_record,
 )
+from esa_tls.spool.store import open_regular
 from esa_tls.spool.values import FINAL_STATUSES, RecipientState
 
 __all__ = ["add_arguments", "read_queue", "run"]
@@ -79,7 +80,9 @@ def read_queue(spool_dir: str, unreadable: list[int] | None = None) -> list[dict
         mid = int(name[:-4])
         path = os.path.join(queue_dir, name)
         try:
-            with open(path, "rb") as f:
+            # Not open(): a FIFO in the queue would block it for ever.
+            fd, _ = open_regular(path)
+            with open(fd, "rb") as f:
                 header = decode_message_header(f.readline(MAX_HEADER_LENGTH))
         except FileNotFoundError:
             continue
@@ -92,7 +95,8 @@ def read_queue(spool_dir: str, unreadable: list[int] | None = None) -> list[dict
             for rid, address in enumerate(header.envelope.rcpt_to)
         }
         try:
-            with open(os.path.join(state_dir, f"{mid}.json"), "rb") as f:
+            fd, _ = open_regular(os.path.join(state_dir, f"{mid}.json"))
+            with open(fd, "rb") as f:
                 states.update(decode_recipient_states(f.read(), mid))
         except FileNotFoundError:
             pass

@@ -64,7 +64,7 @@ from esa_tls.spool.groupcommit import Executor, GroupCommitter
 from esa_tls.spool.values import QueuedMessage, RecipientState
 from esa_tls.values import Envelope
 
-__all__ = ["DurableSpool", "IncomingMessage"]
+__all__ = ["DurableSpool", "IncomingMessage", "open_regular"]
 
 _MiB = 1024 * 1024
 
@@ -82,7 +82,7 @@ def _store_error(failure: Failure, what: str) -> StoreError:
 _HEADER_READ = 8192
 
 
-def _open_regular(path: str) -> tuple[int, int]:
+def open_regular(path: str) -> tuple[int, int]:
     """
     Open C{path} for reading if it is a regular file, as every file the
     spool writes is.  Anything else in its place (a directory, a FIFO, a
@@ -134,7 +134,7 @@ def _read_header_line(path: str) -> tuple[bytes, int]:
     @raise FileNotFoundError: the file is gone.
     @raise SpoolFormatError: it is not a regular file.
     """
-    fd, size = _open_regular(path)
+    fd, size = open_regular(path)
     try:
         head = os.pread(fd, min(size, _HEADER_READ), 0)
         end = head.find(b"\n")
@@ -812,7 +812,7 @@ class DurableSpool:
             if it has none (no recipient state recorded yet).
         """
         try:
-            fd, _ = _open_regular(self._state_path(mid))
+            fd, _ = open_regular(self._state_path(mid))
         except FileNotFoundError:
             return None
         with open(fd, "rb") as f:
