@@ -14,6 +14,7 @@ The session decides the reply once the terminator arrives.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 #: RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
@@ -32,6 +33,10 @@ TOO_BIG = (552, b"5.3.4 Message size exceeds fixed maximum message size")
 #: RFC 3463 X.4.6, "routing loop detected"; the text is Postfix's.
 TOO_MANY_HOPS = (554, b"5.4.6 Too many hops")
 _PRECEDENCE = (BARE_LINE_END, NUL, LINE_TOO_LONG, TOO_BIG, TOO_MANY_HOPS)
+
+#: The start of a C{Received:} field in a lower-cased header, the obsolete
+#: white space before the colon (RFC 5322 4.5.3) included.
+_RECEIVED_FIELD = re.compile(rb"\r\nreceived[ \t]*:")
 
 #: RFC 5321 6.3: a server counting C{Received:} fields to detect loops
 #: "SHOULD use a large rejection threshold, normally at least 100".
@@ -137,25 +142,28 @@ class DataReader:
             and max(map(len, region.split(b"\r\n"))) > MAX_TEXT_LINE - 2
         ):
             self.note(*LINE_TOO_LONG)
+        # Dot-unstuffed, still after the CRLF before its first line.
+        unstuffed = region.replace(b"\r\n.", b"\r\n")
         if self._in_header:
-            self._count_hops(region)
-        content = region.replace(b"\r\n.", b"\r\n")[2:]
+            self._count_hops(unstuffed)
+        content = unstuffed[2:]
         self._count(len(content))
         if self.fault is None and content:
             self._sink(content)
 
     def _count_hops(self, region: bytes) -> None:
         """
-        Count the C{Received:} fields of the header part of C{region} (whose
-        lines each follow a CRLF, the region's first line included): field
-        names are case-insensitive, and a folded field's further lines start
-        with white space, so that only field starts can match.
+        Count the C{Received:} fields of the header part of C{region}
+        (unstuffed, as it is stored and as the next hop will count it; its
+        lines each follow a CRLF, the first line included).  Field names are
+        case-insensitive, and a folded field's further lines start with
+        white space, so that only field starts can match.
         """
         end = region.find(b"\r\n\r\n")
         if end >= 0:
             self._in_header = False
             region = region[: end + 2]
-        self.hops += region.lower().count(b"\r\nreceived:")
+        self.hops += len(_RECEIVED_FIELD.findall(region.lower()))
         if self.hops >= self._max_hops:
             self.note(*TOO_MANY_HOPS)
 

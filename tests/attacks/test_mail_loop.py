@@ -80,6 +80,21 @@ class HopCountTests(TestCase):
         self.assertEqual(gw.queued(), [])
 
     @inlineCallbacks
+    def test_stuffedAndObsoleteForms(self) -> Any:
+        """
+        A field sent dot-stuffed (C{.Received:}, stored as C{Received:})
+        and the obsolete form with white space before the colon
+        (C{Received :}, RFC 5322 4.5.3) count as well.
+        """
+        gw = Gateway(self)
+        message = (
+            received(40) + received(30, b".Received") + received(30, b"Received \t") + b"\r\nx\r\n"
+        )
+        replies = yield in_thread(_send, gw.port, message)
+        self.assertEqual(replies, [TOO_MANY_HOPS, NOOP_OK])
+        self.assertEqual(gw.queued(), [])
+
+    @inlineCallbacks
     def test_headerInSmallReads(self) -> Any:
         """
         The count does not depend on how the header was cut into reads:
