@@ -10,6 +10,7 @@ import ipaddress
 import itertools
 import socket
 from io import BytesIO
+from typing import Any
 
 import attrs
 from twisted.internet import reactor
@@ -29,7 +30,7 @@ from esa_tls.outbound.client import Timeouts
 from esa_tls.outbound.mx import MXResolver
 from esa_tls.outbound.result import DeliveryResult, RecipientStatus
 from tests.peers.dns import start_dns_server
-from tests.peers.hostile import Script, start_hostile_server
+from tests.peers.hostile import HostileServer, Script, start_hostile_server
 
 CONFIG = GatewayConfig(system=SystemSettings(hostname="gw.test"))
 
@@ -101,7 +102,34 @@ class DeliverThroughDNSTests(TestCase):
         self.assertTrue(self.collector.lines[0].startswith("MID 9 RID [1, 2] deferred: 451 4.4.3"))
 
 
-class SelfAsMXTests(TestCase):
+class _LoopbackDelivery(TestCase):
+    """
+    Delivers one message for C{a@DOMAIN} with C{self.config}, through the
+    test DNS server C{self.dns}, to hosts at C{self.server}'s port.
+    """
+
+    server: HostileServer
+    dns: Any
+    config: GatewayConfig
+
+    async def deliver(self, domain: str, config: GatewayConfig | None = None) -> DeliveryResult:
+        return await deliver_message(
+            reactor,
+            None,
+            config or self.config,
+            domain,
+            "sender@gw.test",
+            [(1, f"a@{domain}")],
+            BytesIO(b"Subject: x\r\n\r\nx\r\n"),
+            dcid_allocator=itertools.count(1).__next__,
+            mid=9,
+            timeouts=Timeouts.uniform(5),
+            port=self.server.port,
+            mx_resolver=MXResolver(self.dns.resolver(), timeout=(1,)),
+        )
+
+
+class SelfAsMXTests(_LoopbackDelivery):
     """
     RFC 5321 section 5.1: a gateway that finds itself among a domain's mail
     exchangers uses only those preferred to it.  Here the capturing
@@ -142,22 +170,6 @@ class SelfAsMXTests(TestCase):
                     "InboundMail", ListenerType.PUBLIC, loopback, self.server.port
                 )
             },
-        )
-
-    async def deliver(self, domain: str) -> DeliveryResult:
-        return await deliver_message(
-            reactor,
-            None,
-            self.config,
-            domain,
-            "sender@gw.test",
-            [(1, f"a@{domain}")],
-            BytesIO(b"Subject: x\r\n\r\nx\r\n"),
-            dcid_allocator=itertools.count(1).__next__,
-            mid=9,
-            timeouts=Timeouts.uniform(5),
-            port=self.server.port,
-            mx_resolver=MXResolver(self.dns.resolver(), timeout=(1,)),
         )
 
     async def test_backup_mx_defers(self) -> None:
@@ -204,7 +216,7 @@ class SelfAsMXTests(TestCase):
         self.assertEqual([r.status for r in result.recipients], [RecipientStatus.DELIVERED])
 
 
-class AddressLiteralTests(TestCase):
+class AddressLiteralTests(_LoopbackDelivery):
     """
     A recipient at an address literal (C{a@[127.0.0.1]}, which the listeners
     take from a client allowed to relay) is delivered to that address with
@@ -221,22 +233,6 @@ class AddressLiteralTests(TestCase):
             system=SystemSettings(hostname="gw.test"),
             interfaces={"Loopback": loopback},
             listeners={"InboundMail": Listener("InboundMail", ListenerType.PUBLIC, loopback, 2525)},
-        )
-
-    async def deliver(self, domain: str, config: GatewayConfig | None = None) -> DeliveryResult:
-        return await deliver_message(
-            reactor,
-            None,
-            config or self.config,
-            domain,
-            "sender@gw.test",
-            [(1, f"a@{domain}")],
-            BytesIO(b"Subject: x\r\n\r\nx\r\n"),
-            dcid_allocator=itertools.count(1).__next__,
-            mid=9,
-            timeouts=Timeouts.uniform(5),
-            port=self.server.port,
-            mx_resolver=MXResolver(self.dns.resolver(), timeout=(1,)),
         )
 
     async def test_delivered_to_the_address(self) -> None:
@@ -296,7 +292,7 @@ def machine_address() -> str:
     return address
 
 
-class SelfOnEveryAddressTests(TestCase):
+class SelfOnEveryAddressTests(_LoopbackDelivery):
     """
     A gateway whose listener is bound to every address (its interface is
     C{0.0.0.0/0}) takes mail at each of the machine's addresses, which its
@@ -325,22 +321,6 @@ class SelfOnEveryAddressTests(TestCase):
             listeners={
                 "InboundMail": Listener("InboundMail", ListenerType.PUBLIC, every, self.server.port)
             },
-        )
-
-    async def deliver(self, domain: str) -> DeliveryResult:
-        return await deliver_message(
-            reactor,
-            None,
-            self.config,
-            domain,
-            "sender@gw.test",
-            [(1, f"a@{domain}")],
-            BytesIO(b"Subject: x\r\n\r\nx\r\n"),
-            dcid_allocator=itertools.count(1).__next__,
-            mid=9,
-            timeouts=Timeouts.uniform(5),
-            port=self.server.port,
-            mx_resolver=MXResolver(self.dns.resolver(), timeout=(1,)),
         )
 
     async def test_machine_address_is_self(self) -> None:
