@@ -61,7 +61,7 @@ class FileWatcher:
     def check(self) -> bool:
         """
         Compare the files with what was seen last; on a difference call
-        C{changed()} and take a new snapshot.
+        C{changed()} and keep what was seen before it ran.
 
         @return: whether a change was seen.
         """
@@ -74,7 +74,14 @@ class FileWatcher:
             self._changed()
         except Exception:
             log.failure("reloading after a file change failed")
-        self._stamps = self._snapshot()
+        # The stamps seen I{before} the reload read the files: a file that
+        # changed while it ran (a certificate landing just after its new
+        # key, the rest of a file written in place) differs from them at
+        # the next check and is reloaded then.  Stamped after the reload,
+        # that change would pass for the one already read, and the old
+        # pair or policy would stay in force until some other change.
+        # Only the files the new configuration adds are stamped now.
+        self._stamps = {path: now[path] if path in now else _stamp(path) for path in self._paths()}
         return True
 
     def start(self) -> None:

@@ -23,6 +23,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from esa_tls.spool import DurableSpool
+from esa_tls.watch import FileWatcher
 from tests.support import TWISTD, free_port, in_thread, wait_until
 
 
@@ -470,6 +471,74 @@ class WatchTests(TestCase):
         self.assertTrue(renewed)
         expired(ca, ["mx.test.example"]).write(os.path.join(directory, "tls"))
         yield in_thread(wait_until, lambda: False, 1)
+        self.assertEqual((yield in_thread(served_certificate, port)), der(second))
+
+    @inlineCallbacks
+    def test_certificateLandsDuringTheReload(self) -> Any:
+        """
+        A renewal that writes the key first and the certificate a moment
+        later: the reload the new key starts finds a pair that does not
+        match and is refused.  When the certificate lands while that
+        reload runs (after it read the files), the watcher must still see
+        it as a change and reload again, so that the renewed pair is
+        served; the old one must not stay in service until some unrelated
+        change.
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+        from twisted.internet.task import Clock
+        from twisted.names.client import Resolver
+
+        from esa_tls.config.load import load_config_with_warnings
+        from esa_tls.service import GatewayService
+        from esa_tls.testing import CertificateAuthority
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        ca = CertificateAuthority.generate()
+        first = ca.issue(["mx.test.example"])
+        cert, key, chain = first.write(os.path.join(directory, "tls"))
+        port = free_port()
+        path = os.path.join(directory, "gateway.toml")
+        with open(path, "w") as f:
+            f.write(
+                config_text(os.path.join(directory, "var"), port).replace(
+                    'rat = ["example.com"]', 'rat = ["example.com"]\ncertificate = "MX"'
+                )
+                + '\n[listeners.InboundMail.policies.default]\ntls = "preferred"\n'
+                + f'\n[certificates.MX]\ncert = "{cert}"\nkey = "{key}"\nchain = "{chain}"\n'
+            )
+        service = GatewayService(
+            load_config_with_warnings(path),
+            resolver=Resolver(servers=[("127.0.0.1", 53)]),
+            watch_interval=0,
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        second = ca.issue(["mx.test.example"])
+        refusals: list[list[str]] = []
+
+        def reload_as_the_certificate_lands() -> list[str]:
+            problems = service.reload()
+            if not refusals:
+                refusals.append(problems)
+                with open(cert, "wb") as f:
+                    f.write(second.cert_pem)
+            return problems
+
+        # The gateway's own watcher polls on a timer; this one, over the
+        # same files, is checked by hand.
+        watcher = FileWatcher(service._watched_files, reload_as_the_certificate_lands, Clock(), 0)
+        with open(key, "wb") as f:
+            f.write(second.key_pem)
+        self.assertTrue(watcher.check())
+        [[refused]] = refusals
+        self.assertIn("the private key does not match the certificate", refused)
+        self.assertTrue(watcher.check())
+
+        def der(issued: Any) -> bytes:
+            return x509.load_pem_x509_certificate(issued.cert_pem).public_bytes(Encoding.DER)
+
         self.assertEqual((yield in_thread(served_certificate, port)), der(second))
 
 
