@@ -145,7 +145,15 @@ class ListenerTests(DialogTestCase):
         )
         self.assertEqual(status, 0, out)
         self.assertIn("Name: Inbound\n", out)
-        self.commit()
+        out = self.commit()
+        # Renamed: to the gateway, one listener removed (its port closes at
+        # the reload) and another added (listening from the restart).
+        self.assertIn(
+            "Listener Inboundmail is removed: the reload stops it listening on "
+            "127.0.0.1 port 2525.",
+            out,
+        )
+        self.assertIn("Listener Inbound is new or has moved: restart the gateway", out)
         text = self.text()
         self.assertIn('[listeners.Inbound]\ntype = "public"', text)
         self.assertIn('rat = ["example.com"]   # our domain\n', text)
@@ -220,7 +228,16 @@ class ListenerTests(DialogTestCase):
         self.assertEqual(status, 0, out)
         self.assertIn("Listener Inboundmail deleted.", out)
         self.assertIn("The last listener cannot be deleted", out)
-        self.commit()
+        out = self.commit()
+        # A reload closes the port of a listener removed: said, since mail
+        # sent there is refused from then on.
+        self.assertIn(
+            "Listener Inboundmail is removed: the reload stops it listening on "
+            "127.0.0.1 port 2525.",
+            out,
+        )
+        self.assertIn("Listener Second is new or has moved: restart the gateway", out)
+        self.assertNotIn("does not open or close ports", out)
         config = load_config(self.config)
         self.assertEqual(list(config.listeners), ["Second"])
         self.assertEqual(config.listener_settings.unsuccessful_timeout, 60)

@@ -242,14 +242,23 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
             if before.get(name) != place:
                 prompter.say(
                     f"Listener {name} is new or has moved: restart the gateway to start it "
-                    "there (a reload does not open or close ports)."
+                    "there (a reload opens no port)."
+                )
+        # A reload does close the port of a listener removed (or renamed):
+        # mail sent there is refused from then on, which must not come as
+        # a surprise after the line above.
+        for name, (ip, port, _protocol) in before.items():
+            if name not in result.loaded.config.listeners:
+                prompter.say(
+                    f"Listener {name} is removed: the reload stops it listening on "
+                    f"{ip} port {port}."
                 )
     if not options.no_reload:
         prompter.say(reload_gateway(options.pidfile, pending.path))
     return 0
 
 
-def _committed_listeners(session: EditSession) -> dict[str, object] | None:
+def _committed_listeners(session: EditSession) -> dict[str, tuple[object, int, object]] | None:
     """
     Where each listener of the committed file listens, to tell the
     administrator which changes a reload cannot apply; C{None} when the
