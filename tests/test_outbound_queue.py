@@ -619,6 +619,34 @@ class LimitTests(QueueTestCase):
         self.assertEqual(len(self.server.capture.messages), 4)
         self.assertEqual(self.server.capture.max_open, 1)
 
+    async def test_delivernow_during_a_delivery(self) -> None:
+        """
+        C{delivernow} that comes while a message's delivery is under way
+        (and then deferred) has the message tried again as that delivery
+        ends, not left to the retry time the deferral set.
+        """
+
+        class Once(dict[str, bytes]):
+            """
+            Each reply given once: the next try of the address is taken.
+            """
+
+            def get(self, key: str, default: Any = None) -> Any:
+                return self.pop(key, default)
+
+        await inject(self.spool, "", ["busy0@partner.example"])
+        self.server.script.rcpt_replies = Once({"busy0@partner.example": b"450 4.2.1 Busy"})
+        manager = self.manager(config=make_config(self.server.port, self.data_dir))
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        self.assertEqual(len(manager.in_flight), 1)
+        manager.deliver_now()
+        deadline = time.monotonic() + 10
+        while self.spool.queued() and time.monotonic() < deadline:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.server.capture.messages), 1)
+        self.assertEqual(self.server.verbs().count(b"RCPT"), 2)
+
     async def both_deferred_one_per_minute(self) -> QueueManager:
         """
         With C{partner.example} limited to one recipient a minute, try the

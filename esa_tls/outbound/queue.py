@@ -502,6 +502,12 @@ class QueueManager(Service):
         started = []
         for domain, states in by_domain.items():
             if (message.mid, domain) in self.in_flight:
+                if force in (True, domain):
+                    # delivernow while a delivery of this message is under
+                    # way: should that one defer, the message is tried
+                    # again when it ends (its slot wakes the line), not
+                    # at the retry time it sets.
+                    self._waiting[domain][message.mid] = True
                 continue
             if self._discarded(domain):
                 started.append(self._start(message, domain, states, now, drop=True))
