@@ -175,6 +175,20 @@ class AdminSiteTests(TestCase):
         self.assertEqual(response.code, 400)
 
     @inlineCallbacks
+    def test_windowTooLong(self) -> Any:
+        """
+        A window longer than the 90 days the counts are kept is a 400,
+        small and at once: anyone who reaches the page could otherwise
+        make the gateway's reactor build a chart of millions of hours.
+        """
+        base = yield self.serve()
+        for path in ("/?since=100000000w", "/report.json?since=91d", "/?since=" + "9" * 5000 + "s"):
+            response, body = yield self.get(base + path)
+            self.assertEqual(response.code, 400, path)
+            self.assertIn(b"at most 90d", body)
+            self.assertLess(len(body), 200)
+
+    @inlineCallbacks
     def test_metrics(self) -> Any:
         """
         C{/metrics} is the Prometheus text format with the counters of

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from esa_tls.cli.main import main
 from esa_tls.report import TLSCounters
 from esa_tls.report.storage import report_directory
-from esa_tls.report.window import WindowError, parse_window
+from esa_tls.report.window import MAX_WINDOW, WindowError, parse_window
 
 CONFIG = """\
 [system]
@@ -56,6 +56,20 @@ class WindowTests(SynchronousTestCase):
         self.assertEqual(parse_window("2w"), 14 * 86400)
         for bad in ("", "24", "h", "0h", "-1h", "1y", "1.5h"):
             self.assertRaises(WindowError, parse_window, bad)
+
+    def test_longestWindow(self) -> None:
+        """
+        A window is at most the 90 days the counts are kept: a longer one
+        (which would make a report of millions of empty hours, on the
+        admin page's reactor) or a number too long to convert is a
+        L{WindowError}, not a hang or another exception.
+        """
+        self.assertEqual(parse_window("90d"), MAX_WINDOW)
+        self.assertEqual(parse_window("129600m"), MAX_WINDOW)
+        for bad in ("91d", "13w", "100000w", "7776001s", "1" * 400 + "s", "9" * 5000 + "h"):
+            with self.assertRaises(WindowError) as caught:
+                parse_window(bad)
+            self.assertIn("at most 90d", str(caught.exception))
 
 
 class ReportCommandTests(SynchronousTestCase):
@@ -162,6 +176,15 @@ class ReportCommandTests(SynchronousTestCase):
         status, out, err = self.main("report", "tls", "--since", "yesterday")
         self.assertEqual((status, out), (2, ""))
         self.assertIn("e.g. 24h or 7d", err)
+
+    def test_windowTooLong(self) -> None:
+        """
+        A window longer than the counts are kept exits with status 2 at
+        once (it used to build a report of one row per hour of it).
+        """
+        status, out, err = self.main("report", "tls", "--since", "100000000w")
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("at most 90d", err)
 
     def test_unknownReport(self) -> None:
         """

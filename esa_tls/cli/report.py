@@ -12,7 +12,8 @@ L{esa_tls.report.table}; C{--json} prints L{esa_tls.report.table.render_json}
 most its flush interval, a minute by default) are not included.
 
 The window is rounded down to whole buckets (hours): C{--since 24h} at
-13:07 covers 13:00 yesterday to now.  Exit status 0, or 2 for a bad
+13:07 covers 13:00 yesterday to now; it is at most 90 days, as long as
+the counts are kept.  Exit status 0, or 2 for a bad
 configuration or window.
 """
 
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--since",
         default="24h",
         metavar="WINDOW",
-        help="how far back: a number and s, m, h, d or w (default: 24h)",
+        help="how far back: a number and s, m, h, d or w, at most 90d (default: 24h)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument(
