@@ -317,7 +317,7 @@ class ListenerFactory(ServerFactory):
             if verdict is not None and verdict.verified and verdict.reverse_dns:
                 labels = verdict.reverse_dns.rstrip(".").lower().split(".")
                 domain = ".".join(labels[1:] if len(labels) > 2 else labels)
-            tls = True if session.tls_info is not None else (False if session.tls_failed else None)
+            tls = False if session.tls_failed else (True if session.tls_info is not None else None)
             self.counters.incoming(
                 domain, session.peer_ip, session.policy.tls, tls, session.messages_accepted
             )

@@ -198,7 +198,8 @@ class InboundSession(ESMTP):
         # line while a SASL exchange is under way.
         self.user: str | None = None
         self._sasl: Callable[[str], None] | None = None
-        # For the TLS Connections report: a handshake was tried and failed.
+        # For the TLS Connections report: a handshake was tried and failed,
+        # or the client certificate it brought did not verify.
         self.tls_failed = False
 
     @property
@@ -421,6 +422,9 @@ class InboundSession(ESMTP):
         if self.policy.verify_client_certificate:
             status = peer_certificate_status(self.transport)
             if status.presented and not status.verified:
+                # A verification that did not succeed is a TLS failure in
+                # the report too, as in the mail log.
+                self.tls_failed = True
                 self.factory.maillog.icid_tls_failed(
                     self.icid, f"client certificate not verified: {status.error}"
                 )
