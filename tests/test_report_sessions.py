@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from esa_tls.report import Direction, TLSCounters, TLSCounts
 from esa_tls.testing import CertificateAuthority
-from tests.support import Gateway, Raw, in_thread
+from tests.support import PUBLIC, Gateway, Raw, in_thread
 from tests.test_inbound_tls import TLSGatewayMixin, session
 
 
@@ -85,3 +85,51 @@ class ClientCertificateReportTests(TLSGatewayMixin, TestCase):
             (total.preferred_success, total.preferred_failure, total.unencrypted),
             (1, 1, 1),
         )
+
+
+ONE_PER_ADDRESS = (
+    PUBLIC
+    + """
+[listeners.InboundMail.policies.ONE]
+rule = "ACCEPT"
+tls = "required"
+max_concurrency = 1
+
+[[listeners.InboundMail.hat]]
+group = "ONE_EACH"
+policy = "ONE"
+senders = ["127.0.0.1"]
+"""
+)
+
+
+class AdmissionReportTests(TestCase):
+    @inlineCallbacks
+    def test_tooManyConnectionsNotCounted(self) -> Any:
+        """
+        A connection turned away at the banner for the policy's concurrent
+        connections per IP (421 before any command, so no chance at TLS) is
+        not a row of the report, as a REJECT banner is not: under TLS
+        Required it used to be counted as a required TLS failure, and a
+        client that reconnects in a loop filled REQ-FAIL.
+        """
+        gw = Gateway(self, ONE_PER_ADDRESS)
+        counters = count(gw)
+
+        def talk() -> bytes:
+            first = Raw(gw.port)
+            try:
+                first.reply()
+                second = Raw(gw.port)
+                try:
+                    return second.rest()
+                finally:
+                    second.close()
+            finally:
+                first.close()
+
+        refused = yield in_thread(talk)
+        self.assertIn(b"Too many concurrent connections from your address", refused)
+        total = yield incoming_total(gw, counters)
+        # The first connection, which never started TLS.
+        self.assertEqual((total.required_failure, total.connections), (1, 1))

@@ -173,6 +173,9 @@ class InboundSession(ESMTP):
         self._output_full = False
         self._linger: IDelayedCall | None = None
         self._counted = False
+        # Admitted into SMTP (greeted with the banner); unlike _counted,
+        # which hands the per-IP count back, it stays set once closed.
+        self._in_smtp = False
         self._bad_commands = 0
         self._messages = 0
         self._helo_name: str | None = None
@@ -206,9 +209,10 @@ class InboundSession(ESMTP):
     def counted(self) -> bool:
         """
         Whether the session got past the HAT into SMTP (a TCPREFUSE or
-        REJECT connection is not a TLS report row).
+        REJECT connection is not a TLS report row, nor one turned away for
+        its address's concurrent connections: it had no chance at TLS).
         """
-        return self.verdict is not None and self.policy.rule in (
+        return self._in_smtp and self.policy.rule in (
             AccessRule.ACCEPT,
             AccessRule.RELAY,
         )
@@ -285,6 +289,7 @@ class InboundSession(ESMTP):
             )
             return
         self._counted = True
+        self._in_smtp = True
         self.state = State.COMMAND
         clock = self.factory.clock
         settings = self.factory.settings
