@@ -14,10 +14,14 @@ from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from esa_tls.config.model import DestinationControl, DestinationTLS
 from esa_tls.report import Direction, TLSCounters, TLSCounts
+from esa_tls.report.delivery import record_delivery
 from esa_tls.testing import CertificateAuthority
+from tests.peers.hostile import Script, start_hostile_server
 from tests.support import PUBLIC, Gateway, Raw, in_thread
 from tests.test_inbound_tls import TLSGatewayMixin, session
+from tests.test_outbound_reuse import ReuseTestCase
 
 
 def count(gw: Gateway) -> TLSCounters:
@@ -133,3 +137,32 @@ class AdmissionReportTests(TestCase):
         total = yield incoming_total(gw, counters)
         # The first connection, which never started TLS.
         self.assertEqual((total.required_failure, total.connections), (1, 1))
+
+
+class ReusedSessionReportTests(ReuseTestCase):
+    """
+    Outgoing rows against a real server: a delivery session kept for the
+    next message is one connection however many messages it carries.
+    """
+
+    async def test_reusedSessionCountedOnce(self) -> None:
+        """
+        Twelve messages to one destination over fewer sessions: the
+        report counts the connections the server saw, and every message.
+        """
+        server = start_hostile_server(self, Script())
+        counters = TLSCounters(
+            os.path.join(self.data_dir, "reports"), reactor, executor=maybeDeferred
+        )
+        control = DestinationControl("partner.example", DestinationTLS.NO, max_host_concurrency=1)
+        manager = self.start(self.config(server.port, **{"partner.example": control}))
+        manager.on_result = lambda result: record_delivery(result, counters)
+        for i in range(12):
+            await self.inject("x@partner.example", f"m{i}")
+        await self.drain()
+        self.assertLess(server.capture.connections, 12)
+        report = await counters.report(3600)
+        total = report.total(Direction.OUTGOING)
+        self.assertEqual(
+            (total.unencrypted, total.unencrypted_messages), (server.capture.connections, 12)
+        )

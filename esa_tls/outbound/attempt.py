@@ -177,6 +177,9 @@ class _Attempt:
         #: otherwise.
         self.tls_error: str | None = None
         self.last: tuple[SessionOutcome, MailHost, str, int] | None = None
+        # Whether the last transaction rode on a session kept from an
+        # earlier message (one connection for the TLS report, not two).
+        self.last_reused = False
 
     async def run(self) -> DeliveryResult:
         outcomes: dict[int, RecipientOutcome] = {}
@@ -309,7 +312,9 @@ class _Attempt:
                 self.body.seek(self.body_start)
                 outcome = await client.reuse(self.mail_from, recipients, self.body, mid=self.mid)
                 if outcome.dot_sent or _permanent_answer(outcome):
-                    return self._ended(client, key, outcome, host, address, dcid), dcid
+                    ended = self._ended(client, key, outcome, host, address, dcid)
+                    self.last_reused = True
+                    return ended, dcid
                 # Nothing sent and nothing final learnt on a kept session:
                 # gone stale, RSET refused, or a server that limits the
                 # messages per session.  A new connection decides, as if
@@ -383,6 +388,7 @@ class _Attempt:
         elif self.maillog is not None:
             self.maillog.dcid_close(dcid)
         self.last = (outcome, host, address, dcid)
+        self.last_reused = False
         if outcome.failure is not None:
             self.last_error = f"{host.name}[{address}]: {outcome.failure}"
         return outcome
@@ -485,6 +491,7 @@ class _Attempt:
             address=address,
             port=port,
             dcid=dcid,
+            reused=self.last is not None and self.last_reused,
             tls_required_failure=bool(self.tls_failures),
             tls_failures=tuple(self.tls_failures),
         )

@@ -144,6 +144,9 @@ class DeliveryResult:
         (or of the last one tried).
     @ivar host: the host that took the message (or was last tried).
     @ivar dcid: the delivery connection ID of that connection.
+    @ivar reused: whether that connection was a session kept from an
+        earlier message (L{esa_tls.outbound.reuse}), whose connection was
+        counted then.
     @ivar tls_required_failure: whether a setting that requires TLS (or
         verification) kept the message from being sent on some host.
     @ivar tls_failures: every such failure, host by host.
@@ -157,6 +160,7 @@ class DeliveryResult:
     address: str | None = None
     port: int | None = None
     dcid: int | None = None
+    reused: bool = False
     tls_required_failure: bool = False
     tls_failures: tuple[TLSFailureEvent, ...] = ()
 

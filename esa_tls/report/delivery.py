@@ -29,7 +29,9 @@ the rules):
     failed one and the clear one.
 
 The message counts as one (encrypted or not) when any recipient was
-delivered on that connection.
+delivered on that connection.  A message carried by a session kept from
+an earlier message (C{result.reused}) counts only as a message: its
+connection was counted with the message that opened it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 from esa_tls.outbound.result import DeliveryResult, Fallback
+from esa_tls.report.counts import Direction, TLSCounts
 
 __all__ = ["record_delivery"]
 
@@ -55,7 +58,15 @@ def record_delivery(result: DeliveryResult, counters: Any = None, dispatcher: An
         carried = tls is not None and not (tls.failure is not None and tls.level.required)
         if tls is not None and carried:
             messages = 1 if delivered else 0
-            if tls.encrypted:
+            if result.reused:
+                counts = (
+                    TLSCounts(encrypted_messages=messages)
+                    if tls.encrypted
+                    else TLSCounts(unencrypted_messages=messages)
+                )
+                if counts:
+                    counters.add(Direction.OUTGOING, result.domain, "", counts)
+            elif tls.encrypted:
                 counters.outgoing(result.domain, tls.level, True, messages)
             elif tls.fallback is Fallback.RECONNECTED:
                 counters.outgoing(result.domain, tls.level, False, 0)
