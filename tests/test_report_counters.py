@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from esa_tls.config.model import DestinationTLS, TLSMode
 from esa_tls.report import Direction, Level, TLSCounters, TLSCounts
+from esa_tls.report.counters import MAX_TOTAL_DOMAINS, OTHER_DOMAINS
 from esa_tls.report.counts import level_of
 from esa_tls.report.storage import list_buckets, read_buckets
 from esa_tls.report.table import TLSReport, render_json, render_text
@@ -250,6 +251,32 @@ class CountersTests(TestCase):
         self.assertEqual(len(list_buckets(self.directory)), 2)
         totals = self.successResultOf(one.totals())
         self.assertEqual(totals[(Direction.OUTGOING, "a.example")].encrypted_messages, 3)
+
+    def test_totalsBounded(self) -> None:
+        """
+        The running totals (what C{/metrics} shows) follow at most
+        C{MAX_TOTAL_DOMAINS} destination domains, also after a restart;
+        later ones add to one C{(other domains)} row, so that relayed mail
+        to endless domains cannot grow them without end.  The hourly report
+        still names every domain.
+        """
+        counters = self.counters()
+        for i in range(MAX_TOTAL_DOMAINS + 5):
+            counters.outgoing(f"d{i}.example", "required", True, messages=1)
+        totals = self.successResultOf(counters.totals())
+        self.assertEqual(len(totals), MAX_TOTAL_DOMAINS + 1)
+        self.assertEqual(totals[(Direction.OUTGOING, OTHER_DOMAINS)].encrypted_messages, 5)
+        self.assertIn((Direction.OUTGOING, "d0.example"), totals)
+        self.successResultOf(counters.flush())
+        again = self.counters()
+        again.outgoing("late.example", "required", True, messages=1)
+        again.outgoing("d1.example", "required", True, messages=1)
+        totals = self.successResultOf(again.totals())
+        self.assertEqual(len(totals), MAX_TOTAL_DOMAINS + 1)
+        self.assertEqual(totals[(Direction.OUTGOING, OTHER_DOMAINS)].encrypted_messages, 6)
+        self.assertEqual(totals[(Direction.OUTGOING, "d1.example")].encrypted_messages, 2)
+        report = self.report(again, HOUR)
+        self.assertEqual(len(report.outgoing), MAX_TOTAL_DOMAINS + 6)
 
     def test_windows(self) -> None:
         """

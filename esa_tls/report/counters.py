@@ -59,6 +59,8 @@ __all__ = [
     "DEFAULT_BUCKET_SECONDS",
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_RETENTION",
+    "MAX_TOTAL_DOMAINS",
+    "OTHER_DOMAINS",
     "Executor",
     "TLSCounters",
 ]
@@ -102,6 +104,17 @@ def _accumulate(rows: dict[_K, list[int]], key: _K, values: tuple[int, ...]) -> 
 
 def _values(rows: dict[_K, list[int]]) -> dict[_K, TLSCounts]:
     return {key: TLSCounts(*row) for key, row in rows.items()}
+
+
+#: How many destination domains the running totals (and so C{/metrics})
+#: follow one by one; the counts of domains first seen after that add to
+#: the row of L{OTHER_DOMAINS}.  The hourly report buckets keep every
+#: domain for the retention.
+MAX_TOTAL_DOMAINS = 1000
+
+#: The totals row, and C{/metrics} label, of the domains past
+#: L{MAX_TOTAL_DOMAINS}.
+OTHER_DOMAINS = "(other domains)"
 
 
 class TLSCounters:
@@ -218,10 +231,16 @@ class TLSCounters:
             row = bucket[key] = [0] * len(COLUMNS)
         # The totals count incoming mail per direction only: sender domains
         # are unbounded, and /metrics must not grow with every spammer.
+        # Destination domains are bounded too (mail relayed for spammers
+        # goes to theirs): past MAX_TOTAL_DOMAINS, new ones add to one row.
         total_key = (direction, domain if direction is Direction.OUTGOING else "")
         total = self._totals.get(total_key)
         if total is None:
-            total = self._totals[total_key] = [0] * len(COLUMNS)
+            if len(self._totals) >= MAX_TOTAL_DOMAINS:
+                total_key = (direction, OTHER_DOMAINS)
+                total = self._totals.get(total_key)
+            if total is None:
+                total = self._totals[total_key] = [0] * len(COLUMNS)
         self._dirty.add(slot)
         self._totals_dirty = True
         return row, total

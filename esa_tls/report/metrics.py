@@ -18,7 +18,9 @@ rebuilt from the persisted totals).  Metrics::
 
 The connection and message counters count since the data directory was
 made (they survive restarts); incoming counts have no domain label, since
-sender domains are unbounded.  The alert counters count since the process
+sender domains are unbounded, and the outgoing ones name at most
+L{esa_tls.report.counters.MAX_TOTAL_DOMAINS} domains (later ones are
+C{domain="(other domains)"}).  The alert counters count since the process
 started.
 """
 
