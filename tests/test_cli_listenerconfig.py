@@ -134,6 +134,26 @@ class ListenerTests(DialogTestCase):
         self.commit()
         self.assertEqual(load_config(self.config).listeners["Second"].rat, ("example.net",))
 
+    def test_port_digits_int_cannot_read(self) -> None:
+        """
+        A port of digits C{int} cannot read (C{"\u00b2"}, which
+        C{str.isdigit} accepts, or thousands of digits) is refused with the
+        reason and the question is asked again, instead of a traceback that
+        drops the dialog's changes.
+        """
+        huge = "9" * 5000
+        status, out, err = self.run_cli(
+            "listenerconfig",
+            stdin=answers(
+                "new", "2", "Second", "1", "1", "\u00b2", huge, "2527", "example.net", ""
+            ),
+        )
+        self.assertEqual((status, err), (0, ""), out)
+        self.assertIn("[25]>\u00b2\nEnter a port number from 1 to 65535.\n[25]>9999", out)
+        self.assertIn("\nEnter a port number from 1 to 65535.\n[25]>2527\n", out)
+        self.commit()
+        self.assertEqual(load_config(self.config).listeners["Second"].port, 2527)
+
     def test_rename_keeps_comments(self) -> None:
         """
         NAME renames the listener in place: its table keeps its position and

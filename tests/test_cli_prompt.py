@@ -97,3 +97,21 @@ class PrompterTests(SynchronousTestCase):
         p, _ = prompter("")
         self.assertRaises(PromptAborted, p.yes_no, "Sure?", True)
         self.assertRaises(PromptAborted, p.text, "Name?")
+
+    def test_numbers_int_cannot_read(self) -> None:
+        """
+        A menu or item number is ASCII digits: C{"²"} (which C{str.isdigit}
+        accepts but C{int} refuses) and a number too long for C{int} are
+        refused with the reason and the prompt repeats, in a numbered menu,
+        a several-choice menu and an item pick alike, instead of ending the
+        dialog with a traceback.
+        """
+        huge = "9" * 5000
+        p, out = prompter(f"\u00b2\n{huge}\n2\n\u00b2\n{huge}\n1,3\n\u00b2\n{huge}\nb\n")
+        self.assertEqual(p.choose("Pick one.", ["No", "Yes"], 0), 1)
+        self.assertEqual(p.choose_many("Which?", ["a", "b", "c"], [0]), [0, 2])
+        self.assertEqual(p.pick("Which item?", ["a", "b"]), 1)
+        text = out.getvalue()
+        self.assertEqual(text.count("Please enter a number from 1 to 2.\n"), 2)
+        self.assertEqual(text.count("Please enter numbers from 1 to 3, separated by commas.\n"), 2)
+        self.assertEqual(text.count("is not one of the names or numbers listed.\n"), 2)

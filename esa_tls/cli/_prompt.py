@@ -23,9 +23,26 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TextIO, TypeVar
 
-__all__ = ["BadAnswer", "PromptAborted", "Prompter"]
+__all__ = ["BadAnswer", "PromptAborted", "Prompter", "menu_index"]
 
 T = TypeVar("T")
+
+
+def menu_index(answer: str, count: int) -> int | None:
+    """
+    The 0-based index that C{answer} gives by number among C{count} items,
+    or C{None}.
+
+    Only ASCII digits count, and not too many of them: C{str.isdigit}
+    also accepts C{"\u00b2"}, which C{int} refuses, and C{int} refuses a
+    number of thousands of digits; either would end the dialog with a
+    traceback instead of the reason and the prompt again.
+    """
+    if answer.isascii() and answer.isdigit() and len(answer) <= 9:
+        number = int(answer)
+        if 1 <= number <= count:
+            return number - 1
+    return None
 
 
 class PromptAborted(Exception):
@@ -202,8 +219,9 @@ class Prompter:
         names = [option.split(" (")[0].strip().lower() for option in options]
 
         def check(answer: str) -> int:
-            if answer.isdigit() and 1 <= int(answer) <= len(options):
-                return int(answer) - 1
+            index = menu_index(answer, len(options))
+            if index is not None:
+                return index
             if answer.lower() in names:
                 return names.index(answer.lower())
             raise BadAnswer(f"Please enter a number from 1 to {len(options)}.")
@@ -227,12 +245,12 @@ class Prompter:
         def check(answer: str) -> list[int]:
             chosen: set[int] = set()
             for part in answer.split(","):
-                part = part.strip()
-                if not (part.isdigit() and 1 <= int(part) <= len(options)):
+                index = menu_index(part.strip(), len(options))
+                if index is None:
                     raise BadAnswer(
                         f"Please enter numbers from 1 to {len(options)}, separated by commas."
                     )
-                chosen.add(int(part) - 1)
+                chosen.add(index)
             return sorted(chosen)
 
         return self.ask("", check, ",".join(str(i + 1) for i in default))
@@ -293,8 +311,9 @@ class Prompter:
             answer = self.answer("[]>")
             if not answer:
                 return None
-            if answer.isdigit() and 1 <= int(answer) <= len(names):
-                return int(answer) - 1
+            index = menu_index(answer, len(names))
+            if index is not None:
+                return index
             if answer in names:
                 return list(names).index(answer)
             folded = [n for n in names if n.lower() == answer.lower()]

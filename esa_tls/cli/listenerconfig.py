@@ -350,7 +350,10 @@ class ListenerConfig:
 
     @staticmethod
     def port_number(answer: str) -> int:
-        if not answer.isdigit():
+        # ASCII digits, few of them: int() refuses "\u00b2" (a digit to
+        # str.isdigit) and numbers of thousands of digits; the loader
+        # judges the range.
+        if not (answer.isascii() and answer.isdigit()) or len(answer) > 9:
             raise BadAnswer("Enter a port number from 1 to 65535.")
         return int(answer)
 
