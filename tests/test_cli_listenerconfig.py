@@ -401,6 +401,22 @@ class HostAccessTests(DialogTestCase):
         self.assertEqual(listener.policies["RELAXED"].rule, AccessRule.RELAY)
         self.assertEqual(listener.hat[-2].policy, "RELAXED")
 
+    def test_new_policy_dollar_name_is_not_an_existing_one(self) -> None:
+        """
+        A new policy's name may be typed with the C{$} of the HAT notation,
+        but C{$TRUSTED} names the existing TRUSTED policy: it is refused as
+        taken, not walked as if new (which rewrote TRUSTED's rule), and a
+        lone C{$} names nothing.
+        """
+        out = self.hostaccess("new", "2", "$TRUSTED", "$", "$RELAXED", "4", "n")
+        self.assertIn("[]>$TRUSTED\nThe name TRUSTED is already in use.\n[]>$\n", out)
+        self.assertIn("[]>$\nA name is printable ASCII without spaces.\n[]>$RELAXED\n", out)
+        self.commit()
+        listener = load_config(self.config).listeners["Inboundmail"]
+        self.assertEqual(listener.policies["TRUSTED"].rule, AccessRule.ACCEPT)
+        self.assertEqual(listener.policies["RELAXED"].rule, AccessRule.RELAY)
+        self.assertNotIn("", listener.policies)
+
     def test_export_import_round_trip(self) -> None:
         """
         EXPORT writes the ESA HAT text; IMPORT of an edited copy replaces

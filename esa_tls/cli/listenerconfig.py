@@ -139,8 +139,25 @@ class ListenerConfig:
         mine = tuple(f for f in faults if fault_at((f,), ("listeners", name)) is not None)
         show_faults(self.p, mine or faults, f"Listener {name} has problems:")
 
-    def new_name(self, question: str, taken: list[str], current: str | None = None) -> str:
+    def new_name(
+        self,
+        question: str,
+        taken: list[str],
+        current: str | None = None,
+        *,
+        convert: Callable[[str], str] | None = None,
+    ) -> str:
+        """
+        Ask for a name that is not taken.
+
+        @param convert: turns the answer into the name before it is
+            checked (a policy's C{$} dropped), so the name checked is the
+            name used.
+        """
+
         def check(answer: str) -> str:
+            if convert is not None:
+                answer = convert(answer)
             if not _NAME.match(answer):
                 raise BadAnswer("A name is printable ASCII without spaces.")
             if answer in taken and answer != current:
@@ -480,10 +497,13 @@ class HostAccess:
         if self.p.choose("", ["New Sender Group", "New Policy"], 0) == 0:
             self.new_group()
         else:
+            # "$TRUSTED" is how the HAT writes TRUSTED: the name without
+            # its "$" is the one that must be free.
             name = self.owner.new_name(
                 "Enter the name for this mail flow policy.",
                 [*self.policies(), DEFAULT_POLICY],
-            ).lstrip("$")
+                convert=lambda answer: answer.removeprefix("$"),
+            )
             edit_named_policy(self.doc, self.listener, name, self.p, self.owner.check, new=True)
 
     def new_group(self) -> None:
