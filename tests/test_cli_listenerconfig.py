@@ -417,6 +417,34 @@ class HostAccessTests(DialogTestCase):
         self.assertEqual(listener.policies["RELAXED"].rule, AccessRule.RELAY)
         self.assertNotIn("", listener.policies)
 
+    def test_names_the_hat_text_cannot_carry_refused(self) -> None:
+        """
+        A sender group or policy name holding a character the HAT text
+        uses around names (C{, # $ ( ) { } :}) is refused with the reason,
+        at NEW and at RENAME: such a name was accepted, and then EXPORT
+        wrote a file its own IMPORT refused (C{x#y: ...} read as C{x}
+        and a comment), contrary to "importing an export gives the same
+        table".
+        """
+        reason = "cannot contain any of , # $ ( ) { } : (the HAT text format uses them)"
+        out = self.hostaccess(
+            "new", "1", "x#y", "a:b", "PARTNERS", "10.0.0.1", "", "",
+            "edit", "1", "PARTNERS", "rename", "P(1)", "P-1", "",
+            "new", "2", "$$X", "A{B", "OPEN", "4", "n",
+        )  # fmt: skip
+        self.assertIn(f"[]>x#y\nA sender group name {reason}.\n[]>a:b\n", out)
+        self.assertIn(f"[]>a:b\nA sender group name {reason}.\n[]>PARTNERS\n", out)
+        self.assertIn(f"[PARTNERS]>P(1)\nA sender group name {reason}.\n[PARTNERS]>P-1\n", out)
+        self.assertIn(f"[]>$$X\nA policy name {reason}.\n[]>A{{B\n", out)
+        self.assertIn(f"[]>A{{B\nA policy name {reason}.\n[]>OPEN\n", out)
+        exported = os.path.join(self.directory, "hat.txt")
+        out = self.hostaccess("export", exported, "import", exported)
+        self.assertIn("Imported 5 policies and 6 sender groups", out)
+        self.commit()
+        listener = load_config(self.config).listeners["Inboundmail"]
+        self.assertEqual([g.name for g in listener.hat][-2:], ["P-1", "ALL"])
+        self.assertEqual(listener.policies["OPEN"].rule, AccessRule.RELAY)
+
     def test_export_import_round_trip(self) -> None:
         """
         EXPORT writes the ESA HAT text; IMPORT of an edited copy replaces

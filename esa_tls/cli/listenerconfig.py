@@ -56,6 +56,11 @@ from esa_tls.summary import listener_summary
 
 _NAME = re.compile(r"[!-~]+\Z")
 
+#: What the HAT text (PRINT, EXPORT, IMPORT) puts around sender group and
+#: policy names: a name holding one would be exported in a form that does
+#: not import (C{x#y:} reads as C{x} and a comment).
+_HAT_RESERVED = ",#$(){}:"
+
 _RAT_HELP = (
     'Enter the recipients to accept mail for. Hostnames such as "example.com" are '
     'allowed. Partial hostnames such as ".example.com" are allowed. Usernames such as '
@@ -156,6 +161,8 @@ class ListenerConfig:
         """
 
         def check(answer: str) -> str:
+            if current is not None and answer == current:
+                return answer  # Enter keeps the name, even one made by 'set'
             if convert is not None:
                 answer = convert(answer)
             if not _NAME.match(answer):
@@ -445,6 +452,23 @@ class ListenerConfig:
 _ALL_STAYS = "The ALL sender group is always present, last: edit it to change its policy."
 
 
+def _hat_name(what: str) -> Callable[[str], str]:
+    """
+    A name check for L{ListenerConfig.new_name}: refuse the characters of
+    L{_HAT_RESERVED}, so that the table still exports and imports.
+    """
+
+    def check(answer: str) -> str:
+        if any(c in _HAT_RESERVED for c in answer):
+            raise BadAnswer(
+                f"A {what} name cannot contain any of {' '.join(_HAT_RESERVED)} "
+                "(the HAT text format uses them)."
+            )
+        return answer
+
+    return check
+
+
 class HostAccess:
     """
     HOSTACCESS: a listener's sender groups and mail flow policies.
@@ -502,7 +526,7 @@ class HostAccess:
             name = self.owner.new_name(
                 "Enter the name for this mail flow policy.",
                 [*self.policies(), DEFAULT_POLICY],
-                convert=lambda answer: answer.removeprefix("$"),
+                convert=lambda answer: _hat_name("policy")(answer.removeprefix("$")),
             )
             edit_named_policy(self.doc, self.listener, name, self.p, self.owner.check, new=True)
 
@@ -510,7 +534,9 @@ class HostAccess:
         p = self.p
         groups = self.groups()
         name = self.owner.new_name(
-            "Enter a name for this sender group.", [g["group"] for g in groups]
+            "Enter a name for this sender group.",
+            [g["group"] for g in groups],
+            convert=_hat_name("sender group"),
         )
         senders = p.ask(_HOSTS_HELP, self.owner.some_senders, None)
         policy = self.choose_policy("ACCEPTED")
@@ -610,7 +636,10 @@ class HostAccess:
             elif op == "RENAME":
                 others = [g["group"] for g in self.groups()]
                 table["group"] = self.owner.new_name(
-                    "Enter the new name for this sender group.", others, group["group"]
+                    "Enter the new name for this sender group.",
+                    others,
+                    group["group"],
+                    convert=_hat_name("sender group"),
                 )
             elif op == "COMMENT":
                 comment = p.text(
