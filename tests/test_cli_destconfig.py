@@ -261,3 +261,32 @@ class AlertConfigTests(DialogTestCase):
                 ),
             ),
         )
+
+    def test_capitalised_classes_kept_by_enter(self) -> None:
+        """
+        The loader takes a recipient's classes and severities in any case
+        (C{"Warning"}, as the ESA shows them).  EDIT offers them as the
+        current choice, so Enter keeps them, where it used to offer All and
+        widen the recipient to every alert; and destconfig SETUP counts
+        that recipient as getting the TLS failure alert.
+        """
+        with open(self.config, "a") as f:
+            f.write(
+                '\n[[alerts.recipients]]\naddress = "ops@example.com"\n'
+                'severities = ["Warning"]\ntypes = ["System", "Hardware"]\n'
+            )
+        out = self.dialog("alertconfig", "edit", "1", "", "", "")
+        self.assertIn("Choose the Alert Class", out)
+        self.assertIn("[2,3]>\n", out)
+        self.assertIn("[3]>\n", out)
+        out = self.dialog("destconfig", "setup", "y")
+        self.assertNotIn("nobody will receive it", out)
+        self.commit()
+        self.assertEqual(
+            load_config(self.config).alerts.recipients,
+            (
+                AlertRecipient(
+                    "ops@example.com", severities=("warning",), types=("system", "hardware")
+                ),
+            ),
+        )

@@ -137,6 +137,9 @@ class AlertConfig:
         self, question: str, choices: tuple[tuple[str, str], ...], current: list[str]
     ) -> list[str]:
         values = [v for v, _ in choices]
+        # The loader takes "Warning" as well as "warning": so must the
+        # default, or Enter would offer All and widen the recipient.
+        current = [str(c).lower() for c in current]
         options = ["All", *[label for _, label in choices]]
         if set(current) == set(values):
             default = [0]

@@ -335,8 +335,11 @@ class DestConfig:
         for r in recipients if isinstance(recipients, list) else []:
             if not isinstance(r, dict):
                 continue
-            severities = r.get("severities", ["critical", "warning", "info"])
-            types = r.get("types", ["system", "hardware", "updater"])
+            # In any case, as the loader takes them ("Warning").
+            severities = [
+                str(s).lower() for s in r.get("severities", ["critical", "warning", "info"])
+            ]
+            types = [str(t).lower() for t in r.get("types", ["system", "hardware", "updater"])]
             if "warning" in severities and "system" in types:
                 out.append(str(r.get("address")))
         return out
