@@ -404,6 +404,18 @@ class ReloadGatewayTests(SynchronousTestCase):
             f.write("not a pid\n")
         self.assertIn("does not hold a process id", reload_gateway(path))
 
+    def test_pidfile_int_cannot_read(self) -> None:
+        """
+        A pid file whose digits C{int()} refuses (C{²}), that is not UTF-8,
+        or that is huge, is reported as holding no process id: the commit
+        is already written, and must not end in a traceback.
+        """
+        for content in ("²".encode(), b"\xff\xfe12", b"9" * 100_000):
+            path = self.mktemp()
+            with open(path, "wb") as f:
+                f.write(content)
+            self.assertIn("does not hold a process id", reload_gateway(path))
+
     def test_process_gone(self) -> None:
         """
         A pid file naming a process that has exited is reported as a

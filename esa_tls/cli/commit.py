@@ -147,8 +147,8 @@ def reload_gateway(pidfile: str, config: str | None = None) -> str:
     @return: one line saying what happened, for the administrator.
     """
     try:
-        with open(pidfile) as f:
-            text = f.read().strip()
+        with open(pidfile, "rb") as f:
+            text = f.read(64).strip().decode("ascii", "replace")
     except FileNotFoundError:
         return (
             f"No running gateway found (no pid file {pidfile}): the configuration "
@@ -156,7 +156,8 @@ def reload_gateway(pidfile: str, config: str | None = None) -> str:
         )
     except OSError as e:
         return f"Cannot read the pid file {pidfile}: {e.strerror}; the gateway was not told."
-    if not text.isdigit() or int(text) <= 1:
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or int(text) <= 1:
         return f"The pid file {pidfile} does not hold a process id; the gateway was not told."
     pid = int(text)
     if not _looks_like_gateway(pid):
