@@ -132,4 +132,7 @@ class DocumentTests(SynchronousTestCase):
         config = parse_config(doc.text(), "t.toml")
         listener = config.listeners["B"]
         self.assertEqual([g.name for g in listener.hat], ["RELAYLIST", "ALL"])
-        self.assertEqual(doc.get(("listeners", "B", "policies", "RELAYED")), {"rule": "RELAY"})
+        self.assertEqual(
+            doc.get(("listeners", "B", "policies", "RELAYED")),
+            {"rule": "RELAY", "max_rcpts_per_hour": -1},
+        )

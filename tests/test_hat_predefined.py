@@ -138,7 +138,8 @@ class PrivateTests(SynchronousTestCase):
 
     def test_groups_and_policies(self) -> None:
         """
-        C{RELAYLIST} relays with default parameters; C{ALL} is blocked.
+        C{RELAYLIST} relays with default parameters but no recipients per
+        hour limit (Table 5-13: "-1 (Disabled)"); C{ALL} is blocked.
         """
         groups = predefined_groups(ListenerType.PRIVATE)
         self.assertEqual(
@@ -147,7 +148,11 @@ class PrivateTests(SynchronousTestCase):
         )
         self.assertEqual(
             predefined_policies(ListenerType.PRIVATE),
-            {"default": {}, "RELAYED": {"rule": "RELAY"}, "BLOCKED": {"rule": "REJECT"}},
+            {
+                "default": {},
+                "RELAYED": {"rule": "RELAY", "max_rcpts_per_hour": -1},
+                "BLOCKED": {"rule": "REJECT"},
+            },
         )
 
     def test_relays_for_listed_hosts_only(self) -> None:

@@ -233,6 +233,40 @@ senders = ["127.0.0.1"]
         self.assertIn("ICID 1 RELAY SG RELAYLIST match 127.0.0.1 SBRS None", gw.lines)
 
     @inlineCallbacks
+    def test_relayedIgnoresDefaultRecipientRate(self) -> Any:
+        """
+        The predefined RELAYED policy has no recipients-per-hour limit
+        (UG 7.5 Table 5-13: "-1 (Disabled)", not "Default"): a rate limit
+        set in the Default Policy Parameters does not throttle the hosts
+        the listener relays for.
+        """
+        gw = Gateway(
+            self,
+            """
+[listeners.Outbound]
+type = "private"
+interface = "Loopback"
+port = 2526
+
+[listeners.Outbound.policies.default]
+max_rcpts_per_hour = 2
+
+[[listeners.Outbound.hat]]
+group = "RELAYLIST"
+policy = "RELAYED"
+senders = ["127.0.0.1"]
+""",
+        )
+        replies = yield in_thread(
+            conversation,
+            gw.port,
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a@inside.test>\r\n",
+            *(b"RCPT TO:<u%d@anywhere.example>\r\n" % n for n in range(4)),
+        )
+        self.assertEqual([r[:3] for r in replies[3:]], [b"250"] * 4)
+
+    @inlineCallbacks
     def test_rejectAtBanner(self) -> Any:
         """
         A REJECT policy answers with the reject banner and closes: no mail

@@ -58,10 +58,13 @@ _PUBLIC_POLICIES: dict[str, dict[str, object]] = {
 }
 
 #: Private listener policies, UG 7.5 Table 5-13: C{RELAYED} relays with every
-#: parameter at the listener's default.
+#: parameter at the listener's default but one: its recipients per hour are
+#: "-1 (Disabled)", not "Default", so a rate limit set in the Default Policy
+#: Parameters (for the listener's other policies) never throttles the
+#: internal hosts the listener relays for.
 _PRIVATE_POLICIES: dict[str, dict[str, object]] = {
     "default": {},
-    "RELAYED": {"rule": "RELAY"},
+    "RELAYED": {"rule": "RELAY", "max_rcpts_per_hour": -1},
     "BLOCKED": {"rule": "REJECT"},
 }
 
