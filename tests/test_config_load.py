@@ -1097,6 +1097,43 @@ class ResolutionTests(SynchronousTestCase):
             ),
         )
 
+    def test_smtp_auth_without_users(self) -> None:
+        """
+        A policy that allows or requires SMTP AUTH while the gateway has no
+        C{smtp_auth_users} file loads, with a warning naming the key: AUTH
+        is never offered, so "require" refuses every MAIL FROM.
+        """
+        result = parse_config_with_warnings(
+            HEAD
+            + LISTENER
+            + '[listeners.Inboundmail.policies.default]\nsmtp_auth = "allow"\n'
+            + '[listeners.Inboundmail.policies.STAFF]\nrule = "ACCEPT"\n'
+            + 'smtp_auth = "require"\n',
+            "site.toml",
+        )
+        self.assertEqual(
+            result.warnings,
+            (
+                "site.toml:13: listeners.Inboundmail.policies.default.smtp_auth: "
+                "no [system] smtp_auth_users file, so AUTH is never offered "
+                "(unless a program embedding esa_tls supplies a credentials checker)",
+                "site.toml:16: listeners.Inboundmail.policies.STAFF.smtp_auth: "
+                "no [system] smtp_auth_users file, so AUTH is never offered "
+                "(unless a program embedding esa_tls supplies a credentials checker)"
+                " and this policy refuses every MAIL FROM",
+            ),
+        )
+        users = self.mktemp()
+        with open(users, "w") as f:
+            f.write("")
+        quiet = parse_config_with_warnings(
+            HEAD.replace("[system]\n", f'[system]\nsmtp_auth_users = "{users}"\n')
+            + LISTENER
+            + '[listeners.Inboundmail.policies.default]\nsmtp_auth = "require"\n',
+            "site.toml",
+        )
+        self.assertEqual(quiet.warnings, ())
+
     def test_predefined_groups(self) -> None:
         """
         A listener without a HAT gets the ESA's groups for its type.

@@ -614,6 +614,8 @@ class _Loader:
         routes = self.smtp_routes(document.get("smtp_routes", {}))
         alerts = self.alerts(document.get("alerts", {}))
         admin = self.admin(document.get("admin", {}))
+        if system is not None and not system.smtp_auth_users:
+            self.auth_without_users(listeners)
         if self.faults or system is None or settings is None or alerts is None or admin is None:
             return None
         return GatewayConfig(
@@ -628,6 +630,28 @@ class _Loader:
             admin=admin,
             source=self.source,
         )
+
+    def auth_without_users(self, listeners: Mapping[str, Listener]) -> None:
+        """
+        Warn about each policy that sets C{smtp_auth} to allow or require
+        while there is no C{smtp_auth_users} file: AUTH is then never
+        offered, and a policy that requires it takes no mail at all (530
+        to every MAIL FROM), which nothing else would tell the
+        administrator.
+        """
+        for name, listener in listeners.items():
+            for policy in listener.policies.values():
+                if "smtp_auth" not in policy.explicit:
+                    continue
+                if policy.smtp_auth is SMTPAuthMode.DISALLOW:
+                    continue
+                message = (
+                    "no [system] smtp_auth_users file, so AUTH is never offered "
+                    "(unless a program embedding esa_tls supplies a credentials checker)"
+                )
+                if policy.smtp_auth is SMTPAuthMode.REQUIRE:
+                    message += " and this policy refuses every MAIL FROM"
+                self.warn(("listeners", name, "policies", policy.name, "smtp_auth"), message)
 
     def system(self, value: object) -> SystemSettings | None:
         path: KeyPath = ("system",)
