@@ -292,6 +292,36 @@ senders = ["127.0.0.0/8"]
         self.assertEqual(rest, b"")
 
     @inlineCallbacks
+    def test_rejectCodeClassInText(self) -> Any:
+        """
+        A reject banner code set alone (421, "try later") does not go out
+        with the default text's permanent enhanced code: the class of the
+        enhanced status code follows the reply code (RFC 3463 section 3),
+        or a client that trusts the enhanced code would bounce the mail.
+        """
+        gw = Gateway(
+            self,
+            PUBLIC
+            + """
+[listeners.InboundMail.policies.BLOCKED]
+rule = "REJECT"
+reject_banner_code = 421
+
+[[listeners.InboundMail.hat]]
+group = "BLOCKED_LIST"
+policy = "BLOCKED"
+senders = ["127.0.0.0/8"]
+""",
+        )
+
+        def talk() -> bytes:
+            raw = Raw(gw.port)
+            return raw.reply()
+
+        banner = yield in_thread(talk)
+        self.assertEqual(banner, b"421 4.7.1 Access denied\r\n")
+
+    @inlineCallbacks
     def test_rejectAtRcpt(self) -> Any:
         """
         With C{reject_at_rcpt}, a REJECT policy answers at RCPT TO, so the
@@ -425,6 +455,37 @@ class LimitTests(TestCase):
             replies[6], b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
         )
         self.assertEqual(gw.queued(), [])
+
+    @inlineCallbacks
+    def test_recipientsPerHourCodeClassInText(self) -> Any:
+        """
+        A recipients-per-hour code set to a permanent one keeps the default
+        text's wording but not its transient enhanced code.
+        """
+        gw = Gateway(
+            self,
+            PUBLIC
+            + """
+[listeners.InboundMail.policies.LIMITED]
+rule = "ACCEPT"
+max_rcpts_per_hour = 1
+max_rcpts_per_hour_code = 550
+
+[[listeners.InboundMail.hat]]
+group = "LIMITED_HOSTS"
+policy = "LIMITED"
+senders = ["127.0.0.1"]
+""",
+        )
+        replies = yield in_thread(
+            conversation,
+            gw.port,
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a@b.test>\r\n",
+            b"RCPT TO:<u1@example.com>\r\n",
+            b"RCPT TO:<u2@example.com>\r\n",
+        )
+        self.assertEqual(replies[4], b"550 5.5.3 Too many recipients received this hour\r\n")
 
     @inlineCallbacks
     def test_recipientsPerMessage(self) -> Any:

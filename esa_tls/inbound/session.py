@@ -125,6 +125,22 @@ _MAX_COLLECTED = 32
 _STORE_FAULT = (451, b"4.3.0 Temporary error storing the message, try again later")
 
 
+#: An enhanced status code (RFC 3463) at the start of a reply text, also in
+#: the ESA's C{#5.7.1} form.
+_ENHANCED = re.compile(r"\A(#?)[245](\.[0-9]{1,3}\.[0-9]{1,3}(?: |\Z))")
+
+
+def _configured_text(code: int, text: str) -> bytes:
+    """
+    A configured reply text for C{code}, with the class of its enhanced
+    status code made that of the code (RFC 3463 section 3: the class
+    agrees with the reply).  An administrator who sets only the code (421
+    for "try later") keeps the default text, whose C{5.7.1} would tell a
+    client that trusts enhanced codes to give up for good.
+    """
+    return _ENHANCED.sub(rf"\g<1>{code // 100}\g<2>", text, count=1).encode("utf-8")
+
+
 def _format_reply(code: int, text: bytes) -> bytes:
     """
     The reply C{code} with C{text} on the wire: one line per line of text,
@@ -633,7 +649,7 @@ class InboundSession(ESMTP):
         return (host + b" " + text) if host else text
 
     def _reject_text(self) -> bytes:
-        return self.policy.reject_banner_text.encode("utf-8")
+        return _configured_text(self.policy.reject_banner_code, self.policy.reject_banner_text)
 
     def _reset(self) -> None:
         self._sender = None
@@ -940,7 +956,9 @@ class InboundSession(ESMTP):
         if not self.factory.rates.try_add(self.peer_ip, self.policy.max_rcpts_per_hour):
             self._reply(
                 self.policy.max_rcpts_per_hour_code,
-                self.policy.max_rcpts_per_hour_text.encode("utf-8"),
+                _configured_text(
+                    self.policy.max_rcpts_per_hour_code, self.policy.max_rcpts_per_hour_text
+                ),
             )
             return
         self._recipients.append(mailbox)
