@@ -507,6 +507,14 @@ RECORDS: dict[str, list[Any]] = {
     # IPv6, forward-confirmed by AAAA
     ptr("2001:db8::25"): [dns.Record_PTR(b"v6.partner.example")],
     "v6.partner.example": [dns.Record_AAAA("2001:db8::25")],
+    # PTR names that are not ASCII (any bytes are valid on the wire):
+    # one beside a good name, one alone
+    ptr("192.0.2.26"): [
+        dns.Record_PTR(b"m\xe9il.partner.example"),
+        dns.Record_PTR(b"mail26.partner.example"),
+    ],
+    "mail26.partner.example": [dns.Record_A("192.0.2.26")],
+    ptr("192.0.2.27"): [dns.Record_PTR(b"\xff.partner.example")],
     # a look-alike domain
     ptr("192.0.2.19"): [dns.Record_PTR(b"mail.evilpartner.example")],
     "mail.evilpartner.example": [dns.Record_A("192.0.2.19")],
@@ -614,6 +622,23 @@ class DNSTests(TestCase):
         self.assertEqual((verdict.reverse_dns, verdict.verified), ("host.elsewhere.example", True))
         verdict = await table.lookup("192.0.2.19")
         self.assertEqual(verdict.sender_group, "ALL")
+
+    async def test_non_ascii_ptr_name(self) -> None:
+        """
+        A PTR name that is not ASCII (the peer's own reverse zone says
+        what it likes) is no name: it matches nothing and is not
+        reported, the host's other names still count, and a host with
+        only such a name goes on to the next group like one without PTR,
+        rather than failing the lookup (the fallback REJECT and a
+        traceback in the log for every connection).
+        """
+        table = self.partner_table()
+        verdict = await table.lookup("192.0.2.26")
+        self.assertEqual(verdict.sender_group, "WHITELIST")
+        self.assertEqual((verdict.reverse_dns, verdict.verified), ("mail26.partner.example", True))
+        verdict = await table.lookup("192.0.2.27")
+        self.assertEqual(verdict.sender_group, "ALL")
+        self.assertEqual((verdict.reverse_dns, verdict.verified), (None, False))
 
     async def test_dns_failures_do_not_match(self) -> None:
         """

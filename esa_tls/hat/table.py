@@ -121,7 +121,16 @@ class _ReverseDNS:
 
 
 def _name(value: object) -> str:
-    return str(value).rstrip(".").lower()
+    """
+    A DNS name from an answer, lower case, without the trailing dot; C{""}
+    for one that is not ASCII.  Any byte is valid in a label on the wire,
+    and the peer writes its own reverse zone: such a name is no name (it
+    matches nothing), not an error that fails the whole classification.
+    """
+    try:
+        return str(value).rstrip(".").lower()
+    except UnicodeError:
+        return ""
 
 
 def _answers_for(answers: Sequence[dns.RRHeader], name: str, record_type: int) -> list[Any]:
