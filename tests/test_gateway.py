@@ -422,71 +422,25 @@ def served_certificate(port: int) -> bytes:
         raw.close()
 
 
+def der(issued: Any) -> bytes:
+    """
+    The DER form of an issued test certificate, as a server sends it.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return x509.load_pem_x509_certificate(issued.cert_pem).public_bytes(Encoding.DER)
+
+
 class WatchTests(TestCase):
-    @inlineCallbacks
-    def test_renewedCertificateServed(self) -> Any:
+    def serving(self, watch_interval: float) -> tuple[Any, Any, Any, str, str, int]:
         """
-        A certificate renewed in place (files replaced) is served to new
-        connections within moments, without SIGHUP or restart; a bad
-        replacement is refused and the good one stays in service.
+        A gateway serving STARTTLS with certificate C{MX}, issued by a test
+        CA, from files that it watches every C{watch_interval} seconds.
+
+        @return: the service, the CA, the first certificate issued, the
+            certificate and key file paths, and the listener's port.
         """
-        from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import Encoding
-        from twisted.names.client import Resolver
-
-        from esa_tls.config.load import load_config_with_warnings
-        from esa_tls.service import GatewayService
-        from esa_tls.testing import CertificateAuthority, expired
-
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        ca = CertificateAuthority.generate()
-        first = ca.issue(["mx.test.example"])
-        cert, key, chain = first.write(os.path.join(directory, "tls"))
-        port = free_port()
-        path = os.path.join(directory, "gateway.toml")
-        with open(path, "w") as f:
-            f.write(
-                config_text(os.path.join(directory, "var"), port).replace(
-                    'rat = ["example.com"]', 'rat = ["example.com"]\ncertificate = "MX"'
-                )
-                + '\n[listeners.InboundMail.policies.default]\ntls = "preferred"\n'
-                + f'\n[certificates.MX]\ncert = "{cert}"\nkey = "{key}"\nchain = "{chain}"\n'
-            )
-        service = GatewayService(
-            load_config_with_warnings(path),
-            resolver=Resolver(servers=[("127.0.0.1", 53)]),
-            watch_interval=0.1,
-        )
-        service.startService()
-        self.addCleanup(service.stopService)
-
-        def der(issued: Any) -> bytes:
-            return x509.load_pem_x509_certificate(issued.cert_pem).public_bytes(Encoding.DER)
-
-        self.assertEqual((yield in_thread(served_certificate, port)), der(first))
-        second = ca.issue(["mx.test.example"])
-        second.write(os.path.join(directory, "tls"))
-        renewed = yield in_thread(wait_until, lambda: served_certificate(port) == der(second), 20)
-        self.assertTrue(renewed)
-        expired(ca, ["mx.test.example"]).write(os.path.join(directory, "tls"))
-        yield in_thread(wait_until, lambda: False, 1)
-        self.assertEqual((yield in_thread(served_certificate, port)), der(second))
-
-    @inlineCallbacks
-    def test_certificateLandsDuringTheReload(self) -> Any:
-        """
-        A renewal that writes the key first and the certificate a moment
-        later: the reload the new key starts finds a pair that does not
-        match and is refused.  When the certificate lands while that
-        reload runs (after it read the files), the watcher must still see
-        it as a change and reload again, so that the renewed pair is
-        served; the old one must not stay in service until some unrelated
-        change.
-        """
-        from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import Encoding
-        from twisted.internet.task import Clock
         from twisted.names.client import Resolver
 
         from esa_tls.config.load import load_config_with_warnings
@@ -511,10 +465,45 @@ class WatchTests(TestCase):
         service = GatewayService(
             load_config_with_warnings(path),
             resolver=Resolver(servers=[("127.0.0.1", 53)]),
-            watch_interval=0,
+            watch_interval=watch_interval,
         )
         service.startService()
         self.addCleanup(service.stopService)
+        return service, ca, first, cert, key, port
+
+    @inlineCallbacks
+    def test_renewedCertificateServed(self) -> Any:
+        """
+        A certificate renewed in place (files replaced) is served to new
+        connections within moments, without SIGHUP or restart; a bad
+        replacement is refused and the good one stays in service.
+        """
+        from esa_tls.testing import expired
+
+        _, ca, first, cert, _, port = self.serving(0.1)
+        self.assertEqual((yield in_thread(served_certificate, port)), der(first))
+        second = ca.issue(["mx.test.example"])
+        second.write(os.path.dirname(cert))
+        renewed = yield in_thread(wait_until, lambda: served_certificate(port) == der(second), 20)
+        self.assertTrue(renewed)
+        expired(ca, ["mx.test.example"]).write(os.path.dirname(cert))
+        yield in_thread(wait_until, lambda: False, 1)
+        self.assertEqual((yield in_thread(served_certificate, port)), der(second))
+
+    @inlineCallbacks
+    def test_certificateLandsDuringTheReload(self) -> Any:
+        """
+        A renewal that writes the key first and the certificate a moment
+        later: the reload the new key starts finds a pair that does not
+        match and is refused.  When the certificate lands while that
+        reload runs (after it read the files), the watcher must still see
+        it as a change and reload again, so that the renewed pair is
+        served; the old one must not stay in service until some unrelated
+        change.
+        """
+        from twisted.internet.task import Clock
+
+        service, ca, _, cert, key, port = self.serving(0)
         second = ca.issue(["mx.test.example"])
         refusals: list[list[str]] = []
 
@@ -535,10 +524,6 @@ class WatchTests(TestCase):
         [[refused]] = refusals
         self.assertIn("the private key does not match the certificate", refused)
         self.assertTrue(watcher.check())
-
-        def der(issued: Any) -> bytes:
-            return x509.load_pem_x509_certificate(issued.cert_pem).public_bytes(Encoding.DER)
-
         self.assertEqual((yield in_thread(served_certificate, port)), der(second))
 
 
