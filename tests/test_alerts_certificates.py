@@ -161,3 +161,22 @@ class WatchTests(TestCase):
         self.assertEqual(len(self.sent), 1)
         clock.advance(24 * 3600)
         self.assertEqual(len(self.sent), 2)
+
+    def test_expiredAtStart(self) -> None:
+        """
+        A certificate already expired when the gateway starts is refused by
+        the store (its listener offers no TLS) and still gives the Critical
+        alert at every check, saying it is not in service: before, only a
+        certificate that expired while in service was alerted on, so a
+        restart after expiry turned it into a silent TLS outage.
+        """
+        watch = self.watch(timedelta(days=-1))
+        (alert,) = watch.check()
+        self.assertEqual(alert.severity, Severity.CRITICAL)
+        self.assertEqual(alert.kind, AlertKind.CERTIFICATE_EXPIRED)
+        self.assertEqual(alert.subject, "Critical <System> esa_tls: Certificate main has expired")
+        self.assertIn("is not in service", alert.body)
+        self.assertNotIn("still in service", alert.body)
+        self.assertIn("Listeners: Public", alert.body)
+        self.assertEqual(alert.fields["listeners"], ("Public",))
+        self.assertEqual(len(watch.check()), 1)

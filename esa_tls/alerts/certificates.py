@@ -12,8 +12,9 @@ is on the peer's side.  So the gateway looks for them itself, once a day
 
 Expiry alerts are Warning/System, one per certificate per threshold
 crossed (a certificate 25 days from expiry gives one alert, then another at
-7 days, another at 1 day); an expired certificate in service gives a
-Critical/System alert at every check.  The Demo alert is Warning/System,
+7 days, another at 1 day); an expired certificate gives a Critical/System
+alert at every check, whether it is still in service or was refused when
+loaded (a restart after it expired: its listeners then offer no TLS).  The Demo alert is Warning/System,
 one per listener at every check: it stays until the listener gets a real
 certificate.  Which thresholds were told is kept in memory, so a restart
 tells the current one once more.
@@ -62,6 +63,8 @@ class _Describes(Protocol):
 
     def describe(self, name: str) -> CertificateInfo: ...
 
+    def describe_out_of_date(self, name: str) -> CertificateInfo | None: ...
+
 
 def _users(config: GatewayConfig, name: str) -> list[str]:
     return [
@@ -93,20 +96,31 @@ def expiry_alert(
     listeners: Sequence[str],
     *,
     origin: str = DEFAULT_ORIGIN,
+    in_service: bool = True,
 ) -> Alert:
     """
     The alert for certificate C{info} within C{threshold} days of expiry
     (or expired, when C{threshold} is 0).
+
+    @param in_service: C{False} for an expired certificate the gateway
+        refused when it loaded it.
     """
     used = ", ".join(listeners) if listeners else "(no listener)"
     left = info.not_after - now
     if threshold == 0:
         severity, kind = Severity.CRITICAL, AlertKind.CERTIFICATE_EXPIRED
         title = f"Certificate {info.name} has expired"
-        first = (
-            f"The certificate {info.name} expired on {format_time(info.not_after)} and is "
-            "still in service: peers that verify certificates refuse TLS with us."
-        )
+        if in_service:
+            first = (
+                f"The certificate {info.name} expired on {format_time(info.not_after)} and is "
+                "still in service: peers that verify certificates refuse TLS with us."
+            )
+        else:
+            first = (
+                f"The certificate {info.name} expired on {format_time(info.not_after)} and is "
+                "not in service: the gateway refused it, so the listeners that serve it "
+                "offer no TLS (a policy requiring TLS takes no mail)."
+            )
     else:
         severity, kind = Severity.WARNING, AlertKind.CERTIFICATE_EXPIRY
         days = max(1, math.ceil(left.total_seconds() / 86400))
@@ -227,10 +241,16 @@ class CertificateWatch:
         for name in self.store.names():
             if name == DEMO_NAME:
                 continue
+            in_service = True
             try:
                 info = self.store.describe(name)
-            except (CertificateError, KeyError):
+            except KeyError:
                 continue
+            except CertificateError:
+                refused = self.store.describe_out_of_date(name)
+                if refused is None or refused.not_after > now:
+                    continue
+                info, in_service = refused, False
             threshold = expiry_threshold(info.not_after, now)
             if threshold is None:
                 continue
@@ -239,7 +259,14 @@ class CertificateWatch:
                 continue
             self._told.add(key)
             out.append(
-                expiry_alert(info, threshold, now, _users(self.config, name), origin=self.origin)
+                expiry_alert(
+                    info,
+                    threshold,
+                    now,
+                    _users(self.config, name),
+                    origin=self.origin,
+                    in_service=in_service,
+                )
             )
         out += demo_certificate_alerts(self.config, now, origin=self.origin)
         return out

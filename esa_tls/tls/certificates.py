@@ -83,7 +83,12 @@ class CertificateValidityError(CertificateError):
     an expired certificate into a total mail outage at the next restart);
     the certificate is still refused and its listener offers no TLS with
     it.
+
+    @ivar certificate: what was refused, when L{load_certificate} read it
+        (so that the expiry alerts can still describe it), else C{None}.
     """
+
+    certificate: LoadedCertificate | None = None
 
 
 def format_time(when: datetime) -> str:
@@ -394,6 +399,16 @@ def load_certificate(
     key, key_warnings = _load_key(config.name, config.key)
     try:
         validate_certificate(config.name, certs[0], chain, key, now)
+    except CertificateValidityError as e:
+        e.certificate = LoadedCertificate(
+            name=config.name,
+            leaf=certs[0],
+            chain=tuple(chain),
+            key=key,
+            insecure=insecure,
+            warnings=tuple(key_warnings),
+        )
+        raise
     except CertificateError as e:
         if e.setting == "chain" and not config.chain:
             # The chain came from the cert file ("fullchain"): that is the

@@ -163,6 +163,7 @@ class CertificateStore:
             tuple[str, str | None, ClientCertificates], ServerConnectionCreator
         ] = {}
         self.errors: dict[str, str] = {}
+        self._out_of_date: dict[str, LoadedCertificate] = {}
         if generate_demo:
             self._certificates[DEMO_NAME] = ensure_demo_certificate(
                 self.data_dir, config.system.hostname
@@ -199,6 +200,7 @@ class CertificateStore:
         for name in list(self.errors):
             if name != DEMO_NAME and name not in configured:
                 del self.errors[name]
+                self._out_of_date.pop(name, None)
         for name, entry in configured.items():
             old = self._certificates.get(name)
             try:
@@ -206,6 +208,10 @@ class CertificateStore:
             except CertificateError as e:
                 if old is None:
                     self.errors[name] = e.reason
+                    if isinstance(e, CertificateValidityError) and e.certificate is not None:
+                        self._out_of_date[name] = e.certificate
+                    else:
+                        self._out_of_date.pop(name, None)
                     messages.append(f"Certificate {name} refused: {e.reason}")
                 else:
                     messages.append(
@@ -214,6 +220,7 @@ class CertificateStore:
                     )
                 continue
             self.errors.pop(name, None)
+            self._out_of_date.pop(name, None)
             if old is not None and _same_material(old, loaded):
                 continue
             self._certificates[name] = loaded
@@ -256,6 +263,18 @@ class CertificateStore:
                 raise CertificateError(name, self.errors[name])
             raise KeyError(name)
         return loaded.info()
+
+    def describe_out_of_date(self, name: str) -> CertificateInfo | None:
+        """
+        Describe a configured certificate that is not in service because it
+        was outside its validity period when loaded (expired, or not valid
+        yet), or C{None}: the expiry alerts must still tell of it, since its
+        listeners now offer no TLS with it.
+        """
+        if name in self._certificates:
+            return None
+        loaded = self._out_of_date.get(name)
+        return None if loaded is None else loaded.info()
 
     def server_creator(
         self,
