@@ -135,6 +135,31 @@ class CertConfigTests(SynchronousTestCase):
         self.assertIn("the private key does not match the certificate. Nothing was imported.", out)
         self.assertFalse(os.path.exists(self.config + ".pending"))
 
+    def test_leaf_not_first(self) -> None:
+        """
+        A certificate file with the chain before the certificate (the
+        intermediate first) is refused saying so, naming the certificate
+        the key belongs to: before, it was "the private key does not match
+        the certificate", which sent the administrator after the key.
+        """
+        ca = CertificateAuthority.generate()
+        intermediate = ca.intermediate()
+        issued = intermediate.issue(["mx.example.com"])
+        _, key, _ = issued.write(os.path.join(self.directory, "issued"))
+        backwards = os.path.join(self.directory, "backwards.pem")
+        with open(backwards, "wb") as f:
+            f.write(intermediate.cert_pem + issued.cert_pem)
+        out = self.certconfig("import", "main", backwards, key, "")
+        self.assertIn(
+            "The certificate cannot be used: the chain is not in order: the private key "
+            "belongs to chain certificate 1 (CN=mx.example.com), not to the first "
+            "certificate (CN=esa_tls Test Intermediate CA,O=esa_tls tests); list the "
+            "certificate first",
+            out,
+        )
+        self.assertNotIn("does not match", out)
+        self.assertFalse(os.path.exists(self.config + ".pending"))
+
     def test_paste(self) -> None:
         """
         PASTE takes the PEM text typed or pasted, each ended by a lone

@@ -563,6 +563,27 @@ class CertificateFaultsTests(SynchronousTestCase):
             fault,
         )
 
+    def test_leaf_not_first(self) -> None:
+        """
+        A certificate file listing its issuer before the certificate is a
+        fault of C{cert} saying the order is wrong, not of C{key}.
+        """
+        intermediate = self.ca.intermediate()
+        issued = intermediate.issue(["mx.example.test"])
+        directory = os.path.join(self.base, "backwards")
+        _, key, _ = issued.write(directory)
+        cert = write_pem(
+            os.path.join(directory, "backwards.pem"), intermediate.cert_pem + issued.cert_pem
+        )
+        (fault,) = self.faults(cert=cert, key=key)
+        self.assertTrue(
+            fault.startswith(
+                f"{self.path}:16: certificates.Mine.cert: the chain is not in order: the "
+                "private key belongs to chain certificate 1 (CN=mx.example.test)"
+            ),
+            fault,
+        )
+
     def test_sni(self) -> None:
         """
         A certificate served for an SNI name is served all the same.

@@ -283,6 +283,17 @@ def validate_certificate(
     if now is None:
         now = datetime.now(UTC)
     if not _same_public_key(leaf, key):
+        for position, cert in enumerate(chain, start=1):
+            if _same_public_key(cert, key):
+                # The leaf is further down: the file is in the wrong
+                # order, and the key is fine.
+                raise CertificateError(
+                    name,
+                    f"the chain is not in order: the private key belongs to chain "
+                    f"certificate {position} ({cert.subject.rfc4514_string()}), not to the "
+                    f"first certificate ({leaf.subject.rfc4514_string()}); list the "
+                    f"certificate first, then the issuer of each certificate right after it",
+                )
         raise CertificateError(name, "the private key does not match the certificate", "key")
     refusal = _openssl_refusal(leaf, key)
     if refusal is not None:
