@@ -160,6 +160,35 @@ class CertConfigTests(SynchronousTestCase):
         self.assertNotIn("does not match", out)
         self.assertFalse(os.path.exists(self.config + ".pending"))
 
+    def test_not_pem_names_the_file(self) -> None:
+        """
+        A certificate, chain or key file that is not PEM is refused naming
+        that file, and a DER file is recognised as such with the command
+        that converts it: before, every case was "That is not a PEM
+        certificate." (or "private key"), whichever of the files it was.
+        """
+        cert, key, _ = self_signed(["mx.example.com"]).write(os.path.join(self.directory, "a"))
+        with open(cert, "rb") as f:
+            der = x509.load_pem_x509_certificate(f.read()).public_bytes(Encoding.DER)
+        der_path = os.path.join(self.directory, "cert.der")
+        junk = os.path.join(self.directory, "notes.txt")
+        with open(der_path, "wb") as f:
+            f.write(der)
+        with open(junk, "w") as f:
+            f.write("hello\n")
+        out = self.certconfig("import", "main", der_path, key, "")
+        self.assertIn(
+            f"{der_path} is not a PEM certificate: it is DER; convert it with "
+            f"'openssl x509 -inform DER -in {der_path} -out {der_path}.pem'. "
+            "Nothing was imported.",
+            out,
+        )
+        out = self.certconfig("import", "main", cert, key, junk)
+        self.assertIn(f"{junk} is not a PEM certificate. Nothing was imported.", out)
+        out = self.certconfig("import", "main", cert, junk, "")
+        self.assertIn(f"{junk} is not a PEM private key. Nothing was imported.", out)
+        self.assertFalse(os.path.exists(self.config + ".pending"))
+
     def test_paste(self) -> None:
         """
         PASTE takes the PEM text typed or pasted, each ended by a lone

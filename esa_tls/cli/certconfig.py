@@ -36,6 +36,7 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -144,20 +145,43 @@ def _csr(
     return builder.sign(key, _hash_for(key))
 
 
-def _load_key(data: bytes, password: bytes | None) -> PrivateKey:
+def _der_hint(source: str, data: bytes, kind: str) -> str:
     """
+    The end of the sentence refusing C{data} from C{source} as PEM: the
+    command that converts it when it is DER (the other encoding CAs hand
+    out), else a full stop.
+
+    @param kind: C{"x509"} or C{"pkey"}, the openssl command for its kind.
+    """
+    try:
+        if kind == "x509":
+            x509.load_der_x509_certificate(data)
+        else:
+            serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return "."
+    return (
+        f": it is DER; convert it with 'openssl {kind} -inform DER -in {source} -out {source}.pem'."
+    )
+
+
+def _load_key(data: bytes, password: bytes | None, source: str) -> PrivateKey:
+    """
+    @param source: the file the key was read from, for the messages.
     @raise TypeError: the key is encrypted and no (or a wrong) password was
         given.
     @raise BadAnswer: not a key TLS servers can use.
     """
     try:
         key = serialization.load_pem_private_key(data, password=password)
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         if password is not None:
             raise TypeError("wrong passphrase") from None
-        raise BadAnswer("That is not a PEM private key.") from None
+        raise BadAnswer(
+            f"{source} is not a PEM private key{_der_hint(source, data, 'pkey')}"
+        ) from None
     if not isinstance(key, PrivateKey):
-        raise BadAnswer("That key is of a type TLS servers cannot use.")
+        raise BadAnswer(f"The key in {source} is of a type TLS servers cannot use.")
     return key
 
 
@@ -298,15 +322,20 @@ class CertConfig:
 
     # Reading material
 
-    def read_file(self, question: str, *, required: bool) -> bytes | None:
-        def check(answer: str) -> bytes | None:
+    def read_file(self, question: str, *, required: bool) -> tuple[str, bytes] | None:
+        """
+        @return: the path answered and what the file holds, or C{None} for
+            no answer when the file is not C{required}.
+        """
+
+        def check(answer: str) -> tuple[str, bytes] | None:
             if not answer:
                 if required:
                     raise BadAnswer("A file is required.")
                 return None
             try:
                 with open(answer, "rb") as f:
-                    return f.read()
+                    return answer, f.read()
             except OSError as e:
                 raise BadAnswer(f"Cannot read {answer}: {e.strerror}.") from None
 
@@ -321,13 +350,13 @@ class CertConfig:
                 return ("\n".join(lines) + "\n").encode("ascii", "replace")
             lines.append(line)
 
-    def key_from(self, data: bytes) -> PrivateKey:
+    def key_from(self, data: bytes, source: str) -> PrivateKey:
         """
         Load a key, asking for its passphrase if it is encrypted (it is
         stored decrypted, mode 0600: the gateway starts unattended).
         """
         try:
-            return _load_key(data, None)
+            return _load_key(data, None, source)
         except TypeError:
             pass
         while True:
@@ -337,24 +366,37 @@ class CertConfig:
             else:
                 passphrase = self.p.answer(prompt)
             try:
-                return _load_key(data, passphrase.encode("utf-8"))
+                return _load_key(data, passphrase.encode("utf-8"), source)
             except TypeError:
                 self.p.say("Wrong passphrase.")
 
     def check_material(
-        self, name: str, cert_data: bytes, key: PrivateKey, chain_data: bytes | None
+        self,
+        name: str,
+        cert_data: bytes,
+        key: PrivateKey,
+        chain_data: bytes | None,
+        sources: tuple[str, str] = ("The certificate", "The chain"),
     ) -> list[x509.Certificate] | None:
         """
         The leaf and chain if they may be served with C{key}, else C{None}
         after saying why.
+
+        @param sources: where the certificate and the chain came from (file
+            names), for the messages.
         """
-        try:
-            certs = x509.load_pem_x509_certificates(cert_data)
-            if chain_data:
-                certs += x509.load_pem_x509_certificates(chain_data)
-        except ValueError:
-            self.p.say("That is not a PEM certificate. Nothing was imported.")
-            return None
+        certs: list[x509.Certificate] = []
+        for data, source in ((cert_data, sources[0]), (chain_data, sources[1])):
+            if data is None or (not data.strip() and certs):
+                continue
+            try:
+                certs += x509.load_pem_x509_certificates(data)
+            except ValueError:
+                self.p.say(
+                    f"{source} is not a PEM certificate{_der_hint(source, data, 'x509')} "
+                    "Nothing was imported."
+                )
+                return None
         try:
             warnings = validate_certificate(name, certs[0], certs[1:], key)
         except CertificateError as e:
@@ -392,21 +434,39 @@ class CertConfig:
             required=False,
         )
         assert cert is not None and key_data is not None
-        self.finish_import(name, cert, key_data, chain)
+        self.finish_import(
+            name,
+            cert[1],
+            key_data[1],
+            None if chain is None else chain[1],
+            (cert[0], key_data[0], "" if chain is None else chain[0]),
+        )
 
     def op_paste(self) -> None:
         name = self.ask_name()
         cert = self.read_pasted("certificate (the certificate first, then any chain)")
         key_data = self.read_pasted("private key")
-        self.finish_import(name, cert, key_data, None)
+        sources = ("The pasted certificate", "The pasted key", "")
+        self.finish_import(name, cert, key_data, None, sources)
 
-    def finish_import(self, name: str, cert: bytes, key_data: bytes, chain: bytes | None) -> None:
+    def finish_import(
+        self,
+        name: str,
+        cert: bytes,
+        key_data: bytes,
+        chain: bytes | None,
+        sources: tuple[str, str, str],
+    ) -> None:
+        """
+        @param sources: where the certificate, the key and the chain came
+            from (file names), for the messages.
+        """
         try:
-            key = self.key_from(key_data)
+            key = self.key_from(key_data, sources[1])
         except BadAnswer as e:
             self.p.say(f"{e} Nothing was imported.")
             return
-        certs = self.check_material(name, cert, key, chain)
+        certs = self.check_material(name, cert, key, chain, (sources[0], sources[2]))
         if certs is not None:
             self.store(name, certs, key)
 
@@ -487,7 +547,7 @@ class CertConfig:
                 required=True,
             )
             assert cert is not None
-            certs = self.check_material(name, cert, loaded.key, None)
+            certs = self.check_material(name, cert[1], loaded.key, None, (cert[0], ""))
             if certs is None:
                 return
             cert_path = self.write_new(name, ".crt", _cert_pem(certs), 0o644)
