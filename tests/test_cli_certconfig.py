@@ -189,6 +189,24 @@ class CertConfigTests(SynchronousTestCase):
         self.assertIn(f"{junk} is not a PEM private key. Nothing was imported.", out)
         self.assertFalse(os.path.exists(self.config + ".pending"))
 
+    def test_files_that_cannot_be_certificates(self) -> None:
+        """
+        A path to a device (C{/dev/zero}: read, it never ends), a FIFO (it
+        would wait for a writer) or a file over 1 MiB is refused at once,
+        saying why, and the question is asked again.
+        """
+        cert, key, _ = self_signed(["mx.example.com"]).write(os.path.join(self.directory, "a"))
+        fifo = os.path.join(self.directory, "fifo")
+        os.mkfifo(fifo)
+        big = os.path.join(self.directory, "big.pem")
+        with open(big, "wb") as f:
+            f.write(b"x" * (1024 * 1024 + 1))
+        out = self.certconfig("import", "main", "/dev/zero", fifo, big, cert, key, "")
+        self.assertIn("Cannot read /dev/zero: not a regular file.", out)
+        self.assertIn(f"Cannot read {fifo}: not a regular file.", out)
+        self.assertIn(f"Cannot read {big}: larger than 1024 KiB.", out)
+        self.assertTrue(os.path.exists(self.config + ".pending"))
+
     def test_paste(self) -> None:
         """
         PASTE takes the PEM text typed or pasted, each ended by a lone

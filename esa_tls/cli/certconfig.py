@@ -52,6 +52,7 @@ from esa_tls.tls.certificates import (
     PrivateKey,
     format_time,
     load_certificate,
+    read_pem_file,
     validate_certificate,
 )
 from esa_tls.tls.demo import DEMO_NAME, load_demo_certificate
@@ -334,8 +335,7 @@ class CertConfig:
                     raise BadAnswer("A file is required.")
                 return None
             try:
-                with open(answer, "rb") as f:
-                    return answer, f.read()
+                return answer, read_pem_file(answer)
             except OSError as e:
                 raise BadAnswer(f"Cannot read {answer}: {e.strerror}.") from None
 

@@ -15,6 +15,7 @@ read) become warnings carried with the certificate.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from esa_tls.config.model import CertificateConfig
 
 __all__ = [
     "EXPIRY_WARNING",
+    "MAX_PEM_FILE",
     "CertificateError",
     "CertificateInfo",
     "CertificateValidityError",
@@ -39,6 +41,7 @@ __all__ = [
     "PrivateKey",
     "format_time",
     "load_certificate",
+    "read_pem_file",
     "validate_certificate",
 ]
 
@@ -335,12 +338,48 @@ def _setting(what: str) -> str:
     return "cert" if what == "certificate" else what
 
 
+#: The largest certificate, key or chain file read: a chain of a few dozen
+#: certificates is well under it.
+MAX_PEM_FILE = 1024 * 1024
+
+
+def read_pem_file(path: str) -> bytes:
+    """
+    Read a certificate, key or chain file, refusing what cannot be one: a
+    FIFO or device (C{/dev/zero}, which would never end, a FIFO, which
+    would wait for a writer) or a file over L{MAX_PEM_FILE}.
+
+    @raise OSError: the file cannot be read, or is no such file; its
+        C{strerror} says why.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > MAX_PEM_FILE:
+            raise OSError(errno.EFBIG, f"larger than {MAX_PEM_FILE // 1024} KiB")
+        chunks = []
+        left = MAX_PEM_FILE + 1
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > MAX_PEM_FILE:
+            raise OSError(errno.EFBIG, f"larger than {MAX_PEM_FILE // 1024} KiB")
+        return data
+    finally:
+        os.close(fd)
+
+
 def _read(name: str, what: str, path: str) -> bytes:
     if not path:
         raise CertificateError(name, f"no {what} file is configured", _setting(what))
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_pem_file(path)
     except OSError as e:
         raise CertificateError(
             name, f"cannot read {what} file {path}: {e.strerror}", _setting(what)
