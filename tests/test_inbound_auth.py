@@ -7,16 +7,24 @@ for authenticated users only.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import smtplib
 import subprocess
 import sys
 from typing import Any
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from esa_tls.inbound.auth import SASLError, hash_password, parse_plain, verify_password
+from esa_tls.inbound.auth import (
+    PasswordFile,
+    SASLError,
+    hash_password,
+    parse_plain,
+    verify_password,
+)
 from tests.support import Gateway, in_thread
 from tests.test_inbound_tls import TLSGatewayMixin, session
 
@@ -232,6 +240,31 @@ class PasswordTests(SynchronousTestCase):
         self.assertTrue(verify_password("pässword".encode(), stored))
         self.assertFalse(verify_password(b"password", stored))
         self.assertFalse(verify_password(b"x", "garbage"))
+
+    def test_unknownUserCostsOneHash(self) -> None:
+        """
+        An unknown user's password is checked with exactly one scrypt, as a
+        known user's is: a second one doubled the time of a failed login
+        for a user name that does not exist, which told an attacker which
+        names do.
+        """
+        users = self.mktemp()
+        with open(users, "w") as f:
+            f.write(f"alice:{hash_password('s3cret')}\n")
+        checker = PasswordFile(users)
+        calls: list[object] = []
+        scrypt = hashlib.scrypt
+
+        def counted(*args: Any, **kwargs: Any) -> bytes:
+            calls.append(args)
+            return scrypt(*args, **kwargs)
+
+        self.patch(hashlib, "scrypt", counted)
+        for user in (b"alice", b"mallory"):
+            del calls[:]
+            self.assertRaises(UnauthorizedLogin, checker._check, user, b"guess")
+            self.assertEqual(len(calls), 1, user)
+        self.assertEqual(checker._check(b"alice", b"s3cret"), b"alice")
 
     def test_plainAuthzid(self) -> None:
         """
