@@ -31,6 +31,7 @@ from esa_tls.config.model import (
     WorkerCPUAffinity,
 )
 from esa_tls.hat.syntax import SenderSyntaxError, parse_sender
+from esa_tls.inbound.auth import hash_password
 from esa_tls.spool.fs import syncfs_unsupported
 
 #: Lines 1-6 of most test files; a listener table starts on line 7.
@@ -122,6 +123,35 @@ class SpoolSyncTests(FaultTestsMixin, SynchronousTestCase):
             self.system_faults('spool_sync = "fsync"'),
             ['site.toml:2: system.spool_sync: "fsync" is not one of file | filesystem'],
         )
+
+
+class PasswordFileTests(FaultTestsMixin, SynchronousTestCase):
+    def test_malformed_password_file(self) -> None:
+        """
+        A malformed C{smtp_auth_users} file is a configuration error naming
+        the key, the file and its line: a line without C{user:hash}, a hash
+        that is not C{$scrypt$...}, a user named twice.
+        """
+        good = hash_password("pw")
+        for lines, problem in [
+            (["# users", "alice " + good], "line 2: expected user:hash"),
+            (
+                [f"alice:{good}", "bob:secret"],
+                "line 2: the hash is not of the form $scrypt$N$r$p$salt$key (see esa-tls passwd)",
+            ),
+            ([f"alice:{good[:-3]}"], "line 1: the hash's salt or key is not base64"),
+            (
+                [f"alice:{good}", "", f"alice:{good}"],
+                "line 3: user 'alice' is already on line 1",
+            ),
+        ]:
+            users = self.mktemp()
+            with open(users, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            self.assertEqual(
+                self.system_faults(f'smtp_auth_users = "{users}"'),
+                [f"site.toml:2: system.smtp_auth_users: {users}, {problem}"],
+            )
 
 
 class WorkerCPUAffinityTests(FaultTestsMixin, SynchronousTestCase):

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import inlineCallbacks
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from esa_tls.inbound.auth import (
@@ -139,6 +140,37 @@ class AuthTests(AuthGatewayMixin, TestCase):
         self.assertEqual(replies[5], b"334 UGFzc3dvcmQ6\r\n")
         self.assertEqual(replies[6], b"235 2.7.0 Authentication successful\r\n")
         self.assertEqual(replies[7], b"503 5.5.1 Already authenticated\r\n")
+
+    @inlineCallbacks
+    def test_passwordFileErrors(self) -> Any:
+        """
+        The password file is read at each login: when it has since become
+        unreadable or malformed, a login gets 454 4.7.0 and the log says
+        which file and line to fix (no traceback); a malformed line no
+        longer leaves its user to be told 535 in silence.
+        """
+        gw = self.auth_gateway("allow", requires_tls=False, tls="off")
+        users = gw.config.system.smtp_auth_users
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        with open(users, "a") as f:
+            f.write("bob $scrypt$16384$8$1$c2FsdA==$a2V5\n")
+        login = [b"EHLO c\r\n", b"AUTH PLAIN " + PLAIN_GOOD.encode() + b"\r\n"]
+        replies = yield in_thread(session, gw.port, login, [], None)
+        self.assertEqual(replies[2], b"454 4.7.0 Temporary authentication failure\r\n")
+        os.remove(users)
+        replies = yield in_thread(session, gw.port, login, [], None)
+        self.assertEqual(replies[2], b"454 4.7.0 Temporary authentication failure\r\n")
+        errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(
+            errors,
+            [
+                f"ICID 1: SMTP AUTH password file: {users}, line 3: expected user:hash",
+                f"ICID 2: SMTP AUTH password file: {users}: cannot read: No such file or directory",
+            ],
+        )
+        self.assertFalse([e for e in events if e.get("log_failure")])
 
     @inlineCallbacks
     def test_required(self) -> Any:

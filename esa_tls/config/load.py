@@ -497,6 +497,23 @@ class _Loader:
             return self.fault(path, f"file not found: {full}")
         return full
 
+    def password_file(self, path: KeyPath, value: object) -> Any:
+        """
+        The SMTP AUTH password file, read now so that a malformed line is
+        a configuration error naming it (the gateway reads the file again
+        at each login, and says the same there).
+        """
+        full = self.file(path, value)
+        if full is _INVALID:
+            return full
+        from esa_tls.inbound.auth import PasswordFileError, read_password_file
+
+        try:
+            read_password_file(full)
+        except PasswordFileError as e:
+            return self.fault(path, str(e))
+        return full
+
     def cipher_string(self, path: KeyPath, value: object) -> Any:
         """
         An OpenSSL cipher string in which OpenSSL finds a cipher (C{""}: the
@@ -665,7 +682,7 @@ class _Loader:
                 "hostname": self.hostname,
                 "data_dir": self.string,
                 "resolvers": self.array(self.endpoint(53)),
-                "smtp_auth_users": self.file,
+                "smtp_auth_users": self.password_file,
                 "spool_sync": self.spool_sync,
                 "worker_cpu_affinity": self.enum(WorkerCPUAffinity),
             },

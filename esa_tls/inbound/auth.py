@@ -109,6 +109,76 @@ def verify_password(password: bytes, stored: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
+class PasswordFileError(Exception):
+    """
+    The password file cannot be read, or a line of it is malformed; the
+    message names the file (and the line).  A login then gets 454, and the
+    administrator a log line saying what to fix, where a malformed line
+    used to be skipped in silence (its user told only 535) and an
+    unreadable file gave a traceback.
+    """
+
+
+def _hash_problem(stored: str) -> str | None:
+    """
+    What is wrong with a password file hash, or C{None}: the form that
+    L{hash_password} writes, C{$scrypt$N$r$p$salt$key}.
+    """
+    fields = stored.split("$")
+    if len(fields) != 7 or fields[0] or fields[1] != "scrypt":
+        return "the hash is not of the form $scrypt$N$r$p$salt$key (see esa-tls passwd)"
+    n, r, p, salt, key = fields[2:]
+    if not all(x.isdigit() and x.isascii() and int(x) > 0 for x in (n, r, p)):
+        return "the scrypt parameters N, r and p must be positive integers"
+    if int(n) < 2 or int(n) & (int(n) - 1):
+        return "the scrypt parameter N must be a power of 2"
+    try:
+        base64.b64decode(salt, validate=True)
+        if not base64.b64decode(key, validate=True):
+            return "the hash's key is empty"
+    except (binascii.Error, ValueError):
+        return "the hash's salt or key is not base64"
+    return None
+
+
+def read_password_file(path: str) -> dict[bytes, str]:
+    """
+    The C{user:hash} lines of a password file, by user name.  Blank lines
+    and lines starting with C{#} are comments.  A user named twice is an
+    error rather than first-come: a new line appended for an existing user
+    (as C{esa-tls passwd} suggests) would otherwise be ignored in silence.
+
+    @raise PasswordFileError: naming the file, and the line at fault.
+    """
+    users: dict[bytes, str] = {}
+    first: dict[bytes, int] = {}
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                where = f"{path}, line {number}"
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise PasswordFileError(f"{where}: not UTF-8") from None
+                if not line or line.startswith("#"):
+                    continue
+                name, colon, stored = line.partition(":")
+                if not colon or not name:
+                    raise PasswordFileError(f"{where}: expected user:hash")
+                problem = _hash_problem(stored)
+                if problem is not None:
+                    raise PasswordFileError(f"{where}: {problem}")
+                user = name.encode("utf-8")
+                if user in users:
+                    raise PasswordFileError(
+                        f"{where}: user {name!r} is already on line {first[user]}"
+                    )
+                users[user], first[user] = stored, number
+    except OSError as e:
+        raise PasswordFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    return users
+
+
 @implementer(ICredentialsChecker)
 class PasswordFile:
     """
@@ -122,15 +192,7 @@ class PasswordFile:
         self.path = path
 
     def _lookup(self, user: bytes) -> str | None:
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                name, _, stored = line.partition(":")
-                if name.encode("utf-8") == user:
-                    return stored
-        return None
+        return read_password_file(self.path).get(user)
 
     def _check(self, user: bytes, password: bytes) -> bytes:
         stored = self._lookup(user)

@@ -49,7 +49,13 @@ from esa_tls.config.model import (
     TLSMode,
 )
 from esa_tls.inbound.address import AddressError, Mailbox, parse_mail_from, parse_rcpt_to
-from esa_tls.inbound.auth import MECHANISMS, SASLError, decode_response, parse_plain
+from esa_tls.inbound.auth import (
+    MECHANISMS,
+    PasswordFileError,
+    SASLError,
+    decode_response,
+    parse_plain,
+)
 from esa_tls.inbound.framing import DataReader
 from esa_tls.interfaces import IIncomingMessage, ITLSPolicy, StoreError
 from esa_tls.spool.fileformat import MAX_HEADER_LENGTH
@@ -837,6 +843,14 @@ class InboundSession(ESMTP):
             self.factory.maillog.icid_auth(self.icid, user, mechanism, False)
             if reason.check(UnauthorizedLogin):
                 self._badCommand(535, b"5.7.8 Authentication credentials invalid")
+            elif reason.check(PasswordFileError):
+                # The administrator's to fix, and the message says where.
+                log.error(
+                    "ICID {icid}: SMTP AUTH password file: {error}",
+                    icid=self.icid,
+                    error=str(reason.value),
+                )
+                self._reply(454, b"4.7.0 Temporary authentication failure")
             else:
                 log.failure("ICID {icid}: checking credentials failed", reason, icid=self.icid)
                 self._reply(454, b"4.7.0 Temporary authentication failure")
