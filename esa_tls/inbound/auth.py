@@ -24,12 +24,13 @@ import binascii
 import hashlib
 import hmac
 import os
+import threading
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -204,15 +205,36 @@ class PasswordFile:
         return user
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        """
+        Check on the password threads.  Cancelling the result (the session
+        does when its client hangs up) skips a check still waiting for a
+        thread: one that nobody waits for would otherwise still cost an
+        scrypt, and a client hanging up after each AUTH could queue them
+        without bound ahead of every real login.
+        """
         from twisted.internet import reactor
 
-        return deferToThreadPool(
+        cancelled = threading.Event()
+
+        def check(user: bytes, password: bytes) -> bytes:
+            if cancelled.is_set():
+                raise CancelledError()
+            return self._check(user, password)
+
+        result: Deferred[bytes | tuple[()]] = Deferred(lambda _: cancelled.set())
+
+        def forward(outcome: Any) -> None:
+            if not result.called:
+                result.callback(outcome)
+
+        deferToThreadPool(
             IReactorFromThreads(reactor),
             _check_threads(),
-            self._check,
+            check,
             credentials.username,
             credentials.password,
-        )
+        ).addBoth(forward)
+        return result
 
 
 #: The pool of L{_check_threads} while there is one.

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -223,6 +223,8 @@ class InboundSession(ESMTP):
         # line while a SASL exchange is under way.
         self.user: str | None = None
         self._sasl: Callable[[str], None] | None = None
+        # The password check under way, cancelled if the client goes.
+        self._auth_check: Deferred[Any] | None = None
         # For the TLS Connections report: a handshake was tried and failed,
         # or the client certificate it brought did not verify.
         self.tls_failed = False
@@ -338,6 +340,9 @@ class InboundSession(ESMTP):
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._abort_message()
+        if self._auth_check is not None:
+            # Nobody waits for its answer: not worth an scrypt.
+            self._auth_check.cancel()
         counted_ip = self.peer_ip if self._counted else None
         self._counted = False
         if self._tls_pending and reason is not None:
@@ -831,7 +836,7 @@ class InboundSession(ESMTP):
             self._reply(502, b"5.5.1 AUTH not available")
             return
         self._busy = True
-        d = maybeDeferred(checker.requestAvatarId, credentials)
+        d = self._auth_check = maybeDeferred(checker.requestAvatarId, credentials)
 
         def succeeded(avatar: bytes) -> None:
             self.user = avatar.decode("utf-8", "replace")
@@ -839,6 +844,8 @@ class InboundSession(ESMTP):
             self._reply(235, b"2.7.0 Authentication successful")
 
         def failed(reason: Failure) -> None:
+            if reason.check(CancelledError):
+                return  # the client has gone (connectionLost)
             user = credentials.username.decode("utf-8", "replace")
             self.factory.maillog.icid_auth(self.icid, user, mechanism, False)
             if reason.check(UnauthorizedLogin):
@@ -856,6 +863,7 @@ class InboundSession(ESMTP):
                 self._reply(454, b"4.7.0 Temporary authentication failure")
 
         def done(_: object) -> None:
+            self._auth_check = None
             self._busy = False
             self._process()
 

@@ -10,7 +10,9 @@ password checks as fast as they can do not hold up other clients' mail.
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -344,3 +346,56 @@ class PasswordCheckFloodTests(TestCase):
         stop.set()
         yield drainer
         self.assertEqual(set(replies), {b"535 5.7.8 Authentication credentials invalid\r\n"})
+
+    @inlineCallbacks
+    def test_checksForClientsGoneAreNotRun(self) -> Any:
+        """
+        A client that asks for a password check and hangs up at once costs
+        no scrypt once it is gone: otherwise, the connection's place in the
+        limits given back, clients could queue checks without bound (one
+        per connection, as fast as they can connect), the gateway would
+        burn its check threads on answers nobody waits for, and a real
+        user's login would wait behind all of them.  Here every check is
+        held until twelve clients have asked and gone; then only the two
+        already on the check threads run, and a user's login after them.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        users = os.path.join(directory, "users")
+        with open(users, "w") as f:
+            f.write(f"alice:{hash_password('s3cret')}\n")
+        gw = Gateway(self, AUTH_IN_THE_CLEAR, users=users)
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        checks: list[bytes] = []
+        scrypt = hashlib.scrypt
+
+        def held(password: bytes, **kwargs: Any) -> bytes:
+            checks.append(password)
+            gate.wait(30)
+            return scrypt(password, **kwargs)
+
+        self.patch(hashlib, "scrypt", held)
+        asked = []
+        for i in range(2, 14):
+            asked.append((yield in_own_thread(ask_password_check, gw.port, f"127.0.1.{i}")))
+        while sum(session._busy for session in gw.factory.sessions) < len(asked):
+            yield deferLater(reactor, 0.01, lambda: None)
+        for raw in asked:
+            hang_up(raw)
+        while gw.factory.sessions:
+            yield deferLater(reactor, 0.01, lambda: None)
+        gate.set()
+        good = b"AUTH PLAIN " + base64.b64encode(b"\x00alice\x00s3cret") + b"\r\n"
+
+        def login() -> bytes:
+            raw = Raw(gw.port, source="127.0.1.20")
+            raw.reply()
+            raw.chat(b"EHLO client.test\r\n")
+            reply = raw.chat(good)
+            hang_up(raw)
+            return reply
+
+        reply = yield in_own_thread(login)
+        self.assertEqual(reply, b"235 2.7.0 Authentication successful\r\n")
+        self.assertEqual(checks, [b"wrong", b"wrong", b"s3cret"])
