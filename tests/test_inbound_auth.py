@@ -321,6 +321,22 @@ class PasswordTests(SynchronousTestCase):
         self.assertEqual(user, "bob")
         self.assertTrue(verify_password(b"hunter2", stored))
 
+    def test_passwdRefusesCommentUser(self) -> None:
+        """
+        A user name the password file could not hold is refused: one
+        starting with C{#} would make a comment line, whose user could
+        never log in.
+        """
+        for user in ("#bob", "bo:b", "bo b", "bo\tb", ""):
+            result = subprocess.run(
+                [os.path.join(os.path.dirname(sys.executable), "esa-tls"), "passwd", user],
+                input=b"hunter2\n",
+                capture_output=True,
+                timeout=60,
+            )
+            self.assertEqual((result.returncode, result.stdout), (2, b""), user)
+            self.assertIn(b"a user name cannot be", result.stderr)
+
     def _passwd_on_terminal(self, first: bytes, second: bytes) -> tuple[int, bytes, bytes]:
         """
         Run C{esa-tls passwd carol} with a pseudo-terminal as its standard

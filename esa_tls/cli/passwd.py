@@ -25,9 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(options: argparse.Namespace, context: CommandContext) -> int:
     user: str = options.user
-    if not user or ":" in user or any(c.isspace() for c in user):
+    # A line starting with '#' is a comment in the password file: the user
+    # could never log in, and nothing would say why.
+    if not user or user.startswith("#") or ":" in user or not user.isprintable() or " " in user:
         print(
-            "esa-tls passwd: a user name cannot be empty or contain ':' or spaces",
+            "esa-tls passwd: a user name cannot be empty, start with '#',"
+            " or contain ':', spaces or control characters",
             file=context.stderr,
         )
         return EXIT_CONFIG_ERROR
