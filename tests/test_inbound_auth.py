@@ -9,15 +9,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import smtplib
 import subprocess
 import sys
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from esa_tls.inbound.auth import (
     PasswordFile,
@@ -26,6 +27,7 @@ from esa_tls.inbound.auth import (
     parse_plain,
     verify_password,
 )
+from tests.peers.postfix import start_postfix
 from tests.support import Gateway, in_thread
 from tests.test_inbound_tls import TLSGatewayMixin, session
 
@@ -35,7 +37,11 @@ PLAIN_BAD = base64.b64encode(b"\x00alice\x00wrong").decode()
 
 class AuthGatewayMixin(TLSGatewayMixin):
     def auth_gateway(
-        self: Any, auth: str, requires_tls: bool = True, tls: str = "preferred"
+        self: Any,
+        auth: str,
+        requires_tls: bool = True,
+        tls: str = "preferred",
+        protocol: str = "SMTP",
     ) -> Gateway:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -46,7 +52,7 @@ class AuthGatewayMixin(TLSGatewayMixin):
         extra = (
             f'smtp_auth = "{auth}"\nsmtp_auth_requires_tls = {"true" if requires_tls else "false"}'
         )
-        gateway: Gateway = self.gateway(tls, extra, users=users)
+        gateway: Gateway = self.gateway(tls, extra, protocol=protocol, users=users)
         return gateway
 
 
@@ -260,6 +266,104 @@ class AuthTests(AuthGatewayMixin, TestCase):
         )
         self.assertNotIn(b"AUTH", replies[1])
         self.assertEqual(replies[2], b"555 5.5.4 Unsupported parameter AUTH\r\n")
+
+
+class PeerClientTests(AuthGatewayMixin, TestCase):
+    """
+    Real clients log in as they do in the field: Postfix's C{smtp} client
+    (Cyrus SASL, C{smtp_sasl_auth_enable}) with each mechanism, and swaks.
+    """
+
+    def postfix_login(self, mechanism: str) -> Deferred[None]:
+        async def run() -> None:
+            gw = self.auth_gateway("require")
+            pf = await start_postfix(
+                self,
+                relayhost=f"[127.0.0.1]:{gw.port}",
+                client_tls="encrypt",
+                client_ca_file=self.ca_file,
+                main_cf={
+                    "smtp_sasl_auth_enable": "yes",
+                    "smtp_sasl_password_maps": "static:alice:s3cret",
+                    "smtp_sasl_security_options": "noanonymous",
+                    "smtp_sasl_mechanism_filter": mechanism.lower(),
+                },
+            )
+            await pf.send(
+                "alice@client.example",
+                ["bob@elsewhere.test"],
+                b"Subject: via postfix\r\n\r\nhello\r\n",
+            )
+            await pf.wait_for_log(r"status=sent")
+            (queued,) = gw.queued()
+            self.assertIn(b"with ESMTPSA", gw.body(queued.mid))
+            self.assertIn(
+                "SMTP Auth: (ICID 1) succeeded for user: alice using AUTH mechanism: " + mechanism,
+                gw.lines,
+            )
+
+        return Deferred.fromCoroutine(run())
+
+    def test_postfixPlain(self) -> Deferred[None]:
+        return self.postfix_login("PLAIN")
+
+    def test_postfixLogin(self) -> Deferred[None]:
+        return self.postfix_login("LOGIN")
+
+    @inlineCallbacks
+    def test_implicitTLS(self) -> Any:
+        """
+        On an SMTPS listener (RFC 8314) the connection is inside TLS from
+        its first byte: AUTH that requires TLS is offered at once and works
+        (where aiosmtpd hides or refuses it), with smtplib's SMTP_SSL.
+        """
+        gw = self.auth_gateway("require", tls="required", protocol="SMTPS")
+        context = self.client_context()
+        context.check_hostname = False  # smtplib names the server by its IP
+
+        def send() -> Any:
+            with smtplib.SMTP_SSL(
+                "127.0.0.1", gw.port, local_hostname="c.test", context=context, timeout=10
+            ) as s:
+                s.ehlo()
+                features = s.esmtp_features.get("auth")
+                s.login("alice", "s3cret")
+                return features, s.sendmail("alice@b.test", ["x@elsewhere.test"], b"\r\nx\r\n")
+
+        features, refused = yield in_thread(send)
+        self.assertEqual((features, refused), (" PLAIN LOGIN", {}))
+        (queued,) = gw.queued()
+        self.assertIn(b"with ESMTPSA", gw.body(queued.mid))
+
+    @inlineCallbacks
+    def test_swaks(self) -> Any:
+        """
+        swaks logs in with PLAIN and with LOGIN over STARTTLS and relays; a
+        wrong password is told 535.
+        """
+        swaks = shutil.which("swaks")
+        if swaks is None:
+            raise SkipTest("swaks not installed")
+        gw = self.auth_gateway("allow")
+
+        def run(mechanism: str, password: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                [swaks, "--server", "127.0.0.1", "--port", str(gw.port), "--tls",
+                 "--tls-verify", "--tls-ca-path", self.ca_file,
+                 "--auth", mechanism, "--auth-user", "alice", "--auth-password", password,
+                 "--from", "alice@client.example", "--to", "bob@elsewhere.test",
+                 "--helo", "client.test"],
+                capture_output=True,
+                timeout=60,
+            )  # fmt: skip
+
+        for mechanism in ("PLAIN", "LOGIN"):
+            result = yield in_thread(run, mechanism, "s3cret")
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertIn(b"<~  235 2.7.0 Authentication successful", result.stdout)
+        result = yield in_thread(run, "LOGIN", "wrong")
+        self.assertIn(b"<~* 535 5.7.8 Authentication credentials invalid", result.stdout)
+        self.assertEqual(len(gw.queued()), 2)
 
 
 class PasswordTests(SynchronousTestCase):
