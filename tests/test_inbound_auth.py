@@ -121,7 +121,8 @@ class AuthTests(AuthGatewayMixin, TestCase):
     def test_loginMechanismAndCancel(self) -> Any:
         """
         AUTH LOGIN asks for the user and password in two 334 steps; C{*}
-        cancels an exchange with 501.
+        cancels an exchange with 501.  AUTH without a mechanism is a syntax
+        error (501), one this server does not know gets 504.
         """
         gw = self.auth_gateway("allow", requires_tls=False)
         user, password = base64.b64encode(b"alice"), base64.b64encode(b"s3cret")
@@ -130,6 +131,8 @@ class AuthTests(AuthGatewayMixin, TestCase):
             gw.port,
             [
                 b"EHLO c\r\n",
+                b"AUTH\r\n",
+                b"AUTH CRAM-MD5\r\n",
                 b"AUTH PLAIN\r\n",
                 b"*\r\n",
                 b"AUTH LOGIN\r\n",
@@ -140,12 +143,14 @@ class AuthTests(AuthGatewayMixin, TestCase):
             [],
             None,
         )
-        self.assertEqual(replies[2], b"334 \r\n")
-        self.assertEqual(replies[3], b"501 5.0.0 Authentication cancelled\r\n")
-        self.assertEqual(replies[4], b"334 VXNlcm5hbWU6\r\n")
-        self.assertEqual(replies[5], b"334 UGFzc3dvcmQ6\r\n")
-        self.assertEqual(replies[6], b"235 2.7.0 Authentication successful\r\n")
-        self.assertEqual(replies[7], b"503 5.5.1 Already authenticated\r\n")
+        self.assertEqual(replies[2], b"501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n")
+        self.assertEqual(replies[3], b"504 5.5.4 Unrecognized authentication type\r\n")
+        self.assertEqual(replies[4], b"334 \r\n")
+        self.assertEqual(replies[5], b"501 5.0.0 Authentication cancelled\r\n")
+        self.assertEqual(replies[6], b"334 VXNlcm5hbWU6\r\n")
+        self.assertEqual(replies[7], b"334 UGFzc3dvcmQ6\r\n")
+        self.assertEqual(replies[8], b"235 2.7.0 Authentication successful\r\n")
+        self.assertEqual(replies[9], b"503 5.5.1 Already authenticated\r\n")
 
     @inlineCallbacks
     def test_passwordFileErrors(self) -> Any:

@@ -779,7 +779,11 @@ class InboundSession(ESMTP):
             return
         mechanism, _, initial = argument.partition(" ")
         mechanism = mechanism.upper()
-        if mechanism == "PLAIN":
+        if not mechanism:
+            # A syntax error (RFC 4954 4: AUTH takes a mechanism), not a
+            # mechanism this server does not know (504).
+            self._reply(501, b"5.5.4 Syntax: AUTH mechanism [initial-response]")
+        elif mechanism == "PLAIN":
             if initial:
                 self._saslPlain(initial)
             else:
