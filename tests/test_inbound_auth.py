@@ -451,6 +451,20 @@ class PasswordTests(SynchronousTestCase):
             self.assertEqual((result.returncode, result.stdout), (2, b""), user)
             self.assertIn(b"a user name cannot be", result.stderr)
 
+    def test_passwdNotUTF8(self) -> None:
+        """
+        A password that is not UTF-8 on standard input is refused, saying
+        so (no client could send it), not a traceback.
+        """
+        result = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "esa-tls"), "passwd", "bob"],
+            input=b"caf\xe9\n",
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual((result.returncode, result.stdout), (2, b""))
+        self.assertEqual(result.stderr, b"esa-tls passwd: the password is not UTF-8\n")
+
     def _passwd_on_terminal(self, first: bytes, second: bytes) -> tuple[int, bytes, bytes]:
         """
         Run C{esa-tls passwd carol} with a pseudo-terminal as its standard

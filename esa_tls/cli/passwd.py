@@ -40,7 +40,13 @@ def run(options: argparse.Namespace, context: CommandContext) -> int:
             print("esa-tls passwd: the passwords differ; nothing printed", file=context.stderr)
             return 1  # refused, as a dialog's refusal is (docs/CLI.md)
     else:
-        password = sys.stdin.readline().rstrip("\r\n")
+        try:
+            password = sys.stdin.buffer.readline().decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            # The gateway compares the UTF-8 a client sends: a password in
+            # another encoding could never be typed by one.
+            print("esa-tls passwd: the password is not UTF-8", file=context.stderr)
+            return EXIT_CONFIG_ERROR
     if not password:
         print("esa-tls passwd: the password is empty", file=context.stderr)
         return EXIT_CONFIG_ERROR
