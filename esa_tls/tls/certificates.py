@@ -447,25 +447,7 @@ def load_certificate(
     if config.chain:
         chain.extend(_load_certs(config.name, "chain", config.chain))
     key, key_warnings = _load_key(config.name, config.key)
-    try:
-        validate_certificate(config.name, certs[0], chain, key, now)
-    except CertificateValidityError as e:
-        e.certificate = LoadedCertificate(
-            name=config.name,
-            leaf=certs[0],
-            chain=tuple(chain),
-            key=key,
-            insecure=insecure,
-            warnings=tuple(key_warnings),
-        )
-        raise
-    except CertificateError as e:
-        if e.setting == "chain" and not config.chain:
-            # The chain came from the cert file ("fullchain"): that is the
-            # file to fix.
-            raise CertificateError(config.name, e.reason, "cert") from None
-        raise
-    return LoadedCertificate(
+    loaded = LoadedCertificate(
         name=config.name,
         leaf=certs[0],
         chain=tuple(chain),
@@ -473,3 +455,15 @@ def load_certificate(
         insecure=insecure,
         warnings=tuple(key_warnings),
     )
+    try:
+        validate_certificate(config.name, certs[0], chain, key, now)
+    except CertificateValidityError as e:
+        e.certificate = loaded
+        raise
+    except CertificateError as e:
+        if e.setting == "chain" and not config.chain:
+            # The chain came from the cert file ("fullchain"): that is the
+            # file to fix.
+            raise CertificateError(config.name, e.reason, "cert") from None
+        raise
+    return loaded
