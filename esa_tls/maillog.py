@@ -249,6 +249,19 @@ class MailLog:
         """
         self._emit("start_mid", f"Start MID {mid} ICID {icid}", mid=mid, icid=icid)
 
+    def bounce_generated(self, mid: int, original_mid: int) -> None:
+        """
+        The gateway made message C{mid}, a bounce (DSN) reporting on
+        C{original_mid}: it has no connection (its lines say ICID 0), and
+        without this line nothing would tie it to the message it reports.
+        """
+        self._emit(
+            "bounce_generated",
+            f"MID {mid} was generated for bounce of MID {original_mid}",
+            mid=mid,
+            original_mid=original_mid,
+        )
+
     def mail_from(self, mid: int, icid: int, address: str) -> None:
         """
         The envelope sender (C{""} for the null reverse path).

@@ -29,6 +29,7 @@ from esa_tls.config.model import (
     GatewayConfig,
     SystemSettings,
 )
+from esa_tls.maillog import MailLog, MailLogCollector
 from esa_tls.outbound.client import Timeouts
 from esa_tls.outbound.dsn import build_dsn, status_of
 from esa_tls.outbound.queue import QueueManager, RetryPolicy, request_delivery_now
@@ -243,6 +244,44 @@ class DeliveryTests(QueueTestCase):
         self.assertIn(b"Status: 5.1.1", dsn)
         self.assertIn(b"Diagnostic-Code: smtp; 550 5.1.1 No such user", dsn)
         self.assertIn(b"Subject: original", dsn)
+
+    async def test_bounce_in_mail_log(self) -> None:
+        """
+        The bounce's own MID is introduced in the mail log, saying which
+        message it reports on, as a received message is: a script
+        following a MID never meets one that came from nowhere (its
+        delivery lines and its final line had no beginning).
+        """
+        collector = MailLogCollector()
+        mid = await inject(self.spool, "a@sender.example", ["gone@partner.example"])
+        manager = self.manager(maillog=MailLog(collector))
+        await manager.run_once()
+        [bounce] = self.spool.queued()
+        dsn = bounce.mid
+        body = self.spool.open_body(dsn)
+        self.addCleanup(body.close)
+        size = len(body.read())
+        lines = [
+            line
+            for line in collector.lines
+            if line.startswith(f"MID {dsn} ") or line.startswith(f"Start MID {dsn} ")
+        ]
+        self.assertEqual(
+            lines,
+            [
+                f"Start MID {dsn} ICID 0",
+                f"MID {dsn} was generated for bounce of MID {mid}",
+                f"MID {dsn} ICID 0 From: <>",
+                f"MID {dsn} ICID 0 RID 0 To: <a@sender.example>",
+                f"MID {dsn} ready {size} bytes from <>",
+                f"MID {dsn} queued for delivery",
+            ],
+        )
+        # After the line that tells why: the ESA's order.
+        self.assertLess(
+            collector.lines.index(f"MID {mid} RID [0] bounced: 550 5.1.1 No such user"),
+            collector.lines.index(f"Start MID {dsn} ICID 0"),
+        )
 
     async def test_bounce_long_reply(self) -> None:
         """

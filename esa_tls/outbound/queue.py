@@ -871,6 +871,16 @@ class QueueManager(Service):
         incoming = self.spool.new_message(envelope)
         incoming.write(dsn)
         mid = await incoming.commit()
+        if self.maillog is not None:
+            # The bounce's own story, as for a message received, so that
+            # the lines of its delivery belong to a MID the log introduced.
+            maillog = self.maillog
+            maillog.start_mid(mid, 0)
+            maillog.bounce_generated(mid, message.mid)
+            maillog.mail_from(mid, 0, "")
+            maillog.rcpt_to(mid, 0, 0, sender)
+            maillog.ready(mid, len(dsn), "")
+            maillog.queued(mid)
         log.info(
             "MID {mid}: bounce MID {dsn} for {n} recipient(s)",
             mid=message.mid,
