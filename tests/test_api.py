@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -32,10 +32,11 @@ from esa_tls.interfaces import (
     IMessageStore,
     ITLSPolicy,
 )
+from esa_tls.maillog import MailLog, MailLogCollector
 from esa_tls.tls.server import TLSConfigurationError
 from esa_tls.tls.store import CertificateStore
 from esa_tls.values import HATVerdict
-from tests.support import Raw, in_thread
+from tests.support import Raw, in_thread, wait_until
 
 CONFIG = """
 interfaces.Loopback.address = "127.0.0.1/8"
@@ -74,6 +75,21 @@ class QuickHATBroken(AcceptAll):
 
     def lookup_sync(self, address: str) -> HATVerdict | None:
         raise RuntimeError("cache corrupt")
+
+
+@implementer(IHostAccessTable)
+class NeverAnswers:
+    """
+    A HAT whose answer never comes (a DNS server that does not reply).
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[Deferred[HATVerdict]] = []
+
+    def lookup(self, address: str) -> object:
+        d: Deferred[HATVerdict] = Deferred()
+        self.asked.append(d)
+        return d
 
 
 @implementer(IIncomingMessage)
@@ -154,6 +170,51 @@ class HostAccessTablePluginTests(TestCase):
         self.assertTrue(banner.startswith(b"421 4.3.0 "), banner)
         self.assertEqual(rest, b"")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @inlineCallbacks
+    def test_lookupRaisesMailLog(self) -> Any:
+        """
+        A connection the HAT failed to place is in the mail log whole: its
+        C{New SMTP ICID} line (nothing known of its host), then its
+        C{close}; the close alone named a connection never introduced.
+        """
+        collector = MailLogCollector()
+        port = listen(self, hat=BrokenHAT(), store=MemoryStore(), maillog=MailLog(collector))
+
+        def talk() -> bytes:
+            client = Raw(port, timeout=5)
+            try:
+                return client.reply() + client.rest()
+            finally:
+                client.close()
+
+        yield in_thread(talk)
+        yield in_thread(wait_until, lambda: len(collector.lines) >= 2, 5)
+        self.flushLoggedErrors(RuntimeError)
+        [first, last] = collector.lines
+        self.assertRegex(
+            first,
+            r"^New SMTP ICID (\d+) interface Loopback \(127\.0\.0\.1\) address 127\.0\.0\.1"
+            r" reverse dns host unknown verified no$",
+        )
+        self.assertEqual(last, f"ICID {first.split()[3]} close")
+
+    @inlineCallbacks
+    def test_leftBeforeVerdictMailLog(self) -> Any:
+        """
+        A client that leaves while the HAT is still placing it (a slow DNS
+        lookup) gets its C{New SMTP ICID} line before its C{close}.
+        """
+        collector = MailLogCollector()
+        hat = NeverAnswers()
+        port = listen(self, hat=hat, store=MemoryStore(), maillog=MailLog(collector))
+        client = Raw(port, timeout=5)
+        yield in_thread(wait_until, lambda: bool(hat.asked), 5)
+        client.close()
+        yield in_thread(wait_until, lambda: bool(collector.lines), 5)
+        self.assertEqual(len(collector.lines), 2, collector.lines)
+        self.assertTrue(collector.lines[0].startswith("New SMTP ICID "), collector.lines)
+        self.assertEqual(collector.lines[1], f"ICID {collector.lines[0].split()[3]} close")
 
     @inlineCallbacks
     def test_lookupSyncRaises(self) -> Any:

@@ -195,6 +195,9 @@ class InboundSession(ESMTP):
         self._output_full = False
         self._linger: IDelayedCall | None = None
         self._counted = False
+        # Whether the mail log has this connection's "New SMTP ICID" line
+        # (written once the HAT has placed it).
+        self._introduced = False
         # Admitted into SMTP (greeted with the banner); unlike _counted,
         # which hands the per-IP count back, it stays set once closed.
         self._in_smtp = False
@@ -284,17 +287,8 @@ class InboundSession(ESMTP):
         self.verdict = verdict
         self.policy = verdict.policy
         self.tls_policy = self.factory.tls_policy(self.policy, self.factory.tls_available)
-        listener = self.factory.config
-        maillog = self.factory.maillog
-        maillog.new_icid(
-            self.icid,
-            listener.interface.name,
-            listener.interface.ip,
-            self.peer_ip,
-            verdict.reverse_dns,
-            verdict.verified,
-        )
-        maillog.connection_verdict(self.icid, verdict)
+        self._introduce(verdict.reverse_dns, verdict.verified)
+        self.factory.maillog.connection_verdict(self.icid, verdict)
         rule = self.policy.rule
         if not counts_connection(self.policy, self.factory.settings.reject_at_rcpt):
             if rule is AccessRule.TCPREFUSE:
@@ -330,6 +324,22 @@ class InboundSession(ESMTP):
             # classic spam-bot tell); refuse it rather than guess.
             self._close(reply=(554, b"5.5.1 Protocol error: data received before the greeting"))
 
+    def _introduce(self, reverse_dns: str | None, verified: bool) -> None:
+        """
+        Write the connection's C{New SMTP ICID} line, which every other
+        line of the ICID follows.
+        """
+        self._introduced = True
+        listener = self.factory.config
+        self.factory.maillog.new_icid(
+            self.icid,
+            listener.interface.name,
+            listener.interface.ip,
+            self.peer_ip,
+            reverse_dns,
+            verified,
+        )
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.state = State.CLOSED
         self.setTimeout(None)
@@ -352,6 +362,11 @@ class InboundSession(ESMTP):
         # of what the session held (one locked section when the counts
         # are shared between worker processes).
         self.factory.session_closed(self, counted_ip)
+        if not self._introduced:
+            # Gone before the HAT placed it (the client left during a slow
+            # DNS lookup, the HAT failed, the gateway stopped): its close
+            # must not name a connection the log never introduced.
+            self._introduce(None, False)
         self.factory.maillog.icid_close(self.icid)
 
     def _close(self, abort: bool = False, reply: tuple[int, bytes] | None = None) -> None:
