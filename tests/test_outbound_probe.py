@@ -158,3 +158,29 @@ class TLSVerifyTests(TestCase):
         self.assertIn(b"STARTTLS offered: no.", out)
         self.assertIn(b"required: mail would NOT be delivered", out)
         self.assertNotIn(b"MAIL", server.verbs())
+
+    async def test_bad_arguments(self) -> None:
+        """
+        A timeout that is not a positive number of seconds, or a port out of
+        1-65535, is refused as a usage error (exit status 2, naming the
+        option) before anything is looked up: C{--timeout -1} went as far
+        as connecting, then printed an unhandled error's traceback.
+        """
+        code = "import sys; from esa_tls.cli.main import main; sys.exit(main(sys.argv[1:]))"
+        for option, value in [
+            ("--timeout", "-1"),
+            ("--timeout", "0"),
+            ("--timeout", "nan"),
+            ("--timeout", "inf"),
+            ("--port", "0"),
+            ("--port", "65536"),
+        ]:
+            out, err, status = await getProcessOutputAndValue(
+                sys.executable,
+                ["-c", code, "tlsverify", "partner.example", option, value],
+                env=dict(os.environ),
+                path=os.getcwd(),
+            )
+            self.assertEqual((status, out), (2, b""), (option, value, err))
+            self.assertIn(f"argument {option}: ".encode(), err)
+            self.assertNotIn(b"Traceback", err)

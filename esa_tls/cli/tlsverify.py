@@ -14,22 +14,51 @@ let mail go, 1 when it would hold it back, 2 for a bad configuration.
 from __future__ import annotations
 
 import argparse
+import math
 
 from esa_tls.cli.main import CommandContext
 
 __all__ = ["add_arguments", "run"]
 
 
+def _port(text: str) -> int:
+    """
+    A TCP port, 1-65535; argparse turns the error into a usage error.
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} not in range 1-65535")
+    return port
+
+
+def _seconds(text: str) -> float:
+    """
+    A positive, finite number of seconds: a negative one made the first
+    connection fail with an unhandled error, C{nan} or C{inf} never time
+    out.
+    """
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return seconds
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("domain", help="the destination domain, e.g. partner.example")
     parser.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=25,
         help="SMTP port of MX hosts (default 25; routes carry theirs)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for each reply (default 30)"
+        "--timeout", type=_seconds, default=30.0, help="seconds to wait for each reply (default 30)"
     )
 
 
