@@ -520,6 +520,26 @@ class MailLogFile:
         os.makedirs(directory, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
+    def reopen(self) -> None:
+        """
+        Write what is buffered, then go on in the file now at C{path}: after
+        C{logrotate} renamed the old one (its default, C{create}), the lines
+        would otherwise keep going to the renamed file.  The new file is
+        opened before the old one is closed, so no line is dropped; if it
+        cannot be opened, the old one stays in use and the reason is
+        logged.
+        """
+        if self._fd is None:
+            return
+        self.flush()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            _log.error("mail log {path}: cannot reopen: {error}", path=self.path, error=e)
+            return
+        old, self._fd = self._fd, fd
+        os.close(old)
+
     def line(self, text: str, level: str = "Info", when: float | None = None) -> None:
         """
         Add the line C{<time stamp> <level>: <text>}.

@@ -462,6 +462,9 @@ class GatewayService(MultiService):
         return sorted(set(paths))
 
     def _sighup(self, signum: int, frame: object) -> None:
+        # SIGHUP is also what logrotate's postrotate sends: every process
+        # of the gateway gets it, and each goes on in a new mail.log.
+        self.reactor.callFromThread(self.mail_log.reopen)
         self.reactor.callFromThread(self.reload)
 
     def reload(self) -> list[str]:

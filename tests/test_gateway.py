@@ -350,6 +350,41 @@ class ReloadTests(TestCase):
         self.assertTrue((yield in_thread(required)))
         self.assertIsNone(child.process.poll())
 
+    @inlineCallbacks
+    def test_sighupReopensMailLog(self) -> Any:
+        """
+        After C{logrotate} renamed C{mail.log} (its default, C{create}) and
+        sent SIGHUP, every process of a two-process gateway writes to a new
+        C{mail.log}: no line goes on into the renamed file.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        child = Child(self, directory, free_port())
+        child.workers = 2
+        yield in_thread(child.start)
+        assert child.process is not None
+        mail_log = os.path.join(directory, "var", "logs", "mail.log")
+        for n in range(6):
+            yield in_thread(send_one, child.port, n)
+        rotated = mail_log + ".1"
+        os.rename(mail_log, rotated)
+        child.process.send_signal(signal.SIGHUP)
+        self.assertTrue((yield in_thread(wait_until, lambda: os.path.exists(mail_log), 20)))
+        # Both processes have had their SIGHUP (the worker's is forwarded).
+        yield in_thread(wait_until, lambda: False, 2)
+        with open(rotated) as f:
+            before = f.read()
+        mids = []
+        for n in range(12):
+            mids.append((yield in_thread(send_one, child.port, n)))
+        yield in_thread(wait_until, lambda: False, 1)
+        with open(rotated) as f:
+            self.assertEqual(f.read(), before)
+        with open(mail_log) as f:
+            after = f.read()
+        for mid in mids:
+            self.assertIn(f"Start MID {mid} ICID", after)
+
 
 class SpoolSyncTests(TestCase):
     @inlineCallbacks
