@@ -99,6 +99,23 @@ def session(
         raw.close()
 
 
+def after_handshake(port: int, context: ssl.SSLContext) -> bytes:
+    """
+    EHLO, STARTTLS and a handshake with C{context}, then everything the
+    server sends until it closes (a refusal of the client's certificate
+    comes once the handshake is done).
+    """
+    raw = Raw(port)
+    try:
+        raw.reply()
+        raw.chat(b"EHLO c\r\n")
+        raw.chat(b"STARTTLS\r\n")
+        raw.starttls(context, server_hostname="mx.test.example")
+        return raw.rest()
+    finally:
+        raw.close()
+
+
 class ModeTests(TLSGatewayMixin, TestCase):
     @inlineCallbacks
     def test_off(self) -> Any:
@@ -421,16 +438,7 @@ class ClientCertificateTests(TLSGatewayMixin, TestCase):
         self.assertEqual(none_[-1], b"250 2.0.0 Ok\r\n")
         valid = yield in_thread(session, gw.port, [b"EHLO c\r\n"], after, self.client_context(good))
         self.assertEqual(valid[-1], b"250 2.0.0 Ok\r\n")
-
-        def invalid() -> bytes:
-            raw = Raw(gw.port)
-            raw.reply()
-            raw.chat(b"EHLO c\r\n")
-            raw.chat(b"STARTTLS\r\n")
-            raw.starttls(self.client_context(bad), server_hostname="mx.test.example")
-            return raw.rest()
-
-        refused = yield in_thread(invalid)
+        refused = yield in_thread(after_handshake, gw.port, self.client_context(bad))
         self.assertIn(b"421 4.7.1 mx.test.example Client certificate not accepted\r\n", refused)
 
     @inlineCallbacks
@@ -495,16 +503,7 @@ class SystemCAClientCertificateTests(TLSGatewayMixin, TestCase):
         self.assertEqual(valid[-1], b"250 2.0.0 Ok\r\n")
         none_ = yield in_thread(session, gw.port, [b"EHLO c\r\n"], after, self.client_context())
         self.assertEqual(none_[-1], b"250 2.0.0 Ok\r\n")
-
-        def invalid() -> bytes:
-            raw = Raw(gw.port)
-            raw.reply()
-            raw.chat(b"EHLO c\r\n")
-            raw.chat(b"STARTTLS\r\n")
-            raw.starttls(self.client_context(bad), server_hostname="mx.test.example")
-            return raw.rest()
-
-        refused = yield in_thread(invalid)
+        refused = yield in_thread(after_handshake, gw.port, self.client_context(bad))
         self.assertIn(b"421 4.7.1 mx.test.example Client certificate not accepted\r\n", refused)
 
     @inlineCallbacks

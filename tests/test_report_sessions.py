@@ -20,7 +20,7 @@ from esa_tls.report.delivery import record_delivery
 from esa_tls.testing import CertificateAuthority
 from tests.peers.hostile import Script, start_hostile_server
 from tests.support import PUBLIC, Gateway, Raw, in_thread
-from tests.test_inbound_tls import TLSGatewayMixin, session
+from tests.test_inbound_tls import TLSGatewayMixin, after_handshake, session
 from tests.test_outbound_reuse import ReuseTestCase
 
 
@@ -70,19 +70,7 @@ class ClientCertificateReportTests(TLSGatewayMixin, TestCase):
         after = [b"EHLO c\r\n", b"NOOP\r\n"]
         yield in_thread(session, gw.port, [b"EHLO c\r\n"], after, self.client_context())
         yield in_thread(session, gw.port, [b"EHLO c\r\n"], [], None)
-
-        def invalid() -> bytes:
-            raw = Raw(gw.port)
-            try:
-                raw.reply()
-                raw.chat(b"EHLO c\r\n")
-                raw.chat(b"STARTTLS\r\n")
-                raw.starttls(self.client_context(bad), server_hostname="mx.test.example")
-                return raw.rest()
-            finally:
-                raw.close()
-
-        refused = yield in_thread(invalid)
+        refused = yield in_thread(after_handshake, gw.port, self.client_context(bad))
         self.assertIn(b"421 4.7.1 mx.test.example Client certificate not accepted\r\n", refused)
         total = yield incoming_total(gw, counters)
         self.assertEqual(
