@@ -245,6 +245,30 @@ def ehlo_and_mail(port: int) -> tuple[bytes, bytes]:
         raw.close()
 
 
+def run_refused(case: TestCase, child: Child, directory: str, workers: int, status: int) -> str:
+    """
+    Run C{twistd} on C{child}'s configuration in C{directory}, which must
+    refuse to start: exit C{status} within 30 seconds, without a traceback.
+
+    @return: what it wrote.
+    """
+    command = [TWISTD, "-n", "--pidfile=", "esa-tls", "--config", child.config]
+    try:
+        result = subprocess.run(
+            [*command, "--workers", str(workers)],
+            cwd=directory,
+            capture_output=True,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired as e:
+        started = (e.stdout or b"") + (e.stderr or b"")
+        case.fail(f"the gateway started:\n{started.decode()}")
+    output = (result.stdout + result.stderr).decode()
+    case.assertEqual(result.returncode, status, output)
+    case.assertNotIn("Traceback", output)
+    return output
+
+
 class ListenFailureTests(TestCase):
     """
     A port the gateway cannot open stops start-up with a message naming
@@ -271,20 +295,7 @@ class ListenFailureTests(TestCase):
 
         @return: what it wrote.
         """
-        command = [TWISTD, "-n", "--pidfile=", "esa-tls", "--config", self.child.config]
-        try:
-            result = subprocess.run(
-                [*command, "--workers", str(workers)],
-                cwd=self.directory,
-                capture_output=True,
-                timeout=30,
-            )
-        except subprocess.TimeoutExpired as e:
-            output = (e.stdout or b"") + (e.stderr or b"")
-            self.fail(f"the gateway started:\n{output.decode()}")
-        output = (result.stdout + result.stderr).decode()
-        self.assertEqual(result.returncode, 1, output)
-        self.assertNotIn("Traceback", output)
+        output = run_refused(self, self.child, self.directory, workers, status=1)
         self.assertNotIn("Unhandled Error", output)
         return output
 
@@ -611,21 +622,8 @@ class CertificateStartTests(TestCase):
 
         @return: what it wrote.
         """
-        command = [TWISTD, "-n", "--pidfile=", "esa-tls", "--config", self.child.config]
-        try:
-            result = subprocess.run(
-                [*command, "--workers", str(workers)],
-                cwd=self.directory,
-                capture_output=True,
-                timeout=30,
-            )
-        except subprocess.TimeoutExpired as e:
-            output = (e.stdout or b"") + (e.stderr or b"")
-            self.fail(f"the gateway started:\n{output.decode()}")
-        output = (result.stdout + result.stderr).decode()
-        self.assertEqual(result.returncode, 2, output)
+        output = run_refused(self, self.child, self.directory, workers, status=2)
         self.assertIn("esa-tls: configuration error\n", output)
-        self.assertNotIn("Traceback", output)
         self.assertFalse(os.path.exists(os.path.join(self.directory, "var")), output)
         return output
 
