@@ -381,6 +381,24 @@ class DeliveryTests(QueueTestCase):
         self.assertIn(b'RCPT TO:<"jane doe"@partner.example>', commands)
         self.assertEqual(len(self.server.capture.messages), 1)
 
+    def with_other_domain(self) -> GatewayConfig:
+        """
+        A configuration that routes C{other.example} to the test server
+        too, whose C{gone@other.example} is refused (550).
+        """
+        config = make_config(self.server.port, self.data_dir)
+        self.server.script.rcpt_replies = {
+            **self.server.script.rcpt_replies,
+            "gone@other.example": b"550 5.1.1 Unknown here too",
+        }
+        return attrs.evolve(
+            config,
+            smtp_routes={
+                **config.smtp_routes,
+                "other.example": config.smtp_routes["sender.example"],
+            },
+        )
+
     async def test_mixed_outcomes_one_bounce(self) -> None:
         """
         One message, two domains delivered at once: delivered, deferred
@@ -388,18 +406,7 @@ class DeliveryTests(QueueTestCase):
         the refused ones; the delivered ones are never sent it again, and
         the deferred one is retried alone.
         """
-        config = make_config(self.server.port, self.data_dir)
-        config = attrs.evolve(
-            config,
-            smtp_routes={
-                **config.smtp_routes,
-                "other.example": config.smtp_routes["sender.example"],
-            },
-        )
-        self.server.script.rcpt_replies = {
-            **self.server.script.rcpt_replies,
-            "gone@other.example": b"550 5.1.1 Unknown here too",
-        }
+        config = self.with_other_domain()
         mid = await inject(
             self.spool,
             "a@sender.example",
@@ -448,18 +455,7 @@ class DeliveryTests(QueueTestCase):
         a scan (or delivernow) in that moment must not send them the
         message again (a second refusal, and a second bounce).
         """
-        config = make_config(self.server.port, self.data_dir)
-        config = attrs.evolve(
-            config,
-            smtp_routes={
-                **config.smtp_routes,
-                "other.example": config.smtp_routes["sender.example"],
-            },
-        )
-        self.server.script.rcpt_replies = {
-            **self.server.script.rcpt_replies,
-            "gone@other.example": b"550 5.1.1 Unknown here too",
-        }
+        config = self.with_other_domain()
         mid = await inject(
             self.spool, "a@sender.example", ["gone@partner.example", "gone@other.example"]
         )
