@@ -293,6 +293,20 @@ def in_own_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
 
 
 class PasswordCheckFloodTests(TestCase):
+    def gateway_with_alice(self) -> tuple[Gateway, str]:
+        """
+        A gateway offering AUTH in the clear, its password file naming
+        alice (password C{s3cret}).
+
+        @return: the gateway and the password file's path.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        users = os.path.join(directory, "users")
+        with open(users, "w") as f:
+            f.write(f"alice:{hash_password('s3cret')}\n")
+        return Gateway(self, AUTH_IN_THE_CLEAR, users=users), users
+
     @inlineCallbacks
     def test_slowChecksDoNotHoldUpCommits(self) -> Any:
         """
@@ -305,12 +319,7 @@ class PasswordCheckFloodTests(TestCase):
         a message sent meanwhile still gets its 250, and the twelve their
         535 once the checks can go on.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        users = os.path.join(directory, "users")
-        with open(users, "w") as f:
-            f.write(f"alice:{hash_password('s3cret')}\n")
-        gw = Gateway(self, AUTH_IN_THE_CLEAR, users=users)
+        gw, users = self.gateway_with_alice()
         os.remove(users)
         os.mkfifo(users)
         sources = [f"127.0.1.{i}" for i in range(2, 14)]
@@ -359,12 +368,7 @@ class PasswordCheckFloodTests(TestCase):
         held until twelve clients have asked and gone; then only the two
         already on the check threads run, and a user's login after them.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        users = os.path.join(directory, "users")
-        with open(users, "w") as f:
-            f.write(f"alice:{hash_password('s3cret')}\n")
-        gw = Gateway(self, AUTH_IN_THE_CLEAR, users=users)
+        gw, _ = self.gateway_with_alice()
         gate = threading.Event()
         self.addCleanup(gate.set)
         checks: list[bytes] = []
