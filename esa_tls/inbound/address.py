@@ -167,6 +167,23 @@ def parse_mailbox(text: str) -> Mailbox:
     return Mailbox(local=local, domain=domain, routed=routed)
 
 
+def address_literal(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """
+    The address an address-literal domain names (C{[192.0.2.1]},
+    C{[IPv6:2001:db8::1]}, the tag in any case), for the listeners that
+    take it and for the delivery that goes to it.
+
+    @raise ValueError: C{domain} is no such literal (C{[1.2]},
+        C{[999.0.0.1]}).
+    """
+    inner = domain[1:-1] if domain[:1] == "[" and domain[-1:] == "]" else ""
+    if inner[:5].lower() == "ipv6:":
+        return ipaddress.IPv6Address(inner[5:])
+    if inner.count(".") != 3:
+        raise ValueError(domain)
+    return ipaddress.IPv4Address(inner)
+
+
 def _canonical_domain(domain: str) -> str:
     """
     A domain in lower case, or an address literal checked and written the
@@ -179,15 +196,11 @@ def _canonical_domain(domain: str) -> str:
     """
     if not domain.startswith("["):
         return domain.lower()
-    inner = domain[1:-1]
     try:
-        if inner[:5].lower() == "ipv6:":
-            return f"[IPv6:{ipaddress.IPv6Address(inner[5:])}]"
-        if inner.count(".") != 3:
-            raise ValueError(inner)
-        return f"[{ipaddress.IPv4Address(inner)}]"
+        address = address_literal(domain)
     except ValueError:
         raise AddressError(501, f"5.1.3 Bad address syntax: {domain} is not an address") from None
+    return f"[IPv6:{address}]" if address.version == 6 else f"[{address}]"
 
 
 def _parse_params(text: str) -> tuple[tuple[str, str | None], ...]:

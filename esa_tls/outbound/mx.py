@@ -60,6 +60,7 @@ from twisted.names.hosts import Resolver as HostsResolver
 from twisted.names.resolve import ResolverChain
 
 from esa_tls.config.model import GatewayConfig
+from esa_tls.inbound.address import address_literal
 from esa_tls.outbound.discard import DISCARD_ROUTE, is_discard_route
 
 #: The query timeouts (seconds, one retry per entry) for every DNS lookup of
@@ -816,14 +817,8 @@ def _address_literal_route(domain: str, port: int, local: LocalHost | None) -> M
     allowed to relay, and its mail must end in a bounce that says why, not
     in "domain not found".
     """
-    inner = domain[1:-1]
     try:
-        if inner[:5].lower() == "ipv6:":
-            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(
-                inner[5:]
-            )
-        else:
-            address = ipaddress.IPv4Address(inner)
+        address = address_literal(domain)
     except ValueError:
         raise RouteError(
             f"{domain} is not an address literal", permanent=True, code=550, status="5.1.2"
