@@ -518,7 +518,11 @@ class MailLogFile:
             return
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        self._fd = self._open_file()
+
+    def _open_file(self) -> int:
+        # O_APPEND: the processes of a gateway share the file (see above).
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
     def reopen(self) -> None:
         """
@@ -533,7 +537,7 @@ class MailLogFile:
             return
         self.flush()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fd = self._open_file()
         except OSError as e:
             _log.error("mail log {path}: cannot reopen: {error}", path=self.path, error=e)
             return
